@@ -1,0 +1,1 @@
+//! The machinist command: run tests, Python test scripts, the interactive REPL, list and doctor.

@@ -1,0 +1,3 @@
+//! The `machinist` binary.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Multi-machine integration tests in real QEMU virtual machines: Test, Machine, VLan, templates and logging.

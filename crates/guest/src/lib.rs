@@ -1,0 +1,1 @@
+//! Debian guest images built with mmdebstrap, a tiny initramfs, and the per-node configuration layer.

@@ -1,0 +1,3 @@
+//! A small PostgREST-compatible server for the PostgREST tutorial subset.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! QEMU command lines, process supervision, an async QMP client and the accelerator probe.

@@ -1,0 +1,1 @@
+//! The PostgREST tutorial test and other VM tests.

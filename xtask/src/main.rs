@@ -1,0 +1,3 @@
+//! Project automation: deps, test, test-postgrest, build-images, interactive, bench, ci.
+
+fn main() {}
