@@ -1,3 +1,159 @@
-//! Project automation: deps, test, test-postgrest, build-images, interactive, bench, ci.
+//! Project automation for Machinist: `cargo xtask <command>` (see `cargo xtask --help`).
+//!
+//! Commands: `deps` (Debian packages), `test` (deps + the whole test suite), `ci` (what CI runs),
+//! `check-features` (optional cargo features), and, filled in by their issues, `test-postgrest`,
+//! `build-images`, `interactive`, `bench`.
 
-fn main() {}
+mod check_features;
+mod deps;
+mod pending;
+mod run;
+mod test;
+mod timing;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Project automation for Machinist.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install the Debian packages the project needs (as root; otherwise print the command).
+    Deps {
+        /// Only list the packages and who needs them.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Install system packages, then run the whole test suite (nextest when installed).
+    Test {
+        /// Extra arguments for `cargo nextest run` / `cargo test` (e.g. a test filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The main job: run the PostgREST tutorial test in two VMs (issue 10).
+    TestPostgrest,
+    /// Build (or reuse) the guest images the bundled tests need (issue 4).
+    BuildImages {
+        /// Rebuild even when the cache has them.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Open the Python REPL on a bundled test's machines (issue 9), e.g. `interactive postgrest`.
+    Interactive {
+        /// The bundled test's name.
+        test: String,
+    },
+    /// Benchmarks: print `bench <name>: <metric> ours=<v> baseline=<v> ratio=<r>`.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum, default_value_t = BenchKind::All)]
+        which: BenchKind,
+    },
+    /// Run exactly what CI runs (`bash .ci/run`).
+    Ci,
+    /// Build every optional cargo feature of every crate (installs their extra Debian packages).
+    CheckFeatures,
+}
+
+/// The benchmarks `cargo xtask bench` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchKind {
+    /// Guest boot to backdoor greeting under TCG (issue 4, crates/guest).
+    Boot,
+    /// Backdoor command round trips vs the NixOS protocol (issue 5, crates/backdoor).
+    Backdoor,
+    /// Virtual switch throughput vs vde_switch (issue 6, crates/netsim).
+    Switch,
+    /// OCR speed and accuracy vs the NixOS pipeline (issue 7, crates/ocr).
+    Ocr,
+    /// Warm start from saved VM state vs cold boot (issue 11).
+    Warm,
+    /// All of the above.
+    All,
+}
+
+/// The workspace root (xtask/..), whatever directory cargo was started in.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = std::env::set_current_dir(workspace_root()) {
+        eprintln!("xtask: cannot enter the workspace root: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Cmd::Deps { list: true } => {
+            for p in deps::PACKAGES {
+                println!("{:<20} {}", p.name, p.why);
+            }
+            Ok(())
+        }
+        Cmd::Deps { list: false } => timing::phase("deps", deps::ensure),
+        Cmd::Test { args } => test::run_suite(&args),
+        Cmd::TestPostgrest => pending::not_yet("test-postgrest", 10, "crates/driver + tests"),
+        Cmd::BuildImages { rebuild: _ } => pending::not_yet("build-images", 4, "crates/guest"),
+        Cmd::Interactive { test: _ } => pending::not_yet("interactive", 9, "crates/cli"),
+        Cmd::Bench { which } => pending::bench(which),
+        Cmd::Ci => run::run(std::process::Command::new("bash").arg(".ci/run")),
+        Cmd::CheckFeatures => check_features::run_all(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(child) = e.downcast_ref::<run::ChildFailed>() {
+                eprintln!("xtask: {child}");
+                return ExitCode::from(u8::try_from(child.code).unwrap_or(1).max(1));
+            }
+            if let Some(p) = e.downcast_ref::<pending::NotImplemented>() {
+                eprintln!("xtask: {p}");
+                return ExitCode::from(2);
+            }
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_passes_filters_through() {
+        let cli = Cli::try_parse_from(["cargo xtask", "test", "--", "-p", "xtask"]).unwrap();
+        match cli.command {
+            Cmd::Test { args } => assert_eq!(args, ["-p", "xtask"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_defaults_to_all() {
+        let cli = Cli::try_parse_from(["cargo xtask", "bench"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Cmd::Bench {
+                which: BenchKind::All
+            }
+        ));
+    }
+}
