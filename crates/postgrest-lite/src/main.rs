@@ -26,7 +26,12 @@ server-port = 3000
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (dump, file) = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let (dump, file) = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["--help" | "-h"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -215,9 +215,8 @@ impl ReadPlan {
     /// Renders the statement for `schema.relation`: one row, `body` (text, the JSON array)
     /// and `page_total` (bigint).
     pub fn to_sql(&self, schema: &str, relation: &str) -> Result<String, ApiError> {
-        let bad = |what: &str| {
-            ApiError::parse(format!("invalid {what} name"), "names must be non-empty")
-        };
+        let bad =
+            |what: &str| ApiError::parse(format!("invalid {what} name"), "names must be non-empty");
         let qrel = format!(
             "{}.{}",
             quote_ident(schema).ok_or_else(|| bad("schema"))?,
@@ -442,9 +441,8 @@ fn parse_filter(column: &str, value: &str) -> Result<Filter, ApiError> {
         ));
     }
     check_column(column, "filter", &whole)?;
-    let fail = |details: String| {
-        ApiError::parse(format!("\"failed to parse filter ({value})\""), details)
-    };
+    let fail =
+        |details: String| ApiError::parse(format!("\"failed to parse filter ({value})\""), details);
     let (negate, rest) = match value.strip_prefix("not.") {
         Some(rest) => (true, rest),
         None => (false, value),
