@@ -1,1 +1,143 @@
-//! The machinist command: run tests, Python test scripts, the interactive REPL, list and doctor.
+//! The `machinist` command: run bundled tests, Python test scripts, the interactive REPL, list
+//! them, and check the host (`doctor`).
+//!
+//! Any crate with its own tests can build the same binary, the way every nixosTest gets its own
+//! driverInteractive:
+//!
+//! ```no_run
+//! use machinist_cli::{BundledTest, RunError};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     machinist_cli::main(vec![BundledTest::new("hello", "one machine says hello", |_opts| {
+//!         Err(RunError::Setup("not written yet".into()))
+//!     })])
+//! }
+//! ```
+//!
+//! Exit codes: 0 pass, 1 test failure (or `doctor` found something missing), 2 usage or setup error.
+
+pub mod args;
+pub mod doctor;
+pub mod registry;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::{AccelArg, Cli, Command, RunArgs};
+pub use registry::{BundledTest, RunError};
+
+/// Exit code: the test passed (or the command succeeded).
+pub const EXIT_PASS: u8 = 0;
+/// Exit code: the test failed (or `doctor` found something missing).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: bad usage or a setup error (nothing was tested).
+pub const EXIT_USAGE: u8 = 2;
+
+/// The `machinist` binary's entry point, with `tests` as the bundled tests: parses
+/// `std::env::args_os()` and returns the exit code.
+pub fn main(tests: Vec<BundledTest>) -> ExitCode {
+    ExitCode::from(run_cli(std::env::args_os(), &tests))
+}
+
+/// Like [`main`], with explicit arguments (the program name first); returns the exit code.
+pub fn run_cli<I, T>(argv: I, tests: &[BundledTest]) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and exit 0; usage errors exit 2.
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE);
+        }
+    };
+    match cli.command {
+        Command::List => list(tests),
+        Command::Doctor => doctor_cmd(),
+        Command::Run(args) => run(&args, tests),
+        Command::Interactive { test } => match registry::find(tests, &test) {
+            Err(e) => usage(&e),
+            // TODO(issue 9): open the REPL (code.InteractiveConsole over the PyO3 binding).
+            Ok(_) => usage("`machinist interactive` is not implemented yet (issue 9: the Python binding and REPL)"),
+        },
+    }
+}
+
+fn usage(msg: &str) -> u8 {
+    eprintln!("machinist: {msg}");
+    EXIT_USAGE
+}
+
+fn list(tests: &[BundledTest]) -> u8 {
+    let mut out = std::io::stdout().lock();
+    if tests.is_empty() {
+        let _ = writeln!(out, "(this binary bundles no tests)");
+    }
+    let width = tests.iter().map(|t| t.name.len()).max().unwrap_or(0);
+    for t in tests {
+        let _ = writeln!(out, "{:<width$}  {}", t.name, t.about);
+    }
+    EXIT_PASS
+}
+
+fn doctor_cmd() -> u8 {
+    let findings = doctor::run_checks();
+    print!("{}", doctor::render(&findings));
+    if doctor::any_missing(&findings) {
+        EXIT_FAILURE
+    } else {
+        EXIT_PASS
+    }
+}
+
+/// Checks the arguments that can be checked before anything starts.
+fn validate(args: &RunArgs) -> Result<(), String> {
+    if let Some(script) = &args.script {
+        if !script.is_file() {
+            return Err(format!(
+                "--script {}: no such file (give the path of a Python test script)",
+                script.display()
+            ));
+        }
+    }
+    if let Some(p) = &args.postgrest {
+        if !p.is_file() {
+            return Err(format!(
+                "--postgrest {}: no such file (give the path of a postgrest binary)",
+                p.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn run(args: &RunArgs, tests: &[BundledTest]) -> u8 {
+    let test = match registry::find(tests, &args.test) {
+        Ok(t) => t,
+        Err(e) => return usage(&e),
+    };
+    if let Err(e) = validate(args) {
+        return usage(&e);
+    }
+    if let Some(accel) = args.accel {
+        // The accelerator choice reads MACHINIST_ACCEL; set before any thread or VM starts.
+        // SAFETY: single-threaded at this point (nothing has been spawned yet).
+        unsafe { std::env::set_var("MACHINIST_ACCEL", accel.as_env()) };
+    }
+    match (test.run)(args) {
+        Ok(()) => EXIT_PASS,
+        Err(e @ RunError::Failed(_)) => {
+            eprintln!("machinist: {}: {e}", test.name);
+            EXIT_FAILURE
+        }
+        Err(e @ RunError::Setup(_)) => {
+            eprintln!("machinist: {}: {e}", test.name);
+            EXIT_USAGE
+        }
+    }
+}

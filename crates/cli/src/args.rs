@@ -1,0 +1,181 @@
+//! The command line: `machinist list | run | interactive | doctor`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run multi-machine integration tests in real QEMU virtual machines.
+#[derive(Debug, Parser)]
+#[command(name = "machinist", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the bundled tests.
+    List,
+    /// Run a bundled test (exit 0 pass, 1 test failure, 2 usage or setup error).
+    Run(RunArgs),
+    /// Open a Python REPL with the test's machines (`start_all()`, `server.succeed(...)`).
+    Interactive {
+        /// The bundled test's name (see `machinist list`).
+        test: String,
+    },
+    /// Check this host: QEMU, accelerator, tesseract, mmdebstrap, cache directory, free disk.
+    Doctor,
+}
+
+/// Options of `machinist run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The bundled test's name (see `machinist list`).
+    pub test: String,
+    /// Run this Python test script against the test's nodes instead of its built-in script.
+    #[arg(long, value_name = "FILE.py")]
+    pub script: Option<PathBuf>,
+    /// Keep the run directory (overlays, sockets, logs) after the test.
+    #[arg(long)]
+    pub keep_state: bool,
+    /// Write logs, JSON spans, screenshots and pcaps here.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+    /// Fail the whole test after this many seconds.
+    #[arg(long, value_name = "S", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub global_timeout: Option<Duration>,
+    /// Force the accelerator instead of probing (same as MACHINIST_ACCEL).
+    #[arg(long, value_enum)]
+    pub accel: Option<AccelArg>,
+    /// When the test fails, keep every machine running and open the REPL at that point.
+    #[arg(long)]
+    pub debug_on_failure: bool,
+    /// Cold-boot every machine (no warm start from a saved VM state).
+    #[arg(long)]
+    pub cold_boot: bool,
+    /// Use this postgrest binary in the PostgREST test instead of the bundled postgrest-lite.
+    #[arg(long, value_name = "PATH")]
+    pub postgrest: Option<PathBuf>,
+}
+
+/// `--accel` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelArg {
+    /// Hardware virtualisation (only if it really works on this host).
+    Kvm,
+    /// Software emulation (multi-threaded TCG).
+    Tcg,
+}
+
+impl AccelArg {
+    /// The value MACHINIST_ACCEL takes.
+    pub fn as_env(self) -> &'static str {
+        match self {
+            AccelArg::Kvm => "kvm",
+            AccelArg::Tcg => "tcg",
+        }
+    }
+}
+
+/// Parses a positive number of seconds (`90`, `2.5`).
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds (e.g. 600 or 2.5)"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("`{s}` must be a positive number of seconds"));
+    }
+    Duration::try_from_secs_f64(v).map_err(|_| format!("`{s}` seconds is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn error_of(args: &[&str]) -> String {
+        let mut argv = vec!["machinist"];
+        argv.extend_from_slice(args);
+        let err = Cli::try_parse_from(argv).expect_err("should be rejected");
+        assert_eq!(err.exit_code(), 2, "usage errors exit 2");
+        err.render().to_string()
+    }
+
+    #[test]
+    fn definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_parses_every_option() {
+        let cli = Cli::try_parse_from([
+            "machinist",
+            "run",
+            "postgrest",
+            "--script",
+            "s.py",
+            "--keep-state",
+            "--output",
+            "out",
+            "--junit",
+            "j.xml",
+            "--global-timeout",
+            "2.5",
+            "--accel",
+            "tcg",
+            "--debug-on-failure",
+            "--cold-boot",
+            "--postgrest",
+            "/usr/bin/postgrest",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.test, "postgrest");
+        assert_eq!(r.global_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(r.accel, Some(AccelArg::Tcg));
+        assert!(r.keep_state && r.debug_on_failure && r.cold_boot);
+    }
+
+    #[test]
+    fn snapshot_run_without_test() {
+        insta::assert_snapshot!(error_of(&["run"]));
+    }
+
+    #[test]
+    fn snapshot_bad_accel() {
+        insta::assert_snapshot!(error_of(&["run", "hello", "--accel", "hvf"]));
+    }
+
+    #[test]
+    fn snapshot_bad_timeout() {
+        insta::assert_snapshot!(error_of(&["run", "hello", "--global-timeout", "soon"]));
+        insta::assert_snapshot!(
+            "negative_timeout",
+            error_of(&["run", "hello", "--global-timeout", "-3"])
+        );
+    }
+
+    #[test]
+    fn snapshot_unknown_subcommand() {
+        insta::assert_snapshot!(error_of(&["bogus"]));
+    }
+
+    #[test]
+    fn snapshot_unknown_flag() {
+        insta::assert_snapshot!(error_of(&["run", "hello", "--keepstate"]));
+    }
+
+    #[test]
+    fn snapshot_interactive_without_test() {
+        insta::assert_snapshot!(error_of(&["interactive"]));
+    }
+}

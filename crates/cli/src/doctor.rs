@@ -1,0 +1,310 @@
+//! `machinist doctor`: is this host ready to run Machinist tests?
+//!
+//! Each check yields a [`Finding`]; anything missing names the Debian package to install and makes
+//! the command exit 1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The state of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Present and usable.
+    Ok,
+    /// Usable, but worth knowing (e.g. low disk space).
+    Warn,
+    /// Missing: install this Debian package.
+    Missing {
+        /// The Debian package that provides it.
+        package: &'static str,
+    },
+}
+
+/// One line of the doctor's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// What was checked ("QEMU", "accelerator", ...).
+    pub what: &'static str,
+    /// The outcome.
+    pub state: State,
+    /// Version, path, reason.
+    pub detail: String,
+}
+
+impl Finding {
+    fn ok(what: &'static str, detail: impl Into<String>) -> Self {
+        Finding {
+            what,
+            state: State::Ok,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Runs `program args` and returns the first line of its output, or None when it cannot run.
+fn first_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    // tesseract prints its version on stderr in some builds.
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_string())
+}
+
+fn tool(what: &'static str, program: &str, args: &[&str], package: &'static str) -> Finding {
+    match first_line(program, args) {
+        Some(v) => Finding::ok(what, v),
+        None => Finding {
+            what,
+            state: State::Missing { package },
+            detail: format!("`{program}` not found or not working"),
+        },
+    }
+}
+
+/// The QEMU version line (`QEMU emulator version 7.2.22 (...)`).
+// TODO(issue 3): use machinist_qemu::qemu_version() once crates/qemu exports it.
+fn qemu() -> Finding {
+    tool(
+        "QEMU",
+        "qemu-system-x86_64",
+        &["--version"],
+        "qemu-system-x86",
+    )
+}
+
+/// qemu-img must come from the same QEMU release as qemu-system-x86_64.
+fn qemu_img(qemu: &Finding) -> Finding {
+    let mut f = tool("qemu-img", "qemu-img", &["--version"], "qemu-utils");
+    if f.state == State::Ok && qemu.state == State::Ok {
+        let release = |line: &str| {
+            line.split_whitespace()
+                .find(|w| w.starts_with(char::is_numeric))
+                .map(str::to_string)
+        };
+        if release(&f.detail) != release(&qemu.detail) {
+            f.state = State::Warn;
+            f.detail
+                .push_str(" (differs from qemu-system-x86_64: run `cargo xtask deps`)");
+        }
+    }
+    f
+}
+
+/// The accelerator Machinist will use and why.
+// TODO(issue 3): call machinist_qemu::accel::choose() (the real KVM boot probe, cached per host)
+// once crates/qemu exports it; until then this only reports the override and /dev/kvm.
+fn accelerator() -> Finding {
+    if let Ok(v) = std::env::var("MACHINIST_ACCEL") {
+        return Finding::ok(
+            "accelerator",
+            format!("{v} (forced by MACHINIST_ACCEL={v})"),
+        );
+    }
+    let kvm = Path::new("/dev/kvm").exists();
+    Finding {
+        what: "accelerator",
+        state: State::Ok,
+        detail: format!(
+            "tcg (/dev/kvm {}; the KVM boot probe is not wired in yet, and /dev/kvm alone is not \
+             trusted because guests hang under it on these hosts)",
+            if kvm { "exists" } else { "absent" }
+        ),
+    }
+}
+
+fn tesseract() -> Vec<Finding> {
+    let mut v = vec![tool(
+        "tesseract",
+        "tesseract",
+        &["--version"],
+        "tesseract-ocr",
+    )];
+    if v[0].state == State::Ok {
+        let langs = Command::new("tesseract")
+            .arg("--list-langs")
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr)
+            })
+            .unwrap_or_default();
+        v.push(if langs.lines().any(|l| l.trim() == "eng") {
+            Finding::ok("tesseract eng", "English model present")
+        } else {
+            Finding {
+                what: "tesseract eng",
+                state: State::Missing {
+                    package: "tesseract-ocr-eng",
+                },
+                detail: "no English model".into(),
+            }
+        });
+    }
+    v
+}
+
+/// Machinist's cache directory: `$MACHINIST_CACHE_DIR`, else `$XDG_CACHE_HOME/machinist`, else
+/// `~/.cache/machinist`.
+// TODO(issue 4): use machinist-guest's cache-dir function once it exports one.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MACHINIST_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("machinist");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/machinist")
+}
+
+/// Free bytes on the filesystem holding `path` (or its nearest existing ancestor).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let st = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Below this, image builds may fail (an image is ~1 GiB plus overlays and logs).
+const LOW_DISK: u64 = 5 << 30;
+
+fn cache() -> Vec<Finding> {
+    let dir = cache_dir();
+    let exists = if dir.exists() {
+        ""
+    } else {
+        " (not created yet)"
+    };
+    let mut v = vec![Finding::ok(
+        "cache directory",
+        format!("{}{exists}", dir.display()),
+    )];
+    v.push(match free_bytes(&dir) {
+        Some(b) if b < LOW_DISK => Finding {
+            what: "free disk",
+            state: State::Warn,
+            detail: format!("{:.1} GiB: image builds need about 5 GiB; set MACHINIST_CACHE_DIR to a bigger disk", gib(b)),
+        },
+        Some(b) => Finding::ok("free disk", format!("{:.1} GiB", gib(b))),
+        None => Finding { what: "free disk", state: State::Warn, detail: "unknown (statvfs failed)".into() },
+    });
+    v
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+/// Runs every check.
+pub fn run_checks() -> Vec<Finding> {
+    let q = qemu();
+    let img = qemu_img(&q);
+    let mut v = vec![q, img, accelerator()];
+    v.extend(tesseract());
+    v.push(tool(
+        "mmdebstrap",
+        "mmdebstrap",
+        &["--version"],
+        "mmdebstrap",
+    ));
+    v.push(tool("mke2fs", "mke2fs", &["-V"], "e2fsprogs"));
+    v.extend(cache());
+    v
+}
+
+/// The report as printed, plus a closing line naming what to install.
+pub fn render(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for f in findings {
+        let mark = match f.state {
+            State::Ok => "ok     ",
+            State::Warn => "warn   ",
+            State::Missing { .. } => "MISSING",
+        };
+        out.push_str(&format!("{mark} {:<16} {}\n", f.what, f.detail));
+    }
+    let mut missing: Vec<&str> = findings
+        .iter()
+        .filter_map(|f| match f.state {
+            State::Missing { package } => Some(package),
+            _ => None,
+        })
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        out.push_str("machinist doctor: this host can run Machinist tests\n");
+    } else {
+        out.push_str(&format!(
+            "machinist doctor: missing Debian packages: {}\n  install them with: apt-get install {}   (or: cargo xtask deps)\n",
+            missing.join(", "),
+            missing.join(" ")
+        ));
+    }
+    out
+}
+
+/// True when something is missing (exit code 1).
+pub fn any_missing(findings: &[Finding]) -> bool {
+    findings
+        .iter()
+        .any(|f| matches!(f.state, State::Missing { .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_names_missing_packages() {
+        let findings = vec![
+            Finding::ok("QEMU", "QEMU emulator version 7.2.22"),
+            Finding::ok("accelerator", "tcg (MACHINIST_ACCEL=tcg)"),
+            Finding {
+                what: "tesseract",
+                state: State::Missing {
+                    package: "tesseract-ocr",
+                },
+                detail: "`tesseract` not found or not working".into(),
+            },
+            Finding {
+                what: "free disk",
+                state: State::Warn,
+                detail: "1.0 GiB".into(),
+            },
+            Finding {
+                what: "mmdebstrap",
+                state: State::Missing {
+                    package: "mmdebstrap",
+                },
+                detail: "`mmdebstrap` not found or not working".into(),
+            },
+        ];
+        assert!(any_missing(&findings));
+        insta::assert_snapshot!(render(&findings));
+    }
+
+    #[test]
+    fn all_ok_report() {
+        let findings = vec![Finding::ok("QEMU", "7.2")];
+        assert!(!any_missing(&findings));
+        assert!(render(&findings).ends_with("this host can run Machinist tests\n"));
+    }
+
+    #[test]
+    fn free_bytes_walks_up_to_an_existing_directory() {
+        assert!(free_bytes(Path::new("/tmp/does/not/exist/yet")).unwrap() > 0);
+    }
+}

@@ -1,0 +1,97 @@
+//! The `machinist` binary as a user runs it: exit codes and messages.
+
+use std::process::{Command, Output};
+
+fn machinist(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_machinist"))
+        .args(args)
+        .env_remove("MACHINIST_ACCEL")
+        .output()
+        .expect("run the machinist binary")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_exits_0() {
+    let o = machinist(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for cmd in ["list", "run", "interactive", "doctor"] {
+        assert!(out.contains(cmd), "help lists {cmd}:\n{out}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = machinist(&["run"]);
+    assert_eq!(o.status.code(), Some(2));
+    insta::assert_snapshot!(stderr(&o));
+}
+
+#[test]
+fn unknown_test_exits_2_and_says_so() {
+    let o = machinist(&["run", "nosuch"]);
+    assert_eq!(o.status.code(), Some(2));
+    insta::assert_snapshot!(stderr(&o));
+}
+
+#[test]
+fn list_exits_0() {
+    let o = machinist(&["list"]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn doctor_reports_accelerator_and_qemu() {
+    let o = machinist(&["doctor"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("accelerator"), "{out}");
+    assert!(out.contains("QEMU"), "{out}");
+    assert!(out.contains("cache directory"), "{out}");
+    // This host has every package (cargo xtask deps ran): doctor passes.
+    assert_eq!(o.status.code(), Some(0), "{out}");
+}
+
+#[test]
+fn doctor_names_the_package_of_a_missing_tool() {
+    // An empty PATH hides every tool: doctor must exit 1 and name the Debian packages.
+    let o = Command::new(env!("CARGO_BIN_EXE_machinist"))
+        .arg("doctor")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("qemu-system-x86")
+            && out.contains("tesseract-ocr")
+            && out.contains("mmdebstrap"),
+        "{out}"
+    );
+}
+
+#[test]
+fn library_entry_point_maps_results_to_exit_codes() {
+    use machinist_cli::{run_cli, BundledTest, RunError};
+    let tests = vec![
+        BundledTest::new("pass", "passes", |_| Ok(())),
+        BundledTest::new("fail", "fails", |_| Err(RunError::Failed("boom".into()))),
+        BundledTest::new("setup", "cannot start", |_| {
+            Err(RunError::Setup("no image".into()))
+        }),
+    ];
+    assert_eq!(run_cli(["machinist", "run", "pass"], &tests), 0);
+    assert_eq!(run_cli(["machinist", "run", "fail"], &tests), 1);
+    assert_eq!(run_cli(["machinist", "run", "setup"], &tests), 2);
+    assert_eq!(
+        run_cli(
+            ["machinist", "run", "pass", "--script", "/nonexistent.py"],
+            &tests
+        ),
+        2
+    );
+    assert_eq!(run_cli(["machinist", "list"], &tests), 0);
+}
