@@ -1,0 +1,192 @@
+//! The host-wide VM test lock: one VM-booting test at a time on a small host.
+//!
+//! Slot 0 is `/tmp/machinist-vm-tests.lock` (the same file the shell `flock` command takes, so
+//! `flock /tmp/machinist-vm-tests.lock cargo test` and code-level locking cooperate). With
+//! `MACHINIST_VM_TESTS=N`, slots `1..N` are `/tmp/machinist-vm-tests.lock.<i>`.
+//!
+//! If the lock is held by an *ancestor* of this process (e.g. the test runs under
+//! `flock /tmp/machinist-vm-tests.lock cargo test`), it counts as ours: waiting for it would
+//! deadlock.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::QemuError;
+
+/// The lock file of slot 0.
+pub const VM_LOCK_PATH: &str = "/tmp/machinist-vm-tests.lock";
+/// How long [`VmTestLock::acquire`] waits by default (override: `MACHINIST_VM_LOCK_TIMEOUT`
+/// in seconds).
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// A held VM test slot; released on drop.
+#[derive(Debug)]
+pub struct VmTestLock {
+    _file: Option<File>,
+    path: PathBuf,
+    inherited: bool,
+}
+
+impl VmTestLock {
+    /// Takes a VM test slot, waiting up to `MACHINIST_VM_LOCK_TIMEOUT` seconds (default 30 min).
+    pub fn acquire() -> Result<VmTestLock, QemuError> {
+        let timeout = std::env::var("MACHINIST_VM_LOCK_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_LOCK_TIMEOUT);
+        Self::acquire_timeout(timeout)
+    }
+
+    /// Takes a VM test slot, waiting at most `timeout`.
+    pub fn acquire_timeout(timeout: Duration) -> Result<VmTestLock, QemuError> {
+        let slots = std::env::var("MACHINIST_VM_TESTS")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1);
+        let paths: Vec<PathBuf> = (0..slots).map(slot_path).collect();
+        let started = Instant::now();
+        let mut logged = false;
+        loop {
+            for p in &paths {
+                let file = open(p)?;
+                // SAFETY: flock on a file we own.
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                    tracing::debug!("VM test lock {} taken", p.display());
+                    return Ok(VmTestLock {
+                        _file: Some(file),
+                        path: p.clone(),
+                        inherited: false,
+                    });
+                }
+                if held_by_ancestor(&file) {
+                    tracing::debug!("VM test lock {} is held by an ancestor process", p.display());
+                    return Ok(VmTestLock {
+                        _file: None,
+                        path: p.clone(),
+                        inherited: true,
+                    });
+                }
+            }
+            if started.elapsed() >= timeout {
+                return Err(QemuError::Timeout {
+                    name: "-".into(),
+                    what: format!(
+                        "a VM test slot ({}; see who holds it with `fuser -v {}`; \
+                         MACHINIST_VM_TESTS=N allows N concurrent VM tests)",
+                        paths[0].display(),
+                        paths[0].display()
+                    ),
+                    timeout,
+                });
+            }
+            if !logged {
+                tracing::info!("waiting for the VM test lock {}", paths[0].display());
+                logged = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The lock file of the slot held.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the slot is held by an ancestor process rather than by this guard.
+    pub fn is_inherited(&self) -> bool {
+        self.inherited
+    }
+}
+
+fn slot_path(i: usize) -> PathBuf {
+    if i == 0 {
+        PathBuf::from(VM_LOCK_PATH)
+    } else {
+        PathBuf::from(format!("{VM_LOCK_PATH}.{i}"))
+    }
+}
+
+fn open(p: &Path) -> Result<File, QemuError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(p)
+        .map_err(|e| QemuError::io(format!("opening the VM test lock {}", p.display()), e))?;
+    // Let other users share the lock file.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = f.set_permissions(std::fs::Permissions::from_mode(0o666));
+    Ok(f)
+}
+
+/// Whether a flock on `file`'s inode is held by one of our ancestor processes (per /proc/locks).
+fn held_by_ancestor(file: &File) -> bool {
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    let ino = meta.ino();
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    let ancestors = ancestors();
+    locks.lines().any(|l| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:1f:5678 0 EOF"
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" {
+            return false;
+        }
+        let Ok(pid) = f[4].parse::<u32>() else {
+            return false;
+        };
+        let inode_ok = f[5]
+            .rsplit(':')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+            == Some(ino);
+        inode_ok && ancestors.contains(&pid)
+    })
+}
+
+fn ancestors() -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut pid = std::process::id();
+    for _ in 0..64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            break;
+        };
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            break;
+        };
+        if ppid <= 1 {
+            break;
+        }
+        out.push(ppid);
+        pid = ppid;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ancestors_include_parent() {
+        let a = ancestors();
+        // SAFETY: getppid cannot fail.
+        let ppid = unsafe { libc::getppid() } as u32;
+        if ppid > 1 {
+            assert_eq!(a.first(), Some(&ppid));
+        }
+    }
+}
