@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::HttpBody;
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -158,11 +159,10 @@ async fn log_request(
     );
     let resp = next.run(req).await;
     let len = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+        .body()
+        .size_hint()
+        .exact()
+        .map_or_else(|| "-".to_string(), |n| n.to_string());
     eprintln!("{line} {} {len}", resp.status().as_u16());
     resp
 }

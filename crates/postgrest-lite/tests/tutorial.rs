@@ -298,3 +298,35 @@ fn command_line() {
     assert!(out.status.success());
     insta::assert_snapshot!("dump_config", String::from_utf8_lossy(&out.stdout));
 }
+
+/// Measured numbers for the report: time from spawn to the first 200, and sequential request
+/// latency over keep-alive-less raw TCP (bounds are generous; the numbers are printed).
+#[test]
+fn startup_and_latency_numbers() {
+    let Some(bin) = pg_or_skip("startup_and_latency_numbers") else {
+        return;
+    };
+    let pg = PgCluster::start_new(&bin);
+    pg.psql(SETUP_SQL);
+    let port = free_port();
+    let t0 = std::time::Instant::now();
+    let server = Server::spawn(
+        Path::new(BIN),
+        &common::tutorial_conf(pg.port, port),
+        port,
+    );
+    server.wait_for("/todos", Duration::from_secs(30), |r| r.status == 200);
+    let startup = t0.elapsed();
+    let n = 200;
+    let t1 = std::time::Instant::now();
+    for _ in 0..n {
+        assert_eq!(get(port, "/todos").body, TUTORIAL_BODY);
+    }
+    let per_request = t1.elapsed() / n;
+    eprintln!(
+        "postgrest-lite numbers: spawn-to-first-200 {startup:?}, GET /todos {per_request:?} per request (sequential, {n} requests)\n--- server stderr (head) ---\n{}",
+        server.stderr().lines().take(6).collect::<Vec<_>>().join("\n")
+    );
+    assert!(startup < Duration::from_secs(10), "startup took {startup:?}");
+    assert!(per_request < Duration::from_millis(100), "{per_request:?}");
+}
