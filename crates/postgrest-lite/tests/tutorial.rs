@@ -144,6 +144,47 @@ fn tutorial_end_to_end() {
         "table intact"
     );
 
+    // Views, awkward identifiers, values with quotes/backslashes/unicode, a second schema.
+    pg.psql(
+        r#"create view api.titles as select id, upper(task) as "Title" from api.todos;
+           grant select on api.titles to web_anon;
+           create table api."we""ird name" ("Col ""x""" text, "select" int);
+           insert into api."we""ird name" values ('it''s', 1), ('back\slash', 2), ('été', 3);
+           grant select on api."we""ird name" to web_anon;
+           create schema other;
+           create table other.todos (id int, note text);
+           insert into other.todos values (7, 'from other');
+           grant usage on schema other to web_anon;
+           grant select on other.todos to web_anon;"#,
+    );
+    let r = get(port, "/titles?select=Title&id=eq.1");
+    assert_eq!(r.body, "[{\"Title\":\"FINISH TUTORIAL 0\"}]");
+    let weird = "/we%22ird%20name";
+    let r = get(
+        port,
+        &format!("{weird}?select=select&order=select.desc&limit=1"),
+    );
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "[{\"select\":3}]"),
+        "{r:?}"
+    );
+    let col = "Col%20%22x%22";
+    for (value, want) in [("it's", 1), ("back%5Cslash", 2), ("%C3%A9t%C3%A9", 3)] {
+        let r = get(port, &format!("{weird}?select=select&{col}=eq.{value}"));
+        assert_eq!(r.body, format!("[{{\"select\":{want}}}]"), "{value}: {r:?}");
+    }
+    let r = get(port, &format!("{weird}?select=select&{col}=like.*'*"));
+    assert_eq!(r.body, "[{\"select\":1}]");
+    let r = get(
+        port,
+        &format!("{weird}?select=select&{col}=in.(%22it's%22,back%5Cslash)"),
+    );
+    assert_eq!(r.body, "[{\"select\":1}, \n {\"select\":2}]");
+    // db-schemas has one schema here: `other` is not exposed.
+    let r = try_request(port, "GET", "/todos", &[("Accept-Profile", "other")]).expect("GET");
+    assert_eq!(r.status, 406, "{r:?}");
+
     // Errors in PostgREST's shape and statuses.
     let r = get(port, "/nope");
     assert_eq!(r.status, 404);
@@ -170,7 +211,7 @@ fn tutorial_end_to_end() {
     let r = get(port, "/a/b");
     assert_eq!(r.status, 404);
     assert!(r.body.contains("PGRST125"), "{}", r.body);
-    let r = try_request(port, "GET", "/todos", &[("Accept-Profile", "other")]).expect("GET");
+    let r = try_request(port, "GET", "/todos", &[("Accept-Profile", "nope")]).expect("GET");
     assert_eq!(r.status, 406);
     assert!(r.body.contains("PGRST106"), "{}", r.body);
 
@@ -203,6 +244,19 @@ fn tutorial_end_to_end() {
         "revoked table still listed: {}",
         r.body
     );
+
+    // Two exposed schemas: the first is the default, Accept-Profile picks another.
+    let port2 = free_port();
+    let conf = common::tutorial_conf(pg.port, port2)
+        .replace("db-schemas = \"api\"", "db-schemas = \"api, other\"");
+    let s2 = Server::spawn(Path::new(BIN), &conf, port2);
+    s2.wait_for("/", Duration::from_secs(30), |r| r.status == 200);
+    let r = try_request(port2, "GET", "/todos", &[("Accept-Profile", "other")]).expect("GET");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "[{\"id\":7,\"note\":\"from other\"}]")
+    );
+    assert_eq!(get(port2, "/todos").status, 401, "default schema is api");
 
     // The request log names the server and the requests.
     let log = server.stderr();
@@ -310,11 +364,7 @@ fn startup_and_latency_numbers() {
     pg.psql(SETUP_SQL);
     let port = free_port();
     let t0 = std::time::Instant::now();
-    let server = Server::spawn(
-        Path::new(BIN),
-        &common::tutorial_conf(pg.port, port),
-        port,
-    );
+    let server = Server::spawn(Path::new(BIN), &common::tutorial_conf(pg.port, port), port);
     server.wait_for("/todos", Duration::from_secs(30), |r| r.status == 200);
     let startup = t0.elapsed();
     let n = 200;
@@ -327,6 +377,9 @@ fn startup_and_latency_numbers() {
         "postgrest-lite numbers: spawn-to-first-200 {startup:?}, GET /todos {per_request:?} per request (sequential, {n} requests)\n--- server stderr (head) ---\n{}",
         server.stderr().lines().take(6).collect::<Vec<_>>().join("\n")
     );
-    assert!(startup < Duration::from_secs(10), "startup took {startup:?}");
+    assert!(
+        startup < Duration::from_secs(10),
+        "startup took {startup:?}"
+    );
     assert!(per_request < Duration::from_millis(100), "{per_request:?}");
 }
