@@ -1,0 +1,162 @@
+//! The guest side: the backdoor script and its systemd units, as files to install into an image.
+//!
+//! What the host sees is NixOS-compatible: after the line `Spawning backdoor root shell...` a
+//! non-interactive `bash --norc` reads commands from the virtio console (`/dev/hvc0`), its stdout is
+//! the console, its stderr is the serial port `/dev/ttyS0` (so it lands in the serial log), the
+//! console is in `raw -echo` mode, the environment is root's login environment from `/etc/profile`
+//! and the working directory is `/tmp`.
+//!
+//! The ordering is ours, for boot speed: the template unit `machinist-backdoor@.service` has
+//! `DefaultDependencies=no`, is wanted by `sysinit.target` and polls for the device node itself
+//! instead of depending on the udev device unit. `hvc0` is the main shell, `hvc1` the control shell
+//! (the same script on a second virtio console port).
+
+/// Where the backdoor script is installed in the guest.
+pub const SCRIPT_PATH: &str = "/usr/lib/machinist/backdoor";
+
+/// Where the systemd template unit is installed in the guest.
+pub const UNIT_PATH: &str = "/etc/systemd/system/machinist-backdoor@.service";
+
+/// The line the guest prints on the console when the shell is ready (same bytes as NixOS).
+pub const GREETING: &str = "Spawning backdoor root shell...";
+
+/// The console device of the main shell.
+pub const MAIN_DEVICE: &str = "hvc0";
+
+/// The console device of the control shell.
+pub const CONTROL_DEVICE: &str = "hvc1";
+
+/// The backdoor script. `backdoor <device>` serves a shell on `/dev/<device>`; `backdoor -` serves
+/// it on the inherited stdin/stdout/stderr (used by tests that run it on a socket without a VM).
+pub const SCRIPT: &str = r#"#!/bin/bash
+# Machinist backdoor: a root shell for the test driver on a virtio console.
+#   backdoor <device>  serve on /dev/<device> (stdin+stdout), stderr on /dev/ttyS0
+#   backdoor -         serve on the inherited stdin/stdout/stderr (tests without a VM)
+# The host side is NixOS-compatible: after the greeting line a non-interactive
+# `bash --norc` reads commands from the device. Nothing may be printed after the greeting.
+dev=${1:?usage: backdoor <device>|-}
+export USER=root HOME=/root DISPLAY=:0.0
+if [[ -r /etc/profile ]]; then
+    set +u
+    . /etc/profile
+fi
+export PAGER= SYSTEMD_PAGER=
+cd /tmp || cd /
+if [[ $dev == - ]]; then
+    echo "Spawning backdoor root shell..."
+    PS1= exec bash --norc
+fi
+# Wait for the device node itself (no dependency on udev's device unit: faster boot).
+until [[ -c /dev/$dev ]]; do sleep 0.05; done
+exec <"/dev/$dev" >"/dev/$dev"
+while ! exec 2>/dev/ttyS0; do sleep 0.1; done
+echo "machinist backdoor: connecting to host on /dev/$dev..." >&2
+# Raw: no NL -> CR/NL conversion, no echo, no signals from control bytes.
+stty raw -echo
+echo "Spawning backdoor root shell..."
+# The device as script argument keeps bash non-interactive (no prompt, no job control).
+PS1= exec bash --norc "/dev/$dev"
+"#;
+
+/// The systemd template unit; instantiate as `machinist-backdoor@hvc0.service`.
+pub const UNIT: &str = r#"[Unit]
+Description=Machinist backdoor root shell on /dev/%I
+# Ordered early, for boot speed: no default dependencies, wanted by sysinit.target; the script
+# polls for the console device itself instead of waiting for udev.
+DefaultDependencies=no
+IgnoreOnIsolate=yes
+StartLimitIntervalSec=0
+
+[Service]
+Type=simple
+ExecStart=/usr/lib/machinist/backdoor %I
+KillSignal=SIGHUP
+# A shell that exits (e.g. `exit` typed in an interactive session) comes back with a new greeting.
+Restart=always
+RestartSec=100ms
+
+[Install]
+WantedBy=sysinit.target
+"#;
+
+/// A regular file to install into the guest image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFile {
+    /// Absolute path in the guest.
+    pub path: &'static str,
+    /// File contents.
+    pub contents: &'static str,
+    /// Permission bits, e.g. `0o755`.
+    pub mode: u32,
+}
+
+/// A symbolic link to install into the guest image (the units' `WantedBy=` enablement).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestSymlink {
+    /// Absolute path of the link in the guest.
+    pub path: String,
+    /// What the link points to.
+    pub target: &'static str,
+}
+
+/// The unit instance name serving `device`, e.g. `machinist-backdoor@hvc0.service`.
+pub fn unit_name(device: &str) -> String {
+    format!("machinist-backdoor@{device}.service")
+}
+
+/// The files of the guest side: the script and the template unit.
+pub fn files() -> Vec<GuestFile> {
+    vec![
+        GuestFile {
+            path: SCRIPT_PATH,
+            contents: SCRIPT,
+            mode: 0o755,
+        },
+        GuestFile {
+            path: UNIT_PATH,
+            contents: UNIT,
+            mode: 0o644,
+        },
+    ]
+}
+
+/// The enablement symlinks: the main shell on hvc0 and the control shell on hvc1, both wanted by
+/// `sysinit.target`.
+pub fn symlinks() -> Vec<GuestSymlink> {
+    [MAIN_DEVICE, CONTROL_DEVICE]
+        .iter()
+        .map(|dev| GuestSymlink {
+            path: format!(
+                "/etc/systemd/system/sysinit.target.wants/{}",
+                unit_name(dev)
+            ),
+            target: UNIT_PATH,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_passes_bash_syntax_check() {
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", SCRIPT])
+            .output()
+            .expect("run bash -n");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn greeting_in_script_matches() {
+        assert!(SCRIPT.contains(&format!("echo \"{GREETING}\"")));
+    }
+
+    #[test]
+    fn guest_files_snapshot() {
+        insta::assert_snapshot!("script", SCRIPT);
+        insta::assert_snapshot!("unit", UNIT);
+        insta::assert_debug_snapshot!("symlinks", symlinks());
+    }
+}
