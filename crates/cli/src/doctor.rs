@@ -103,26 +103,43 @@ fn qemu_img(qemu: &Finding) -> Finding {
     f
 }
 
-/// The accelerator Machinist will use and why.
-// TODO(issue 3): call machinist_qemu::accel::choose() (the real KVM boot probe, cached per host)
-// once crates/qemu exports it; until then this only reports the override and /dev/kvm.
-fn accelerator() -> Finding {
-    if let Ok(v) = std::env::var("MACHINIST_ACCEL") {
-        return Finding::ok(
-            "accelerator",
-            format!("{v} (forced by MACHINIST_ACCEL={v})"),
+/// The accelerator Machinist will use and why: `machinist_qemu::accel::choose()` (the
+/// `MACHINIST_ACCEL` override, a cached verdict, or a real probe boot under KVM of up to ~5 s,
+/// taken under the host-wide VM lock).
+fn accelerator(qemu_ok: bool) -> Finding {
+    if !qemu_ok && std::env::var_os("MACHINIST_ACCEL").is_none() {
+        return Finding {
+            what: "accelerator",
+            state: State::Warn,
+            detail: "unknown: QEMU is missing".into(),
+        };
+    }
+    // The probe boots a guest: one VM at a time on this host. Only wait for the VM lock when a
+    // probe will really run (no override, /dev/kvm present, no cached verdict for this host).
+    let _lock = probe_needed().then(|| {
+        eprintln!(
+            "machinist doctor: probing KVM with a short guest boot (waiting for the VM lock)"
         );
+        machinist_qemu::VmTestLock::acquire_timeout(std::time::Duration::from_secs(300)).ok()
+    });
+    let c = machinist_qemu::accel::choose();
+    Finding::ok("accelerator", format!("{} ({})", c.accel, c.reason))
+}
+
+/// True when `accel::choose()` would boot a probe guest.
+// TODO(issue 3): ask machinist-qemu for this (e.g. `accel::cached()`) instead of reading its
+// cache file (`<cache>/accel.json`, `{"key": accel::cache_key(), ...}`).
+fn probe_needed() -> bool {
+    if std::env::var_os("MACHINIST_ACCEL").is_some_and(|v| !v.is_empty())
+        || !Path::new("/dev/kvm").exists()
+    {
+        return false;
     }
-    let kvm = Path::new("/dev/kvm").exists();
-    Finding {
-        what: "accelerator",
-        state: State::Ok,
-        detail: format!(
-            "tcg (/dev/kvm {}; the KVM boot probe is not wired in yet, and /dev/kvm alone is not \
-             trusted because guests hang under it on these hosts)",
-            if kvm { "exists" } else { "absent" }
-        ),
-    }
+    let cached = std::fs::read_to_string(cache_dir().join("accel.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["key"].as_str() == Some(&machinist_qemu::accel::cache_key()));
+    !cached
 }
 
 fn tesseract() -> Vec<Finding> {
@@ -158,17 +175,9 @@ fn tesseract() -> Vec<Finding> {
 }
 
 /// Machinist's cache directory: `$MACHINIST_CACHE_DIR`, else `$XDG_CACHE_HOME/machinist`, else
-/// `~/.cache/machinist`.
-// TODO(issue 4): use machinist-guest's cache-dir function once it exports one.
+/// `~/.cache/machinist` (the same rule as every crate: `machinist_qemu::cache_dir`).
 pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("MACHINIST_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("machinist");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/machinist")
+    machinist_qemu::cache_dir()
 }
 
 /// Free bytes on the filesystem holding `path` (or its nearest existing ancestor).
@@ -212,7 +221,8 @@ fn gib(b: u64) -> f64 {
 pub fn run_checks() -> Vec<Finding> {
     let q = qemu();
     let img = qemu_img(&q);
-    let mut v = vec![q, img, accelerator()];
+    let qemu_ok = q.state == State::Ok;
+    let mut v = vec![q, img, accelerator(qemu_ok)];
     v.extend(tesseract());
     v.push(tool(
         "mmdebstrap",
