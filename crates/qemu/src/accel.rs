@@ -155,7 +155,12 @@ pub fn probe_kvm(timeout: Duration) -> AccelChoice {
         TinyInitramfs::new(PROBE_MARKER)
             .after(AfterMarker::Poweroff)
             .write(&kernel, &initrd)
-            .map_err(|e| (ChoiceSource::ProbeUnavailable, format!("cannot build the probe initramfs ({e})")))?;
+            .map_err(|e| {
+                (
+                    ChoiceSource::ProbeUnavailable,
+                    format!("cannot build the probe initramfs ({e})"),
+                )
+            })?;
         let cmd = QemuCommand::new("kvm-probe")
             .accel(Accel::Kvm)
             .memory_mib(256)
@@ -165,16 +170,30 @@ pub fn probe_kvm(timeout: Duration) -> AccelChoice {
             .initrd(&initrd)
             .append("console=ttyS0 panic=-1 quiet");
         let started = Instant::now();
-        let qemu = QemuProcess::spawn(&cmd)
-            .map_err(|e| (ChoiceSource::ProbeUnavailable, format!("cannot start the probe ({e})")))?;
-        let hit = qemu
-            .serial()
-            .wait_for_blocking(0, PROBE_MARKER, |l| l.contains(PROBE_MARKER), timeout);
+        let qemu = QemuProcess::spawn(&cmd).map_err(|e| {
+            (
+                ChoiceSource::ProbeUnavailable,
+                format!("cannot start the probe ({e})"),
+            )
+        })?;
+        let hit =
+            qemu.serial()
+                .wait_for_blocking(0, PROBE_MARKER, |l| l.contains(PROBE_MARKER), timeout);
         let elapsed = started.elapsed();
+        // Closed serial = QEMU exited by itself: collect its status for the reason.
+        let exited = match &hit {
+            Err(crate::serial::SerialError::Closed { .. }) => {
+                qemu.wait_timeout_blocking(Duration::from_secs(2))
+            }
+            _ => None,
+        };
+        // A guest hung under KVM may ignore SIGTERM: kill outright, don't wait for the grace.
+        qemu.start_kill();
+        qemu.wait_timeout_blocking(Duration::from_secs(5));
         match hit {
             Ok(_) => Ok(elapsed),
             Err(_) => {
-                if let Some(status) = qemu.wait_timeout_blocking(Duration::from_millis(200)) {
+                if let Some(status) = exited {
                     let stderr = qemu.stderr_tail();
                     Err((
                         ChoiceSource::Probe,
@@ -196,10 +215,7 @@ pub fn probe_kvm(timeout: Duration) -> AccelChoice {
     match result {
         Ok(elapsed) => choice(
             Accel::Kvm,
-            &format!(
-                "a KVM probe guest booted in {:.2} s",
-                elapsed.as_secs_f64()
-            ),
+            &format!("a KVM probe guest booted in {:.2} s", elapsed.as_secs_f64()),
             ChoiceSource::Probe,
         ),
         Err((source, reason)) => choice(Accel::Tcg, &reason, source),
@@ -243,11 +259,17 @@ fn write_cache(file: &Path, key: &str, c: &AccelChoice) {
             std::fs::create_dir_all(d)?;
         }
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&entry).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&entry).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(&tmp, file)
     };
     if let Err(e) = write() {
-        tracing::warn!("cannot cache the accelerator verdict in {}: {e}", file.display());
+        tracing::warn!(
+            "cannot cache the accelerator verdict in {}: {e}",
+            file.display()
+        );
     }
 }
 
@@ -295,7 +317,11 @@ mod tests {
     fn cache_roundtrip_checks_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("accel.json");
-        let c = choice(Accel::Tcg, "KVM present but a probe guest did not boot within 5 s", ChoiceSource::Probe);
+        let c = choice(
+            Accel::Tcg,
+            "KVM present but a probe guest did not boot within 5 s",
+            ChoiceSource::Probe,
+        );
         write_cache(&f, "k1", &c);
         let back = read_cache(&f, "k1").unwrap();
         assert_eq!(back.accel, Accel::Tcg);

@@ -549,10 +549,10 @@ impl QemuCommand {
         if let Some(i) = &self.initrd {
             must_exist("initrd", i)?;
         }
-        if self.initrd.is_some() && self.kernel.is_none() {
+        if let (Some(initrd), None) = (&self.initrd, &self.kernel) {
             return Err(invalid(
                 "initrd",
-                &path_str(self.initrd.as_ref().expect("checked")),
+                &path_str(initrd),
                 "an initrd needs a kernel (set QemuCommand::kernel)",
             ));
         }
@@ -671,7 +671,9 @@ fn check_mac(mac: &str) -> Result<(), QemuError> {
         && parts
             .iter()
             .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
-        && u8::from_str_radix(parts[0], 16).map(|b| b & 1 == 0).unwrap_or(false);
+        && u8::from_str_radix(parts[0], 16)
+            .map(|b| b & 1 == 0)
+            .unwrap_or(false);
     if ok {
         Ok(())
     } else {
@@ -699,7 +701,8 @@ fn escape_opt(s: &str) -> String {
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ',' | '=' | ':' | '+' | '@')
+            c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | '/' | ',' | '=' | ':' | '+' | '@')
         })
     {
         s.to_string()
@@ -772,7 +775,12 @@ mod tests {
             .allow_reboot(true)
             .display(Display::None)
             .serial(Serial::None)
-            .drive(Drive::raw("/img/base,v2.img").read_only().snapshot().id("root"))
+            .drive(
+                Drive::raw("/img/base,v2.img")
+                    .read_only()
+                    .snapshot()
+                    .id("root"),
+            )
             .nic(Nic {
                 id: "nic-vlan2".into(),
                 mac: "52:54:00:12:02:02".into(),
@@ -787,7 +795,9 @@ mod tests {
     fn args_are_deterministic() {
         assert_eq!(typical().args(), typical().args());
         assert_eq!(typical().command_line(), typical().command_line());
-        assert!(typical().command_line().contains("'console=ttyS0 root=/dev/vda rw quiet'"));
+        assert!(typical()
+            .command_line()
+            .contains("'console=ttyS0 root=/dev/vda rw quiet'"));
     }
 
     #[test]
@@ -831,7 +841,10 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("disk `") && err.contains("disk.qcow2"), "{err}");
+        assert!(
+            err.contains("disk `") && err.contains("disk.qcow2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -840,7 +853,10 @@ mod tests {
         let err = QemuCommand::new("vm").qmp(&long).validate().unwrap_err();
         assert!(matches!(err, QemuError::SocketPathTooLong { .. }));
         let msg = err.to_string();
-        assert!(msg.contains(&long) && msg.contains("shorter run directory"), "{msg}");
+        assert!(
+            msg.contains(&long) && msg.contains("shorter run directory"),
+            "{msg}"
+        );
         let long_vde = format!("/tmp/{}", "v".repeat(95));
         let err = QemuCommand::new("vm")
             .nic(Nic {

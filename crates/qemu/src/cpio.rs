@@ -76,9 +76,8 @@ impl<W: Write> NewcWriter<W> {
 
     /// Adds a regular file with the contents of the host file `source`.
     pub fn file_from(&mut self, path: &str, mode: u32, source: &Path) -> io::Result<()> {
-        let data = std::fs::read(source).map_err(|e| {
-            io::Error::new(e.kind(), format!("reading {}: {e}", source.display()))
-        })?;
+        let data = std::fs::read(source)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", source.display())))?;
         self.file(path, mode, &data)
     }
 
@@ -116,7 +115,14 @@ impl<W: Write> NewcWriter<W> {
         self.written
     }
 
-    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: u64, data: &[u8]) -> io::Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        nlink: u32,
+        rdev: u64,
+        data: &[u8],
+    ) -> io::Result<()> {
         let size = u32::try_from(data.len())
             .map_err(|_| invalid(format!("{name}: file too large for newc (> 4 GiB)")))?;
         let ino = self.next_ino;
@@ -126,7 +132,15 @@ impl<W: Write> NewcWriter<W> {
         self.pad()
     }
 
-    fn header(&mut self, name: &str, ino: u32, mode: u32, nlink: u32, size: u32, rdev: u64) -> io::Result<()> {
+    fn header(
+        &mut self,
+        name: &str,
+        ino: u32,
+        mode: u32,
+        nlink: u32,
+        size: u32,
+        rdev: u64,
+    ) -> io::Result<()> {
         let namesize = name.len() as u32 + 1;
         let fields: [u32; 13] = [
             ino,
@@ -216,7 +230,9 @@ mod tests {
         assert_eq!(&a[14..22], b"000041ED");
         assert_eq!(&a[38..46], b"00000002");
         assert_eq!(&a[94..102], b"00000004");
-        assert!(NewcWriter::new(Vec::new()).file("../x", 0o644, b"").is_err());
+        assert!(NewcWriter::new(Vec::new())
+            .file("../x", 0o644, b"")
+            .is_err());
         assert!(NewcWriter::new(Vec::new()).file("", 0o644, b"").is_err());
     }
 
@@ -259,9 +275,16 @@ mod tests {
                 "etc/link"
             ]
         );
-        cpio(&["-i", "-d", "--quiet", "--no-absolute-filenames"], &a, dir.path());
+        cpio(
+            &["-i", "-d", "--quiet", "--no-absolute-filenames"],
+            &a,
+            dir.path(),
+        );
         let d = dir.path();
-        assert_eq!(std::fs::read_to_string(d.join("etc/hostname")).unwrap(), "server\n");
+        assert_eq!(
+            std::fs::read_to_string(d.join("etc/hostname")).unwrap(),
+            "server\n"
+        );
         let mode = std::fs::metadata(d.join("usr/lib/machinist/apply"))
             .unwrap()
             .permissions()
@@ -272,13 +295,19 @@ mod tests {
             Path::new("hostname")
         );
         assert_eq!(std::fs::metadata(d.join("empty")).unwrap().len(), 0);
-        let etc = std::fs::metadata(d.join("etc")).unwrap().permissions().mode();
+        let etc = std::fs::metadata(d.join("etc"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(etc & 0o777, 0o750);
         // A device node lists fine too (extracting one needs root, so only list it).
         let mut w = NewcWriter::new(Vec::new());
         w.dir("dev", 0o755).unwrap();
         w.char_device("dev/console", 0o600, 5, 1).unwrap();
         let list = cpio(&["-t", "-v", "--quiet"], &w.finish().unwrap(), dir.path());
-        assert!(list.contains("5,") && list.contains("dev/console"), "{list}");
+        assert!(
+            list.contains("5,") && list.contains("dev/console"),
+            "{list}"
+        );
     }
 }

@@ -70,7 +70,11 @@ pub enum QemuError {
     },
 
     /// QEMU exited while the caller was waiting for it to do something.
-    #[error("QEMU exited with {}: {} (machine `{name}`)", describe_status(status), stderr_or_hint(stderr))]
+    #[error(
+        "QEMU exited with {}: {} (machine `{name}`)",
+        describe_status(status),
+        stderr_or_hint(stderr)
+    )]
     Exited {
         /// Machine name.
         name: String,

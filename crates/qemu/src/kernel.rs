@@ -92,7 +92,10 @@ pub fn test_kernel_in(dir: &Path) -> Result<TestKernel, KernelError> {
         Ok(k) => Ok(k),
         Err(e) => {
             if let Some(k) = newest_cached(dir) {
-                tracing::warn!("cannot refresh the test kernel ({e}); using cached {}", k.release);
+                tracing::warn!(
+                    "cannot refresh the test kernel ({e}); using cached {}",
+                    k.release
+                );
                 Ok(k)
             } else {
                 Err(e)
@@ -235,9 +238,8 @@ fn download_into(dir: &Path, tmp: &Path) -> Result<TestKernel, KernelError> {
         "moving the unpacked kernel to {}",
         dest.display()
     )))?;
-    cached(dir, &release).ok_or_else(|| {
-        KernelError::Layout(format!("{pkg} has no lib/modules/{release} directory"))
-    })
+    cached(dir, &release)
+        .ok_or_else(|| KernelError::Layout(format!("{pkg} has no lib/modules/{release} directory")))
 }
 
 fn flock(file: &File, timeout: Duration, path: &Path) -> Result<(), KernelError> {
@@ -297,7 +299,14 @@ impl TestKernel {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
         for n in names {
-            self.visit(&n.replace('-', "_"), &index, &builtin, &mut seen, &mut order, 0)?;
+            self.visit(
+                &n.replace('-', "_"),
+                &index,
+                &builtin,
+                &mut seen,
+                &mut order,
+                0,
+            )?;
         }
         Ok(order)
     }
@@ -315,7 +324,9 @@ impl TestKernel {
             return Ok(());
         }
         if depth > 32 {
-            return Err(KernelError::Layout(format!("module dependency loop at {name}")));
+            return Err(KernelError::Layout(format!(
+                "module dependency loop at {name}"
+            )));
         }
         let path = index.get(name).ok_or_else(|| {
             KernelError::Layout(format!(
@@ -507,8 +518,10 @@ mod tests {
             Some("linux-image-6.1.0-56-cloud-amd64")
         );
         assert_eq!(
-            parse_kernel_dep("linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n")
-                .as_deref(),
+            parse_kernel_dep(
+                "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n"
+            )
+            .as_deref(),
             Some("linux-image-6.1.0-56-cloud-amd64")
         );
         assert_eq!(parse_kernel_dep("libc6"), None);
@@ -524,7 +537,10 @@ mod tests {
     #[test]
     fn busybox_is_static_and_ls_is_dynamic() {
         if let Ok(bb) = std::fs::read("/bin/busybox") {
-            assert!(!is_dynamic_elf(&bb), "/bin/busybox should be busybox-static");
+            assert!(
+                !is_dynamic_elf(&bb),
+                "/bin/busybox should be busybox-static"
+            );
         }
         assert!(is_dynamic_elf(&std::fs::read("/bin/ls").unwrap()));
     }

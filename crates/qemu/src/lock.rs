@@ -12,6 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::QemuError;
@@ -23,11 +24,52 @@ pub const VM_LOCK_PATH: &str = "/tmp/machinist-vm-tests.lock";
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// A held VM test slot; released on drop.
+///
+/// Slots are counted in-process too, so threads of one test binary (plain `cargo test`) queue
+/// even when an ancestor holds the file lock.
 #[derive(Debug)]
 pub struct VmTestLock {
     _file: Option<File>,
     path: PathBuf,
     inherited: bool,
+    _slot: LocalSlot,
+}
+
+/// One of the in-process slots; returned on drop.
+#[derive(Debug)]
+struct LocalSlot;
+
+fn local_slots() -> &'static (Mutex<usize>, Condvar) {
+    static SLOTS: OnceLock<(Mutex<usize>, Condvar)> = OnceLock::new();
+    SLOTS.get_or_init(|| (Mutex::new(0), Condvar::new()))
+}
+
+impl LocalSlot {
+    fn acquire(max: usize, deadline: Instant) -> Option<LocalSlot> {
+        let (m, c) = local_slots();
+        let mut used = m.lock().unwrap_or_else(|p| p.into_inner());
+        while *used >= max {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            used = c
+                .wait_timeout(used, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *used += 1;
+        Some(LocalSlot)
+    }
+}
+
+impl Drop for LocalSlot {
+    fn drop(&mut self) {
+        let (m, c) = local_slots();
+        let mut used = m.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(1);
+        c.notify_one();
+    }
 }
 
 impl VmTestLock {
@@ -50,6 +92,17 @@ impl VmTestLock {
             .max(1);
         let paths: Vec<PathBuf> = (0..slots).map(slot_path).collect();
         let started = Instant::now();
+        let timeout_err = || QemuError::Timeout {
+            name: "-".into(),
+            what: format!(
+                "a VM test slot ({}; see who holds it with `fuser -v {}`; \
+                 MACHINIST_VM_TESTS=N allows N concurrent VM tests)",
+                paths[0].display(),
+                paths[0].display()
+            ),
+            timeout,
+        };
+        let slot = LocalSlot::acquire(slots, started + timeout).ok_or_else(timeout_err)?;
         let mut logged = false;
         loop {
             for p in &paths {
@@ -61,28 +114,24 @@ impl VmTestLock {
                         _file: Some(file),
                         path: p.clone(),
                         inherited: false,
+                        _slot: slot,
                     });
                 }
                 if held_by_ancestor(&file) {
-                    tracing::debug!("VM test lock {} is held by an ancestor process", p.display());
+                    tracing::debug!(
+                        "VM test lock {} is held by an ancestor process",
+                        p.display()
+                    );
                     return Ok(VmTestLock {
                         _file: None,
                         path: p.clone(),
                         inherited: true,
+                        _slot: slot,
                     });
                 }
             }
             if started.elapsed() >= timeout {
-                return Err(QemuError::Timeout {
-                    name: "-".into(),
-                    what: format!(
-                        "a VM test slot ({}; see who holds it with `fuser -v {}`; \
-                         MACHINIST_VM_TESTS=N allows N concurrent VM tests)",
-                        paths[0].display(),
-                        paths[0].display()
-                    ),
-                    timeout,
-                });
+                return Err(timeout_err());
             }
             if !logged {
                 tracing::info!("waiting for the VM test lock {}", paths[0].display());
@@ -144,11 +193,7 @@ fn held_by_ancestor(file: &File) -> bool {
         let Ok(pid) = f[4].parse::<u32>() else {
             return false;
         };
-        let inode_ok = f[5]
-            .rsplit(':')
-            .next()
-            .and_then(|s| s.parse::<u64>().ok())
-            == Some(ino);
+        let inode_ok = f[5].rsplit(':').next().and_then(|s| s.parse::<u64>().ok()) == Some(ino);
         inode_ok && ancestors.contains(&pid)
     })
 }
@@ -179,6 +224,20 @@ fn ancestors() -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_lock_threads_of_one_process_queue() {
+        if std::env::var("MACHINIST_VM_TESTS").is_ok_and(|v| v.trim() != "1") {
+            return;
+        }
+        let a = VmTestLock::acquire_timeout(Duration::from_secs(60)).unwrap();
+        let t =
+            std::thread::spawn(|| VmTestLock::acquire_timeout(Duration::from_millis(200)).is_err());
+        assert!(t.join().unwrap(), "a second slot should not be free");
+        drop(a);
+        let b = VmTestLock::acquire_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(b.path(), Path::new(VM_LOCK_PATH));
+    }
 
     #[test]
     fn ancestors_include_parent() {

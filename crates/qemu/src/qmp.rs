@@ -416,7 +416,9 @@ impl Qmp {
 
     /// `system_reset` (hard reset; a `RESET` event follows).
     pub async fn system_reset(&self) -> Result<(), QmpError> {
-        self.exec_default("system_reset", Value::Null).await.map(drop)
+        self.exec_default("system_reset", Value::Null)
+            .await
+            .map(drop)
     }
 
     /// `system_powerdown` (ACPI power button).
@@ -664,7 +666,8 @@ mod tests {
                     }
                 }
                 "bad" => {
-                    let reply = json!({"error": {"class": "GenericError", "desc": "nope"}, "id": id});
+                    let reply =
+                        json!({"error": {"class": "GenericError", "desc": "nope"}, "id": id});
                     w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
                 }
                 "hang" => {}
@@ -694,7 +697,10 @@ mod tests {
 
         let err = qmp.execute("bad", Value::Null, t).await.unwrap_err();
         assert_eq!(err.class(), Some("GenericError"));
-        assert_eq!(err.to_string(), "QMP command `bad` failed: GenericError: nope");
+        assert_eq!(
+            err.to_string(),
+            "QMP command `bad` failed: GenericError: nope"
+        );
 
         let err = qmp
             .execute("hang", Value::Null, Duration::from_millis(100))
@@ -710,7 +716,9 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         let started = std::time::Instant::now();
-        let _ = qmp.execute("die", Value::Null, Duration::from_secs(30)).await;
+        let _ = qmp
+            .execute("die", Value::Null, Duration::from_secs(30))
+            .await;
         let err = pending.await.unwrap().unwrap_err();
         assert!(matches!(err, QmpError::Disconnected { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(2));
@@ -728,7 +736,9 @@ mod tests {
     async fn garbage_greeting_is_a_protocol_error() {
         let (a, mut b) = UnixStream::pair().unwrap();
         b.write_all(b"hello\n").await.unwrap();
-        let err = Qmp::from_stream(a, Duration::from_secs(1)).await.unwrap_err();
+        let err = Qmp::from_stream(a, Duration::from_secs(1))
+            .await
+            .unwrap_err();
         assert!(matches!(err, QmpError::Protocol(_)), "{err}");
         let (a, _b) = UnixStream::pair().unwrap();
         let err = Qmp::from_stream(a, Duration::from_millis(100))

@@ -367,7 +367,12 @@ mod tests {
             l2.push_bytes(b"MARKER 42\n");
         });
         let hit = log
-            .wait_for(1, "MARKER", |l| l.contains("MARKER"), Duration::from_secs(5))
+            .wait_for(
+                1,
+                "MARKER",
+                |l| l.contains("MARKER"),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap();
         assert_eq!(hit.text, "MARKER 42");

@@ -1,0 +1,481 @@
+//! VM tests: real QEMU under TCG booting Debian's cloud kernel with a tiny busybox initramfs.
+//! Each takes the host VM lock. Measured times are printed (run with `--nocapture`).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use machinist_qemu::kernel::{
+    test_kernel, AfterMarker, TinyInitramfs, TINY_APPEND, VIRTIO_CONSOLE_MODULES,
+};
+use machinist_qemu::socket::bind_listener;
+use machinist_qemu::{
+    accel, wait_event, Accel, ChoiceSource, QemuCommand, QemuError, QemuProcess, Qmp, QmpError,
+    ScreendumpFormat, Serial, VmTestLock,
+};
+use tokio::io::AsyncReadExt;
+
+const MARKER: &str = "MACHINIST-TEST-READY";
+const HELPER_ENV: &str = "MACHINIST_QEMU_TEST_HELPER";
+
+/// Whether `/proc/<pid>` is gone or a zombie (a zombie has no resources left; reaping it is
+/// its parent's job).
+fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+fn ppm_size(data: &[u8]) -> (usize, usize) {
+    // P6 <ws> width <ws> height <ws> maxval <single ws> pixels
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while data[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if data[i] == b'#' {
+            while data[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        let start = i;
+        while !data[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        fields.push(String::from_utf8_lossy(&data[start..i]).into_owned());
+    }
+    i += 1;
+    assert_eq!(fields[0], "P6", "not a binary PPM");
+    assert_eq!(fields[3], "255");
+    let (w, h): (usize, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+    assert_eq!(data.len() - i, w * h * 3, "PPM pixel data size");
+    (w, h)
+}
+
+fn png_size(data: &[u8]) -> (usize, usize) {
+    assert_eq!(&data[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    assert_eq!(&data[12..16], b"IHDR");
+    let be =
+        |o: usize| u32::from_be_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]]) as usize;
+    (be(16), be(20))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_boot_serial_qmp_screendump_reset_quit() {
+    let _lock = VmTestLock::acquire().unwrap();
+    let kernel = tokio::task::spawn_blocking(test_kernel)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.cpio");
+    TinyInitramfs::new(MARKER)
+        .modules(VIRTIO_CONSOLE_MODULES)
+        .after(AfterMarker::Shell)
+        .write(&kernel, &initrd)
+        .unwrap();
+    let qmp_path = dir.path().join("qmp.sock");
+    let con_path = dir.path().join("shell.sock");
+    let qmp_listener = bind_listener(&qmp_path).unwrap();
+    let con_listener = bind_listener(&con_path).unwrap();
+    let cmd = QemuCommand::new("vm1")
+        .kernel(&kernel.vmlinuz)
+        .initrd(&initrd)
+        .append(TINY_APPEND)
+        .memory_mib(512)
+        .qmp(&qmp_path)
+        .virtconsole("shell", &con_path)
+        .allow_reboot(true); // with -no-reboot, QMP system_reset makes QEMU exit instead
+
+    let t0 = Instant::now();
+    let qemu = QemuProcess::spawn(&cmd).unwrap();
+    let qmp = qemu
+        .while_running(Qmp::accept(&qmp_listener, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap();
+    let qmp_ready = t0.elapsed();
+    let mut console = qemu
+        .while_running(machinist_qemu::socket::accept_within(
+            &con_listener,
+            Duration::from_secs(10),
+            "vm1",
+            "the shell console",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let st = qmp.query_status().await.unwrap();
+    assert!(st.running, "{st:?}");
+    assert_eq!(st.status, "running");
+
+    let serial = qemu.serial();
+    let linux = serial
+        .wait_for(
+            0,
+            "kernel banner",
+            |l| l.contains("Linux version"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let t_linux = t0.elapsed();
+    let hit = serial
+        .wait_for(
+            linux.index,
+            MARKER,
+            |l| l.contains(MARKER),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let t_marker = t0.elapsed();
+    assert!(
+        !serial.contains("insmod") || !serial.contains("failed"),
+        "{}",
+        serial.tail(50)
+    );
+    assert!(hit.index > linux.index);
+    assert!(!hit.text.contains('\r'));
+    eprintln!(
+        "MEASURED spawn->QMP ready {:.3}s, spawn->kernel banner {:.3}s, spawn->initramfs marker {:.3}s (kernel->marker {:.3}s), {} serial lines",
+        qmp_ready.as_secs_f64(),
+        t_linux.as_secs_f64(),
+        t_marker.as_secs_f64(),
+        (t_marker - t_linux).as_secs_f64(),
+        serial.line_count()
+    );
+
+    // The serial console is interactive: type into the busybox shell on ttyS0.
+    let from = serial.line_count();
+    qemu.write_stdin(b"echo serial-$((6*7))\n").unwrap();
+    serial
+        .wait_for(
+            from,
+            "echo output",
+            |l| l == "serial-42",
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    // The virtio console works (modules loaded, QEMU connected to our listener as a client).
+    qemu.write_stdin(b"echo hvc-$((7*6)) > /dev/hvc0\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&got).contains("hvc-42") {
+            let n = console.read(&mut buf).await.unwrap();
+            assert!(n > 0, "console closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "no hvc0 output: {:?}\n{}",
+        String::from_utf8_lossy(&got),
+        serial.tail(20)
+    );
+
+    // Concurrent callers are matched by id.
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let q = qmp.clone();
+            tokio::spawn(async move { q.query_status().await })
+        })
+        .collect();
+    for c in calls {
+        assert!(c.await.unwrap().unwrap().running);
+    }
+
+    // Screendumps: a valid PPM with consistent size, and a PNG of the same size.
+    let ts = Instant::now();
+    let ppm = qmp
+        .screendump(&dir.path().join("screen.ppm"), ScreendumpFormat::Ppm)
+        .await
+        .unwrap();
+    let t_dump = ts.elapsed();
+    assert!(ppm.is_absolute());
+    let (w, h) = ppm_size(&std::fs::read(&ppm).unwrap());
+    assert!(
+        [(720, 400), (640, 480), (1024, 768), (800, 600)].contains(&(w, h)),
+        "unexpected VGA size {w}x{h}"
+    );
+    let png = qmp
+        .screendump(&dir.path().join("screen.png"), ScreendumpFormat::Png)
+        .await
+        .unwrap();
+    assert_eq!(png_size(&std::fs::read(&png).unwrap()), (w, h));
+    eprintln!(
+        "MEASURED screendump {w}x{h} PPM in {:.1} ms",
+        t_dump.as_secs_f64() * 1000.0
+    );
+
+    // QEMU's own errors come back typed.
+    let err = qmp
+        .execute(
+            "no-such-command",
+            serde_json::Value::Null,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), Some("CommandNotFound"), "{err}");
+    let err = qmp.set_link("no-such-nic", false).await.unwrap_err();
+    match &err {
+        QmpError::Command { class, desc, .. } => {
+            assert!(!class.is_empty());
+            assert!(desc.contains("no-such-nic"), "{err}");
+        }
+        other => panic!("expected a command error, got {other}"),
+    }
+    let hmp = qmp.human_monitor_command("info status").await.unwrap();
+    assert!(hmp.contains("running"), "{hmp}");
+    qmp.stop().await.unwrap();
+    assert_eq!(qmp.query_status().await.unwrap().status, "paused");
+    qmp.cont().await.unwrap();
+
+    // system_reset produces a RESET event, and the guest boots again.
+    let mut events = qmp.subscribe();
+    let before = serial.line_count();
+    qmp.system_reset().await.unwrap();
+    let ev = wait_event(&mut events, "RESET", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(ev.data["guest"], serde_json::json!(false));
+    serial
+        .wait_for(
+            before,
+            "kernel banner after reset",
+            |l| l.contains("Linux version"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+
+    // quit ends QEMU, and calls still pending at that moment fail with Disconnected at once.
+    // Freeze QEMU so the calls really are pending: one before quit, quit, one after.
+    assert!(qemu.signal(nix::sys::signal::Signal::SIGSTOP));
+    let long = Duration::from_secs(60);
+    let q1 = qmp.clone();
+    let before_quit = tokio::spawn(async move { q1.query_status().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q2 = qmp.clone();
+    let quit = tokio::spawn(async move { q2.quit().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q3 = qmp.clone();
+    let after_quit = tokio::spawn(async move {
+        q3.execute("query-status", serde_json::Value::Null, long)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tq = Instant::now();
+    assert!(qemu.signal(nix::sys::signal::Signal::SIGCONT));
+    let status = tokio::time::timeout(Duration::from_secs(10), qemu.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "quit exits with 0: {status}");
+    before_quit.await.unwrap().unwrap();
+    quit.await.unwrap().unwrap();
+    let err = after_quit.await.unwrap().unwrap_err();
+    let t_fail = tq.elapsed();
+    assert!(matches!(err, QmpError::Disconnected { .. }), "{err}");
+    assert!(
+        t_fail < Duration::from_secs(3),
+        "Disconnected took {t_fail:?}"
+    );
+    let err = qmp.query_status().await.unwrap_err();
+    assert!(matches!(err, QmpError::Disconnected { .. }), "{err}");
+    assert!(
+        serial.is_closed()
+            || tokio::time::timeout(Duration::from_secs(2), async {
+                while !serial.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+            })
+            .await
+            .is_ok()
+    );
+    eprintln!(
+        "MEASURED quit -> pending call Disconnected in {:.1} ms",
+        t_fail.as_secs_f64() * 1000.0
+    );
+}
+
+/// A paused QEMU (no guest code runs) for process-lifecycle tests.
+fn paused_qemu(name: &str) -> QemuCommand {
+    QemuCommand::new(name)
+        .memory_mib(64)
+        .cores(1)
+        .serial(Serial::None)
+        .arg("-S")
+}
+
+#[test]
+fn vm_drop_leaves_no_process() {
+    let _lock = VmTestLock::acquire().unwrap();
+    let qemu = QemuProcess::spawn(&paused_qemu("dropme")).unwrap();
+    let pid = qemu.pid();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert!(qemu.try_wait().is_none());
+    let t = Instant::now();
+    drop(qemu);
+    // Reaped by the time drop returns: not even a zombie is left.
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU {pid} still in /proc after drop"
+    );
+    eprintln!(
+        "MEASURED drop (SIGTERM, reap) {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+/// Re-executed by `vm_parent_sigkill_kills_qemu` as the parent process that gets SIGKILLed.
+#[test]
+fn helper_parent_process_for_sigkill_test() {
+    if std::env::var_os(HELPER_ENV).is_none() {
+        return;
+    }
+    let qemu = QemuProcess::spawn(&paused_qemu("orphan")).unwrap();
+    println!("QEMU_PID={}", qemu.pid());
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn vm_parent_sigkill_kills_qemu() {
+    let _lock = VmTestLock::acquire().unwrap();
+    let mut helper = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "helper_parent_process_for_sigkill_test",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HELPER_ENV, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = helper.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            // The harness prints "test <name> ... " before the helper's own output.
+            if let Some((_, p)) = line.split_once("QEMU_PID=") {
+                let _ = tx.send(p.trim().parse::<u32>().unwrap());
+            }
+        }
+    });
+    let pid = rx.recv_timeout(Duration::from_secs(30)).ok();
+    let pid = pid.expect("helper did not report a QEMU pid");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!dead(pid), "QEMU should run while its parent lives");
+    helper.0.kill().unwrap(); // SIGKILL: no destructors run in the helper
+    let t = Instant::now();
+    while !dead(pid) && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        dead(pid),
+        "QEMU {pid} survived its parent's SIGKILL for 2 s"
+    );
+    eprintln!(
+        "MEASURED parent SIGKILL -> QEMU dead in {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn vm_invalid_option_surfaces_qemu_message() {
+    let _lock = VmTestLock::acquire().unwrap();
+    let cmd = paused_qemu("badopt").arg("-device").arg("foo");
+    let qemu = QemuProcess::spawn(&cmd).unwrap();
+    let err = qemu
+        .while_running(std::future::pending::<()>())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, QemuError::Exited { .. }), "{msg}");
+    assert!(
+        msg.starts_with("QEMU exited with status 1: qemu-system-x86_64: -device foo:"),
+        "{msg}"
+    );
+    assert!(msg.contains("badopt"), "{msg}");
+    assert!(qemu.exit_error().await.is_some());
+}
+
+#[test]
+fn bad_input_is_rejected_before_spawn() {
+    let err = QemuProcess::spawn(&QemuCommand::new("vm").binary("/usr/bin/qemu-nope")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("install the Debian package qemu-system-x86"),
+        "{err}"
+    );
+    let err =
+        QemuProcess::spawn(&QemuCommand::new("vm").kernel("/nonexistent/vmlinuz")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/vmlinuz"), "{err}");
+    let long = format!("/tmp/{}/q.sock", "x".repeat(120));
+    let err = QemuProcess::spawn(&QemuCommand::new("vm").qmp(&long)).unwrap_err();
+    assert!(matches!(err, QemuError::SocketPathTooLong { .. }), "{err}");
+    assert!(err.to_string().contains("shorter run directory"), "{err}");
+}
+
+#[test]
+fn vm_probe_returns_tcg_with_reason() {
+    let _lock = VmTestLock::acquire().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let c = accel::decide(None, cache.path(), Path::new("/dev/kvm"));
+    let first = t.elapsed();
+    assert_eq!(c.accel, Accel::Tcg, "{c}");
+    eprintln!(
+        "MEASURED accelerator probe: {c} in {:.2}s",
+        first.as_secs_f64()
+    );
+    if Path::new("/dev/kvm").exists() {
+        assert_eq!(c.source, ChoiceSource::Probe, "{c:?}");
+        assert!(c.reason.starts_with("KVM present but"), "{c}");
+        assert!(first < Duration::from_secs(15), "probe took {first:?}");
+        // The verdict is cached per host.
+        let t = Instant::now();
+        let again = accel::decide(None, cache.path(), Path::new("/dev/kvm"));
+        assert_eq!(again.source, ChoiceSource::Cache, "{again:?}");
+        assert_eq!(again.accel, Accel::Tcg);
+        assert!(t.elapsed() < Duration::from_secs(2));
+    } else {
+        assert_eq!(c.source, ChoiceSource::NoKvm);
+    }
+    // No probe QEMU is left behind.
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
+        .filter(|c| c.contains("kvm-probe"))
+        .collect();
+    assert!(left.is_empty(), "probe QEMU left: {left:?}");
+}
