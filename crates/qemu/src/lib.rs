@@ -47,3 +47,8 @@ pub use qmp::{
 pub use serial::{SerialError, SerialLine, SerialLog};
 pub use spawner::spawn_supervised;
 pub use version::{qemu_version, qemu_version_of, QemuVersion};
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
