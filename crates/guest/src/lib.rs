@@ -1,1 +1,41 @@
 //! Debian guest images built with mmdebstrap, a tiny initramfs, and the per-node configuration layer.
+//!
+//! * [`NodeConfig`]: what a test machine is (packages, files, services, users, firewall, VLANs).
+//! * [`validate`]: every problem at once, each naming node and field.
+//! * [`NetworkPlan`]: node numbers, MACs, addresses and `/etc/hosts`.
+//! * [`ImageCache::ensure`]: content-addressed images (raw ext4 + kernel + tiny initrd).
+//! * [`NodeLayer`]: the per-node file tree, appended to the initrd as a cpio and applied by
+//!   `/usr/lib/machinist/apply-layer` at boot (or live, through the backdoor).
+
+mod backdoor_files;
+pub mod bench;
+pub mod testvm;
+mod config;
+mod error;
+mod image;
+pub mod initrd;
+mod layer;
+mod network;
+mod progress;
+pub mod tuning;
+pub mod units;
+mod validate;
+
+pub use backdoor_files::{backdoor_files, BackdoorInstall};
+pub use config::{
+    FileSpec, FirewallSpec, FirstBootScript, GroupSpec, NodeConfig, Restart, ServiceSpec,
+    ServiceType, UserSpec, DEFAULT_CORES, DEFAULT_MEMORY_MIB,
+};
+pub use error::{FieldError, GuestError, Result};
+pub use image::{
+    bundled_specs, classify_failure, default_cache_dir, Image, ImageCache, ImageSpec,
+    DEFAULT_SUITE, MIRRORS,
+};
+pub use layer::{LayerEntry, LayerFile, NodeLayer, APPLY_LAYER_PATH, INITRD_LAYER_DIR};
+pub use network::{mac_for, Interface, NetworkPlan, PlannedNode, UserInterface};
+pub use progress::Progress;
+pub use tuning::Profile;
+pub use validate::{is_valid_account_name, is_valid_hostname, validate};
+
+/// The kernel command line our images boot with (before the node's `kernel_args`).
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw quiet";

@@ -1,0 +1,893 @@
+//! Images: a base rootfs built with mmdebstrap, derived images with extra packages built from
+//! the cached base, a content-addressed cache with atomic publish and a per-image lock.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::backdoor_files::backdoor_files;
+use crate::error::GuestError;
+use crate::progress::Progress;
+use crate::tuning::{self, Profile, Step};
+
+/// Default Debian suite.
+pub const DEFAULT_SUITE: &str = "bookworm";
+
+/// apt sources used for every image (`{suite}` is replaced).
+pub const MIRRORS: &[&str] = &[
+    "deb http://deb.debian.org/debian {suite} main",
+    "deb http://deb.debian.org/debian-security {suite}-security main",
+    "deb http://deb.debian.org/debian {suite}-updates main",
+];
+
+/// mmdebstrap options besides packages, suite and mirrors.
+pub const MMDEBSTRAP_OPTIONS: &[&str] = &[
+    "--variant=minbase",
+    "--components=main",
+    "--aptopt=Acquire::Languages \"none\"",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--dpkgopt=path-include=/usr/share/locale/locale.alias",
+];
+
+/// The shell recipe run (in a private mount namespace) to add packages to a copy of the base.
+pub const DERIVED_RECIPE: &str = r#"set -eu
+T=$1; shift
+mount -t proc proc "$T/proc"
+printf '#!/bin/sh\nexit 101\n' > "$T/usr/sbin/policy-rc.d"; chmod 755 "$T/usr/sbin/policy-rc.d"
+chroot "$T" apt-get update -q
+chroot "$T" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+chroot "$T" apt-get clean
+rm -f "$T/usr/sbin/policy-rc.d"
+umount "$T/proc"
+"#;
+
+/// Rebuild Debian's initramfs of stock images so it contains the apply-layer hook.
+pub const STOCK_INITRAMFS_RECIPE: &str = r#"set -eu
+T=$1
+mount -t proc proc "$T/proc"
+chroot "$T" update-initramfs -u -k all
+umount "$T/proc"
+"#;
+
+/// Deadline of one external build step (mmdebstrap, apt-get, mkfs).
+pub const STEP_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// Free space needed before a build starts.
+pub const NEEDED_FREE_MIB: u64 = 3 * 1024;
+
+/// What an image contains.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// Debian suite (default bookworm).
+    pub suite: String,
+    /// Extra packages on top of the base image (empty = the base image).
+    pub packages: BTreeSet<String>,
+    /// Boot tuning profile.
+    #[serde(default)]
+    pub profile: Profile,
+}
+
+impl Default for ImageSpec {
+    fn default() -> Self {
+        ImageSpec::base()
+    }
+}
+
+impl ImageSpec {
+    /// The tuned base image of the default suite.
+    pub fn base() -> Self {
+        ImageSpec {
+            suite: DEFAULT_SUITE.into(),
+            packages: BTreeSet::new(),
+            profile: Profile::Tuned,
+        }
+    }
+
+    /// The base image plus `packages`.
+    pub fn with_packages<I, S>(packages: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ImageSpec {
+            packages: packages.into_iter().map(Into::into).collect(),
+            ..ImageSpec::base()
+        }
+    }
+
+    /// The image for a node configuration.
+    pub fn for_node(cfg: &crate::NodeConfig) -> Self {
+        ImageSpec::with_packages(cfg.packages.iter().cloned())
+    }
+
+    /// Set the profile.
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
+    }
+
+    /// The spec of the base this image derives from (itself if it is a base).
+    pub fn base_spec(&self) -> ImageSpec {
+        ImageSpec {
+            suite: self.suite.clone(),
+            packages: BTreeSet::new(),
+            profile: self.profile,
+        }
+    }
+
+    /// Is this a base image (no extra packages)?
+    pub fn is_base(&self) -> bool {
+        self.packages.is_empty()
+    }
+
+    /// A short human name: `bookworm-base`, `bookworm+curl`, `bookworm-stock+postgresql`.
+    pub fn name(&self) -> String {
+        let mut n = self.suite.clone();
+        if self.profile == Profile::Stock {
+            n.push_str("-stock");
+        }
+        if self.packages.is_empty() {
+            n.push_str("-base");
+        } else {
+            for p in &self.packages {
+                n.push('+');
+                n.push_str(p);
+            }
+        }
+        n
+    }
+
+    fn base_package_list(&self) -> Vec<String> {
+        let mut v: Vec<String> = tuning::BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+        if self.profile == Profile::Stock {
+            v.extend(tuning::STOCK_EXTRA_PACKAGES.iter().map(|s| s.to_string()));
+        }
+        v
+    }
+
+    fn mirrors(&self) -> Vec<String> {
+        MIRRORS.iter().map(|m| m.replace("{suite}", &self.suite)).collect()
+    }
+
+    /// The hash of the mmdebstrap output alone (suite, mirrors, options, packages): the
+    /// bootstrap tree is cached under it, so changing a guest script only re-runs the fast steps.
+    pub fn bootstrap_hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"machinist-guest bootstrap tree\0");
+        h.update(self.suite.as_bytes());
+        h.update(b"\0");
+        for s in self.mirrors() {
+            h.update(s.as_bytes());
+            h.update(b"\0");
+        }
+        for s in MMDEBSTRAP_OPTIONS {
+            h.update(s.as_bytes());
+            h.update(b"\0");
+        }
+        for p in self.base_package_list() {
+            h.update(p.as_bytes());
+            h.update(b"\0");
+        }
+        hex(&h.finalize())
+    }
+
+    /// The content hash (hex sha256) of the base recipe, before the machine-id is derived from it.
+    fn base_recipe_hash(&self) -> Result<String, GuestError> {
+        let mut h = Sha256::new();
+        h.update(b"machinist-guest base image\0");
+        h.update(self.bootstrap_hash().as_bytes());
+        h.update(self.profile.as_str());
+        let steps = tuning::steps(self.profile, &backdoor_files(), "MACHINE-ID");
+        h.update(serde_json::to_vec(&steps).unwrap_or_default());
+        if self.profile == Profile::Stock {
+            h.update(STOCK_INITRAMFS_RECIPE.as_bytes());
+        }
+        h.update(crate::initrd::hash_inputs()?);
+        Ok(hex(&h.finalize()))
+    }
+
+    /// The content hash of this image (hex). Covers suite, packages, mirrors, every file and
+    /// script the build installs (backdoor, apply-layer, tuning, initrd init, busybox).
+    pub fn hash(&self) -> Result<String, GuestError> {
+        let base = self.base_recipe_hash()?;
+        if self.is_base() {
+            return Ok(base);
+        }
+        let mut h = Sha256::new();
+        h.update(b"machinist-guest derived image\0");
+        h.update(base.as_bytes());
+        h.update(DERIVED_RECIPE.as_bytes());
+        for p in &self.packages {
+            h.update(p.as_bytes());
+            h.update(b"\0");
+        }
+        Ok(hex(&h.finalize()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A built image in the cache. Never write to its files: use it as a qcow2 backing file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    /// What it contains.
+    pub spec: ImageSpec,
+    /// Content hash (the cache directory name).
+    pub hash: String,
+    /// The cache directory.
+    pub dir: PathBuf,
+    /// Raw ext4 root filesystem (read-only backing file).
+    pub disk: PathBuf,
+    /// Kernel for `-kernel`.
+    pub kernel: PathBuf,
+    /// Our tiny initramfs for `-initrd` (append the node layer with [`crate::NodeLayer::to_cpio`]).
+    pub initrd: PathBuf,
+    /// Debian's own initramfs (kept for the baseline benchmark).
+    pub debian_initrd: Option<PathBuf>,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// Seconds the build took (0 if unknown).
+    pub build_seconds: f64,
+}
+
+impl Image {
+    /// Create a per-VM qcow2 overlay at `path` backed by this image
+    /// (`qemu-img create -f qcow2 -b <disk> -F raw`).
+    pub fn create_overlay(&self, path: &Path) -> Result<(), GuestError> {
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&self.disk)
+            .arg(path)
+            .output()
+            .map_err(|e| tool_error("qemu-img", "qemu-utils", e))?;
+        if !out.status.success() {
+            return Err(GuestError::BuildStep {
+                image: self.spec.name(),
+                step: format!("qemu-img create {}", path.display()),
+                status: out.status.to_string(),
+                output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Write our initrd with `layer` appended to `path` (the kernel unpacks both archives).
+    pub fn write_initrd_with_layer(
+        &self,
+        layer: &crate::NodeLayer,
+        path: &Path,
+    ) -> Result<(), GuestError> {
+        self.write_initrd_with(&self.initrd, layer, path)
+    }
+
+    /// Like [`Image::write_initrd_with_layer`] but from an explicit base initrd (e.g. Debian's).
+    pub fn write_initrd_with(
+        &self,
+        base: &Path,
+        layer: &crate::NodeLayer,
+        path: &Path,
+    ) -> Result<(), GuestError> {
+        let mut data = fs::read(base).map_err(|e| GuestError::io("reading initrd", base, e))?;
+        // Each archive must start 4-byte aligned.
+        while data.len() % 4 != 0 {
+            data.push(0);
+        }
+        data.extend_from_slice(&layer.to_cpio()?);
+        fs::write(path, data).map_err(|e| GuestError::io("writing initrd", path, e))
+    }
+}
+
+/// The image cache under `<cache>/images/<hash>/`.
+#[derive(Debug, Clone)]
+pub struct ImageCache {
+    root: PathBuf,
+    rebuild: bool,
+}
+
+/// The images the bundled tests need: `base`, `server` (postgresql), `client` (curl).
+pub fn bundled_specs() -> Vec<(&'static str, ImageSpec)> {
+    vec![
+        ("base", ImageSpec::base()),
+        ("server", ImageSpec::with_packages(["postgresql"])),
+        ("client", ImageSpec::with_packages(["curl"])),
+    ]
+}
+
+/// The machinist cache directory: `$MACHINIST_CACHE_DIR`, else `$XDG_CACHE_HOME/machinist`,
+/// else `~/.cache/machinist`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MACHINIST_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("machinist");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/machinist")
+}
+
+const MANIFEST: &str = "manifest.json";
+
+impl ImageCache {
+    /// A cache rooted at `cache_dir` (images go to `<cache_dir>/images/`).
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        ImageCache {
+            root: cache_dir.into(),
+            rebuild: false,
+        }
+    }
+
+    /// A cache at [`default_cache_dir`].
+    pub fn from_env() -> Self {
+        Self::new(default_cache_dir())
+    }
+
+    /// Rebuild images even when cached (each image at most once per `ImageCache` value).
+    pub fn rebuild(mut self, on: bool) -> Self {
+        self.rebuild = on;
+        self
+    }
+
+    /// `<cache>/images`.
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// The cached image for `spec`, if present (never builds).
+    pub fn lookup(&self, spec: &ImageSpec) -> Result<Option<Image>, GuestError> {
+        let hash = spec.hash()?;
+        Ok(self.read_manifest(&self.images_dir().join(&hash)))
+    }
+
+    fn read_manifest(&self, dir: &Path) -> Option<Image> {
+        let text = fs::read_to_string(dir.join(MANIFEST)).ok()?;
+        let mut img: Image = serde_json::from_str(&text).ok()?;
+        // The cache may have been moved: trust the directory, not the recorded paths.
+        img.dir = dir.to_path_buf();
+        img.disk = dir.join("rootfs.img");
+        img.kernel = dir.join("vmlinuz");
+        img.initrd = dir.join("initrd.img");
+        img.debian_initrd = img.debian_initrd.map(|_| dir.join("initrd-debian.img"));
+        (img.disk.exists() && img.kernel.exists() && img.initrd.exists()).then_some(img)
+    }
+
+    /// Return the cached image for `spec`, building it (and its base) first if needed.
+    /// Concurrent callers for the same image wait for one build. A cache hit takes milliseconds.
+    pub fn ensure(&self, spec: &ImageSpec, progress: Progress) -> Result<Image, GuestError> {
+        let hash = spec.hash()?;
+        let dir = self.images_dir().join(&hash);
+        if !self.rebuild {
+            if let Some(img) = self.read_manifest(&dir) {
+                return Ok(img);
+            }
+        }
+        let images = self.images_dir();
+        fs::create_dir_all(&images).map_err(|e| GuestError::io("creating cache directory", &images, e))?;
+        let _lock = lock_image(&images, &hash, &spec.name(), progress)?;
+        if !self.rebuild {
+            if let Some(img) = self.read_manifest(&dir) {
+                return Ok(img);
+            }
+        }
+        // Leftovers of interrupted builds of this image (we hold its lock, so they are stale).
+        remove_stale(&images, &hash);
+        check_free_space(&images, &spec.name())?;
+        let tmp = images.join(format!(".tmp-{hash}-{}", std::process::id()));
+        fs::create_dir_all(&tmp).map_err(|e| GuestError::io("creating", &tmp, e))?;
+        let guard = TmpGuard(tmp.clone());
+        let start = Instant::now();
+        let result = if spec.is_base() {
+            self.build_base(spec, &hash, &tmp, progress)
+        } else {
+            let base = ImageCache {
+                root: self.root.clone(),
+                rebuild: false,
+            }
+            .ensure(&spec.base_spec(), progress)?;
+            self.build_derived(spec, &base, &tmp, progress)
+        };
+        let kernel_version = result?;
+        let mut img = Image {
+            spec: spec.clone(),
+            hash: hash.clone(),
+            dir: dir.clone(),
+            disk: dir.join("rootfs.img"),
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+            debian_initrd: tmp.join("initrd-debian.img").exists().then(|| dir.join("initrd-debian.img")),
+            kernel_version,
+            build_seconds: start.elapsed().as_secs_f64(),
+        };
+        let phase = progress.phase(&spec.name(), "publish");
+        let manifest = serde_json::to_vec_pretty(&img).unwrap_or_default();
+        write_synced(&tmp.join(MANIFEST), &manifest)?;
+        if dir.exists() {
+            let old = images.join(format!(".old-{hash}-{}", std::process::id()));
+            fs::rename(&dir, &old).map_err(|e| GuestError::io("moving old image aside", &dir, e))?;
+            safe_remove_dir_all(&old);
+        }
+        fs::rename(&tmp, &dir).map_err(|e| GuestError::io("publishing image", &dir, e))?;
+        std::mem::forget(guard);
+        if let Ok(d) = fs::File::open(&images) {
+            let _ = d.sync_all();
+        }
+        phase.finish();
+        img.build_seconds = start.elapsed().as_secs_f64();
+        progress.line(&format!(
+            "image {}: built in {:.1} s ({})",
+            spec.name(),
+            img.build_seconds,
+            dir.display()
+        ));
+        Ok(img)
+    }
+
+    /// The cached mmdebstrap output for `spec`'s base (built if missing): `<cache>/images/bootstrap-<hash>/tree`.
+    fn ensure_bootstrap(&self, spec: &ImageSpec, progress: Progress) -> Result<PathBuf, GuestError> {
+        let bhash = spec.bootstrap_hash();
+        let images = self.images_dir();
+        let key = format!("bootstrap-{bhash}");
+        let dir = images.join(&key);
+        let done = dir.join("tree/.machinist-bootstrap-complete");
+        if done.exists() {
+            return Ok(dir.join("tree"));
+        }
+        let name = format!("{}-bootstrap", spec.suite);
+        let _lock = lock_image(&images, &key, &name, progress)?;
+        if done.exists() {
+            return Ok(dir.join("tree"));
+        }
+        remove_stale(&images, &key);
+        require_tool("mmdebstrap", "mmdebstrap")?;
+        let tmp = images.join(format!(".tmp-{key}-{}", std::process::id()));
+        fs::create_dir_all(&tmp).map_err(|e| GuestError::io("creating", &tmp, e))?;
+        let guard = TmpGuard(tmp.clone());
+        let tree = tmp.join("tree");
+        let phase = progress.phase(&name, "mmdebstrap");
+        // In a private mount namespace: mounts mmdebstrap makes die with it, even on SIGKILL.
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "mmdebstrap"])
+            .args(MMDEBSTRAP_OPTIONS)
+            .arg(format!("--include={}", spec.base_package_list().join(",")))
+            .arg(&spec.suite)
+            .arg(&tree)
+            .args(spec.mirrors());
+        run_logged(&mut cmd, &tmp.join("build.log"), &name, "mmdebstrap", &tree)?;
+        write_synced(&tree.join(".machinist-bootstrap-complete"), b"")?;
+        if dir.exists() {
+            safe_remove_dir_all(&dir);
+        }
+        fs::rename(&tmp, &dir).map_err(|e| GuestError::io("publishing bootstrap tree", &dir, e))?;
+        std::mem::forget(guard);
+        phase.finish();
+        Ok(dir.join("tree"))
+    }
+
+    fn copy_bootstrap(&self, spec: &ImageSpec, tree: &Path, log: &Path, progress: Progress) -> Result<(), GuestError> {
+        let bootstrap = self.ensure_bootstrap(spec, progress)?;
+        let phase = progress.phase(&spec.name(), "copy bootstrap tree");
+        let mut cmd = Command::new("cp");
+        cmd.args(["-a", "--reflink=auto"]).arg(&bootstrap).arg(tree);
+        run_logged(&mut cmd, log, &spec.name(), "cp -a bootstrap tree", tree)?;
+        let _ = fs::remove_file(tree.join(".machinist-bootstrap-complete"));
+        phase.finish();
+        Ok(())
+    }
+
+    fn build_base(
+        &self,
+        spec: &ImageSpec,
+        hash: &str,
+        tmp: &Path,
+        progress: Progress,
+    ) -> Result<String, GuestError> {
+        let name = spec.name();
+        let tree = tmp.join("tree");
+        let log = tmp.join("build.log");
+        require_tool("mkfs.ext4", "e2fsprogs")?;
+        self.copy_bootstrap(spec, &tree, &log, progress)?;
+
+        let phase = progress.phase(&name, "customize");
+        let machine_id = &hash[..32];
+        apply_steps(&tree, &tuning::steps(spec.profile, &backdoor_files(), machine_id), &name)?;
+        set_empty_root_password(&tree, &name)?;
+        if spec.profile == Profile::Stock {
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--mount", "--propagation", "private", "sh", "-c", STOCK_INITRAMFS_RECIPE, "sh"])
+                .arg(&tree);
+            run_logged(&mut cmd, &log, &name, "update-initramfs", &tree)?;
+        }
+        phase.finish();
+
+        let kv = self.export_boot_files(spec, &tree, tmp, progress)?;
+        make_ext4(&tree, &tmp.join("rootfs.img"), &log, &name, progress)?;
+        let phase = progress.phase(&name, "drop tree");
+        safe_remove_dir_all(&tree);
+        phase.finish();
+        Ok(kv)
+    }
+
+    fn export_boot_files(
+        &self,
+        spec: &ImageSpec,
+        tree: &Path,
+        tmp: &Path,
+        progress: Progress,
+    ) -> Result<String, GuestError> {
+        let name = spec.name();
+        let phase = progress.phase(&name, "kernel + tiny initrd");
+        let kv = crate::initrd::kernel_version(tree, &name)?;
+        let boot = tree.join("boot");
+        let vmlinuz = boot.join(format!("vmlinuz-{kv}"));
+        fs::copy(&vmlinuz, tmp.join("vmlinuz")).map_err(|e| GuestError::io("copying kernel", &vmlinuz, e))?;
+        let deb_initrd = boot.join(format!("initrd.img-{kv}"));
+        if deb_initrd.exists() {
+            fs::copy(&deb_initrd, tmp.join("initrd-debian.img"))
+                .map_err(|e| GuestError::io("copying Debian initrd", &deb_initrd, e))?;
+            if spec.profile == Profile::Tuned {
+                // Not used by tuned images; saves ~30 MB of image.
+                let _ = fs::remove_file(&deb_initrd);
+            }
+        }
+        let cpio = crate::initrd::build(tree, &name)?;
+        write_synced(&tmp.join("initrd.img"), &cpio)?;
+        phase.finish();
+        Ok(kv)
+    }
+
+    fn build_derived(
+        &self,
+        spec: &ImageSpec,
+        base: &Image,
+        tmp: &Path,
+        progress: Progress,
+    ) -> Result<String, GuestError> {
+        let name = spec.name();
+        let tree = tmp.join("tree");
+        let log = tmp.join("build.log");
+        self.copy_bootstrap(spec, &tree, &log, progress)?;
+
+        let phase = progress.phase(&name, "apt-get install");
+        let resolv = tree.join("etc/resolv.conf");
+        let _ = fs::remove_file(&resolv);
+        fs::copy("/etc/resolv.conf", &resolv).map_err(|e| GuestError::io("copying", "/etc/resolv.conf", e))?;
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", DERIVED_RECIPE, "sh"])
+            .arg(&tree)
+            .args(&spec.packages);
+        run_logged(&mut cmd, &log, &name, "apt-get install", &tree)?;
+        phase.finish();
+
+        let phase = progress.phase(&name, "customize");
+        let machine_id = &base.hash[..32];
+        apply_steps(&tree, &tuning::steps(spec.profile, &backdoor_files(), machine_id), &name)?;
+        set_empty_root_password(&tree, &name)?;
+        phase.finish();
+        let kv = self.export_boot_files(spec, &tree, tmp, progress)?;
+        make_ext4(&tree, &tmp.join("rootfs.img"), &log, &name, progress)?;
+        let phase = progress.phase(&name, "drop tree");
+        safe_remove_dir_all(&tree);
+        phase.finish();
+        Ok(kv)
+    }
+}
+
+/// Removes a temporary build directory unless forgotten.
+struct TmpGuard(PathBuf);
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        safe_remove_dir_all(&self.0);
+    }
+}
+
+/// Remove a build directory, but never through a mount point: if anything is still mounted
+/// below it (a killed chroot step), lazily unmount it first and skip the removal if that fails.
+fn safe_remove_dir_all(dir: &Path) {
+    let Ok(canon) = fs::canonicalize(dir) else { return };
+    let prefix = canon.to_string_lossy().into_owned();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut under: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
+        .map(str::to_string)
+        .collect();
+    under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in &under {
+        let ok = Command::new("umount").args(["-l", m]).status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            tracing::warn!("not removing {}: {m} is still mounted", dir.display());
+            return;
+        }
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+fn remove_stale(images: &Path, hash: &str) {
+    let Ok(rd) = fs::read_dir(images) else { return };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&format!(".tmp-{hash}-")) || n.starts_with(&format!(".old-{hash}-")) {
+            safe_remove_dir_all(&e.path());
+        }
+    }
+}
+
+struct LockGuard(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
+
+fn lock_image(images: &Path, hash: &str, name: &str, progress: Progress) -> Result<LockGuard, GuestError> {
+    let path = images.join(format!(".{hash}.lock"));
+    let deadline = Instant::now() + STEP_DEADLINE * 2;
+    let mut said = false;
+    loop {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| GuestError::io("opening lock", &path, e))?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(LockGuard(l)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                if !said {
+                    progress.line(&format!("image {name}: waiting for another build of it to finish"));
+                    said = true;
+                }
+                if Instant::now() > deadline {
+                    return Err(GuestError::Timeout {
+                        what: format!("waiting for the build lock {}", path.display()),
+                        seconds: (STEP_DEADLINE * 2).as_secs_f64(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err((_, e)) => {
+                return Err(GuestError::io("locking", &path, std::io::Error::from(e)));
+            }
+        }
+    }
+}
+
+fn check_free_space(dir: &Path, image: &str) -> Result<(), GuestError> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| GuestError::io("statvfs", dir, std::io::Error::from(e)))?;
+    let free_mib = st.blocks_available() as u64 * st.fragment_size() as u64 / (1024 * 1024);
+    if free_mib < NEEDED_FREE_MIB {
+        return Err(GuestError::DiskFull {
+            image: image.into(),
+            path: dir.to_path_buf(),
+            detail: format!("only {free_mib} MiB free"),
+            needed_mib: NEEDED_FREE_MIB,
+        });
+    }
+    Ok(())
+}
+
+fn tool_error(tool: &str, package: &str, e: std::io::Error) -> GuestError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        GuestError::MissingTool {
+            tool: tool.into(),
+            package: package.into(),
+        }
+    } else {
+        GuestError::io(format!("running {tool}"), tool, e)
+    }
+}
+
+fn require_tool(tool: &str, package: &str) -> Result<(), GuestError> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(GuestError::MissingTool {
+            tool: tool.into(),
+            package: package.into(),
+        })
+    }
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> Result<(), GuestError> {
+    let mut f = fs::File::create(path).map_err(|e| map_write_err(path, e))?;
+    f.write_all(data).map_err(|e| map_write_err(path, e))?;
+    f.sync_all().map_err(|e| map_write_err(path, e))
+}
+
+fn map_write_err(path: &Path, e: std::io::Error) -> GuestError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        GuestError::DiskFull {
+            image: String::new(),
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+            needed_mib: NEEDED_FREE_MIB,
+        }
+    } else {
+        GuestError::io("writing", path, e)
+    }
+}
+
+/// Run `cmd` with output appended to `log`, with a deadline; map apt/disk errors.
+fn run_logged(cmd: &mut Command, log: &Path, image: &str, step: &str, workdir: &Path) -> Result<(), GuestError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let start_len = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    let logf = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| GuestError::io("opening build log", log, e))?;
+    let logf2 = logf.try_clone().map_err(|e| GuestError::io("opening build log", log, e))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(logf)
+        .stderr(logf2)
+        .spawn()
+        .map_err(|e| tool_error(&program, &program, e))?;
+    let deadline = Instant::now() + STEP_DEADLINE;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(GuestError::Timeout {
+                    what: format!("image {image}: {step}"),
+                    seconds: STEP_DEADLINE.as_secs_f64(),
+                });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(GuestError::io(format!("waiting for {step}"), log, e)),
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let text = fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[(start_len as usize).min(text.len())..]).into_owned();
+    Err(classify_failure(&text, image, step, &status.to_string(), workdir))
+}
+
+/// Turn a failed step's output into the most helpful error.
+pub fn classify_failure(output: &str, image: &str, step: &str, status: &str, workdir: &Path) -> GuestError {
+    for line in output.lines() {
+        let l = line.trim();
+        let pkg = l
+            .strip_prefix("E: Unable to locate package ")
+            .map(|p| p.trim().to_string())
+            .or_else(|| {
+                l.strip_prefix("E: Package '")
+                    .and_then(|r| r.split_once('\''))
+                    .filter(|(_, rest)| rest.contains("no installation candidate"))
+                    .map(|(p, _)| p.to_string())
+            });
+        if let Some(package) = pkg {
+            return GuestError::UnknownPackage {
+                image: image.into(),
+                package,
+                apt_message: l.to_string(),
+            };
+        }
+    }
+    if let Some(l) = output.lines().find(|l| l.contains("No space left on device")) {
+        return GuestError::DiskFull {
+            image: image.into(),
+            path: workdir.to_path_buf(),
+            detail: format!("{step}: {}", l.trim()),
+            needed_mib: NEEDED_FREE_MIB,
+        };
+    }
+    let lines: Vec<&str> = output.lines().collect();
+    let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+    GuestError::BuildStep {
+        image: image.into(),
+        step: step.into(),
+        status: status.into(),
+        output: tail,
+    }
+}
+
+fn apply_steps(tree: &Path, steps: &[Step], image: &str) -> Result<(), GuestError> {
+    for step in steps {
+        match step {
+            Step::File { path, contents, mode } => {
+                let p = tree.join(path.trim_start_matches('/'));
+                if let Some(parent) = p.parent() {
+                    fs::create_dir_all(parent).map_err(|e| GuestError::io("creating", parent, e))?;
+                }
+                let _ = fs::remove_file(&p);
+                fs::write(&p, contents).map_err(|e| map_write_err(&p, e))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(*mode))
+                    .map_err(|e| GuestError::io("chmod", &p, e))?;
+            }
+            Step::Symlink { path, target } => {
+                let p = tree.join(path.trim_start_matches('/'));
+                if let Some(parent) = p.parent() {
+                    fs::create_dir_all(parent).map_err(|e| GuestError::io("creating", parent, e))?;
+                }
+                let _ = fs::remove_file(&p);
+                std::os::unix::fs::symlink(target, &p).map_err(|e| GuestError::io("symlink", &p, e))?;
+            }
+            Step::Remove { path } => {
+                let p = tree.join(path.trim_start_matches('/'));
+                match fs::symlink_metadata(&p) {
+                    Ok(m) if m.is_dir() => fs::remove_dir_all(&p).map_err(|e| GuestError::io("removing", &p, e))?,
+                    Ok(_) => fs::remove_file(&p).map_err(|e| GuestError::io("removing", &p, e))?,
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    let _ = image;
+    Ok(())
+}
+
+fn set_empty_root_password(tree: &Path, image: &str) -> Result<(), GuestError> {
+    let p = tree.join("etc/shadow");
+    let text = fs::read_to_string(&p).map_err(|e| GuestError::io("reading", &p, e))?;
+    let mut found = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(':').collect();
+            if f.first() == Some(&"root") && f.len() > 2 {
+                found = true;
+                f[1] = "";
+                f.join(":")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        return Err(GuestError::BadImage {
+            image: image.into(),
+            what: "no root entry in /etc/shadow".into(),
+        });
+    }
+    fs::write(&p, out.join("\n") + "\n").map_err(|e| GuestError::io("writing", &p, e))
+}
+
+fn tree_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            total += m.blocks() * 512 + 256;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+fn make_ext4(tree: &Path, img: &Path, log: &Path, image: &str, progress: Progress) -> Result<(), GuestError> {
+    let phase = progress.phase(image, "mkfs.ext4 -d");
+    let used = tree_bytes(tree);
+    // Room for the test's own writes (they land in the qcow2 overlay, but need free blocks).
+    let mib = ((used as f64 * 1.3) as u64 / (1024 * 1024) + 1024).max(1536);
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.args(["-q", "-F", "-L", "root", "-E", "root_owner=0:0", "-d"])
+        .arg(tree)
+        .arg(img)
+        .arg(format!("{mib}M"));
+    run_logged(&mut cmd, log, image, "mkfs.ext4", img)?;
+    phase.finish();
+    Ok(())
+}

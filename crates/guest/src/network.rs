@@ -1,0 +1,144 @@
+//! The network plan: node numbers, MACs and addresses, /etc/hosts.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::NodeConfig;
+
+/// One NIC of a node on a VLAN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// VLAN number (1..=255).
+    pub vlan: u8,
+    /// Interface name in the guest (`vlan<v>`, set by a systemd .link file).
+    pub name: String,
+    /// MAC `52:54:00:12:<vlan hex>:<node hex>`.
+    pub mac: String,
+    /// `192.168.<vlan>.<node>`.
+    pub ipv4: Ipv4Addr,
+    /// `2001:db8:<vlan>::<node>`.
+    pub ipv6: Ipv6Addr,
+}
+
+impl Interface {
+    /// QEMU NIC id used for this interface (`nic-vlan<v>`).
+    pub fn qemu_id(&self) -> String {
+        format!("nic-vlan{}", self.vlan)
+    }
+}
+
+/// The user-mode NIC (QEMU slirp, `restrict=on`), if the node has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInterface {
+    /// Interface name in the guest (`user0`).
+    pub name: String,
+    /// MAC `52:54:00:12:00:<node hex>`.
+    pub mac: String,
+    /// Static guest address 10.0.2.15/24 (no default route).
+    pub ipv4: Ipv4Addr,
+}
+
+/// A node's place in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedNode {
+    /// Node name.
+    pub name: String,
+    /// Host name.
+    pub hostname: String,
+    /// Node number (1.. in name order).
+    pub number: u8,
+    /// NICs on VLANs, in the order of the node's `vlans`.
+    pub interfaces: Vec<Interface>,
+    /// The user-mode NIC, if any.
+    pub user_interface: Option<UserInterface>,
+}
+
+/// Addresses of every node on every VLAN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPlan {
+    nodes: BTreeMap<String, PlannedNode>,
+}
+
+/// `52:54:00:12:<a>:<b>`.
+pub fn mac_for(vlan: u8, node: u8) -> String {
+    format!("52:54:00:12:{vlan:02x}:{node:02x}")
+}
+
+impl NetworkPlan {
+    /// Number the nodes 1.. in name order and assign addresses. Call [`crate::validate`] first:
+    /// more than 254 nodes are truncated here.
+    pub fn new(nodes: &[(&str, &NodeConfig)]) -> NetworkPlan {
+        let mut sorted: Vec<&(&str, &NodeConfig)> = nodes.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        let mut map = BTreeMap::new();
+        for (i, (name, cfg)) in sorted.into_iter().enumerate().take(254) {
+            let n = (i + 1) as u8;
+            let interfaces = cfg
+                .vlans
+                .iter()
+                .map(|&v| Interface {
+                    vlan: v,
+                    name: format!("vlan{v}"),
+                    mac: mac_for(v, n),
+                    ipv4: Ipv4Addr::new(192, 168, v, n),
+                    ipv6: Ipv6Addr::new(0x2001, 0xdb8, v as u16, 0, 0, 0, 0, n as u16),
+                })
+                .collect();
+            let user_interface = cfg.user_net.then(|| UserInterface {
+                name: "user0".into(),
+                mac: mac_for(0, n),
+                ipv4: Ipv4Addr::new(10, 0, 2, 15),
+            });
+            map.insert(
+                name.to_string(),
+                PlannedNode {
+                    name: name.to_string(),
+                    hostname: cfg.effective_hostname(name).to_string(),
+                    number: n,
+                    interfaces,
+                    user_interface,
+                },
+            );
+        }
+        NetworkPlan { nodes: map }
+    }
+
+    /// The planned node called `name`.
+    pub fn node(&self, name: &str) -> Option<&PlannedNode> {
+        self.nodes.get(name)
+    }
+
+    /// All nodes in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &PlannedNode> {
+        self.nodes.values()
+    }
+
+    /// /etc/hosts for `for_node`: localhost, then every node on every VLAN (IPv4 and IPv6).
+    pub fn hosts_file(&self, for_node: &str) -> String {
+        let mut out = String::from(
+            "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+        );
+        if let Some(me) = self.nodes.get(for_node) {
+            if me.interfaces.is_empty() {
+                out.push_str(&format!("127.0.1.1 {}\n", me.hostname));
+            }
+        }
+        for node in self.nodes.values() {
+            let names = if node.hostname == node.name {
+                node.name.clone()
+            } else {
+                format!("{} {}", node.hostname, node.name)
+            };
+            for iface in &node.interfaces {
+                out.push_str(&format!("{} {}\n", iface.ipv4, names));
+            }
+            for iface in &node.interfaces {
+                out.push_str(&format!("{} {}\n", iface.ipv6, names));
+            }
+        }
+        out
+    }
+}

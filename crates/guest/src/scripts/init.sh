@@ -1,0 +1,26 @@
+#!/bin/busybox sh
+# machinist tiny initramfs: load virtio modules, mount the root disk, apply the node layer,
+# switch_root to systemd. Modules are listed in /lib/modules.order (dependencies first).
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t devtmpfs dev /dev
+mount -t proc proc /proc
+while read -r m; do
+	insmod "/lib/$m" || echo "machinist-initrd: insmod $m failed"
+done < /lib/modules.order
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 1000 ]; do usleep 10000; i=$((i + 1)); done
+if ! mount -t ext4 -o rw,noatime /dev/vda /sysroot; then
+	echo "machinist-initrd: cannot mount /dev/vda; dropping to a shell"
+	exec sh
+fi
+if [ -d /machinist-layer ]; then
+	if sh /sysroot/usr/lib/machinist/apply-layer --root /sysroot /machinist-layer; then
+		echo "machinist-initrd: node layer applied"
+	else
+		echo "machinist-initrd: ERROR: apply-layer failed (status $?); booting anyway"
+	fi
+fi
+umount /proc
+mount --move /dev /sysroot/dev
+exec switch_root /sysroot /sbin/init "$@"

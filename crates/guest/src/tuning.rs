@@ -1,0 +1,242 @@
+//! What the image build installs into and removes from the Debian rootfs, as data, so that all
+//! of it is part of the image's content hash (no hand-bumped versions).
+//!
+//! See the crate README ("What we removed and why") for the reasoning behind each entry.
+
+use crate::backdoor_files::BackdoorInstall;
+use crate::layer::APPLY_LAYER_PATH;
+
+/// How much boot-time pruning an image gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Pruned for fast boots under TCG (the default).
+    #[default]
+    Tuned,
+    /// Debian's default units (the naive baseline of `bench boot`); still has the backdoor,
+    /// networkd and the apply-layer hook in Debian's own initramfs.
+    Stock,
+}
+
+impl Profile {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Tuned => "tuned",
+            Profile::Stock => "stock",
+        }
+    }
+}
+
+/// One customisation of the rootfs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum Step {
+    /// Write a file (parents created 0755).
+    File {
+        /// Absolute path in the guest.
+        path: String,
+        /// Contents.
+        contents: Vec<u8>,
+        /// Mode.
+        mode: u32,
+    },
+    /// Create or replace a symlink.
+    Symlink {
+        /// Absolute path in the guest.
+        path: String,
+        /// Target.
+        target: String,
+    },
+    /// Remove a file or directory tree if present.
+    Remove {
+        /// Absolute path in the guest.
+        path: String,
+    },
+}
+
+fn file(path: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Step {
+    Step::File {
+        path: path.into(),
+        contents: contents.into(),
+        mode,
+    }
+}
+
+fn link(path: &str, target: &str) -> Step {
+    Step::Symlink {
+        path: path.into(),
+        target: target.into(),
+    }
+}
+
+/// The apply-layer script installed at [`APPLY_LAYER_PATH`].
+pub const APPLY_LAYER_SCRIPT: &str = include_str!("scripts/apply-layer.sh");
+
+/// The init script of the tiny initramfs.
+pub const INITRD_INIT_SCRIPT: &str = include_str!("scripts/init.sh");
+
+/// Units masked in tuned images (symlinked to /dev/null), with the reason.
+pub const MASKED_UNITS: &[(&str, &str)] = &[
+    ("systemd-firstboot.service", "would prompt on the console; machine-id is set at build time"),
+    ("getty-static.service", "gettys on tty2-6 are never used"),
+    ("serial-getty@ttyS0.service", "ttyS0 carries the boot log and backdoor stderr"),
+    ("systemd-random-seed.service", "throw-away VM; one process spawn (~0.1 s under TCG)"),
+    ("systemd-journal-flush.service", "journal is volatile"),
+    ("systemd-update-utmp.service", "no utmp readers"),
+    ("systemd-update-utmp-runlevel.service", "no utmp readers"),
+    ("modprobe@dm_mod.service", "no device mapper"),
+    ("modprobe@loop.service", "no loop devices"),
+    ("modprobe@fuse.service", "no FUSE"),
+    ("modprobe@configfs.service", "no configfs"),
+    ("sys-fs-fuse-connections.mount", "no FUSE"),
+    ("sys-kernel-config.mount", "no configfs"),
+    ("sys-kernel-debug.mount", "no debugfs users"),
+    ("sys-kernel-tracing.mount", "no tracing users"),
+    ("dev-hugepages.mount", "no huge pages"),
+    ("proc-sys-fs-binfmt_misc.automount", "no foreign binaries"),
+    ("systemd-binfmt.service", "no foreign binaries"),
+    ("systemd-pcrphase.service", "no TPM"),
+    ("systemd-pcrphase-sysinit.service", "no TPM"),
+    ("systemd-repart.service", "fixed disk layout"),
+    ("systemd-ask-password-wall.path", "no passwords to ask for"),
+    ("systemd-ask-password-console.path", "no passwords to ask for"),
+    ("systemd-tmpfiles-clean.timer", "VMs live minutes"),
+    ("systemd-remount-fs.service", "the initramfs mounts / rw,noatime"),
+    ("systemd-sysusers.service", "the node layer runs sysusers in the initramfs; packages create their users at build time"),
+    ("systemd-pstore.service", "no pstore"),
+    ("systemd-logind.service", "no dbus in the image, no logins to track; tests use the backdoor"),
+    ("kmod-static-nodes.service", "static /dev nodes for modules we never load"),
+    ("systemd-machine-id-commit.service", "machine-id is a regular file"),
+    ("apt-daily.timer", "no package updates in a test VM"),
+    ("apt-daily-upgrade.timer", "no package updates in a test VM"),
+    ("dpkg-db-backup.timer", "no backups in a test VM"),
+    ("e2scrub_all.timer", "no fs maintenance in a test VM"),
+    ("e2scrub_reap.service", "no fs maintenance in a test VM"),
+    ("fstrim.timer", "no fs maintenance in a test VM"),
+    ("systemd-networkd-wait-online.service", "nothing waits for network-online; tests wait for what they need"),
+];
+
+/// Generators disabled in tuned images (each costs 0.1-0.25 s of CPU under TCG).
+pub const DISABLED_GENERATORS: &[&str] = &[
+    "systemd-cryptsetup-generator",
+    "systemd-integritysetup-generator",
+    "systemd-veritysetup-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-system-update-generator",
+    "systemd-rc-local-generator",
+    "systemd-run-generator",
+    "systemd-debug-generator",
+    "systemd-sysv-generator",
+    "systemd-getty-generator",
+];
+
+/// Modules udev would load for nothing under TCG (the default CPU advertises SVM, so kvm_amd).
+pub const BLACKLIST: &str = "blacklist kvm\nblacklist kvm_amd\nblacklist kvm_intel\nblacklist serio_raw\nblacklist pcspkr\nblacklist floppy\n";
+
+/// Files removed from tuned images.
+pub const REMOVED_PATHS: &[(&str, &str)] = &[
+    ("/etc/resolv.conf", "copied from the build host; guests have no DNS"),
+    ("/var/cache/apt", "package cache (rebuilt by apt when needed)"),
+    ("/var/lib/apt/lists", "package lists (derived builds run apt-get update)"),
+    ("/var/log/apt", "build logs"),
+    ("/var/log/dpkg.log", "build logs"),
+];
+
+/// The customisation steps for `profile`, given the backdoor's guest files.
+pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> Vec<Step> {
+    let mut s = Vec::new();
+    // Common to both profiles.
+    s.push(file("/etc/hostname", "machinist\n", 0o644));
+    s.push(file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n", 0o644));
+    s.push(file("/etc/fstab", "/dev/vda / ext4 rw,noatime 0 0\n", 0o644));
+    s.push(file("/etc/machine-id", format!("{machine_id}\n"), 0o444));
+    s.push(file(APPLY_LAYER_PATH, APPLY_LAYER_SCRIPT, 0o755));
+    for (path, contents, mode) in &backdoor.files {
+        s.push(file(path, contents.clone(), *mode));
+    }
+    for (path, target) in &backdoor.symlinks {
+        s.push(link(path, target));
+    }
+    // networkd on (the node layer configures NICs by MAC), no DNS.
+    s.push(link(
+        "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+        "/lib/systemd/system/systemd-networkd.service",
+    ));
+    s.push(link(
+        "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+        "/lib/systemd/system/systemd-networkd.socket",
+    ));
+    for (path, _) in REMOVED_PATHS {
+        s.push(Step::Remove { path: (*path).into() });
+    }
+    match profile {
+        Profile::Stock => {
+            // Debian's initramfs applies the layer too (busybox is added for it at build time).
+            s.push(file(
+                "/etc/initramfs-tools/scripts/init-bottom/machinist-layer",
+                STOCK_INITRAMFS_HOOK,
+                0o755,
+            ));
+        }
+        Profile::Tuned => {
+            s.push(link("/etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target"));
+            for (unit, _) in MASKED_UNITS {
+                s.push(link(&format!("/etc/systemd/system/{unit}"), "/dev/null"));
+            }
+            for g in DISABLED_GENERATORS {
+                s.push(link(&format!("/etc/systemd/system-generators/{g}"), "/dev/null"));
+            }
+            s.push(Step::Remove {
+                path: "/etc/systemd/system/timers.target.wants".into(),
+            });
+            s.push(file("/etc/modprobe.d/machinist-tcg.conf", BLACKLIST, 0o644));
+            s.push(file(
+                "/etc/systemd/journald.conf.d/10-machinist.conf",
+                "[Journal]\nStorage=volatile\nForwardToConsole=no\n",
+                0o644,
+            ));
+            s.push(file(
+                "/etc/systemd/system.conf.d/10-machinist.conf",
+                "[Manager]\nDefaultTimeoutStartSec=60s\nDefaultTimeoutStopSec=10s\n",
+                0o644,
+            ));
+            // Debian's initramfs is not used by tuned images (the tiny one is).
+            s.push(file(
+                "/etc/initramfs-tools/update-initramfs.conf",
+                "update_initramfs=no\nbackup_initramfs=no\n",
+                0o644,
+            ));
+        }
+    }
+    s
+}
+
+/// Packages every image has.
+pub const BASE_PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "udev",
+    "bash",
+    "coreutils",
+    "iproute2",
+    "netcat-openbsd",
+    "procps",
+    "kmod",
+    "nftables",
+    "iputils-ping",
+    "linux-image-cloud-amd64",
+];
+
+/// Extra packages of stock images (busybox so Debian's initramfs can run apply-layer).
+pub const STOCK_EXTRA_PACKAGES: &[&str] = &["busybox"];
+
+/// initramfs-tools hook of stock images: apply the appended layer like the tiny initrd does.
+pub const STOCK_INITRAMFS_HOOK: &str = r#"#!/bin/sh
+PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in prereqs) prereqs; exit 0 ;; esac
+if [ -d /machinist-layer ]; then
+	sh "${rootmnt}/usr/lib/machinist/apply-layer" --root "${rootmnt}" /machinist-layer || echo "machinist: apply-layer failed"
+fi
+"#;
+

@@ -1,0 +1,241 @@
+//! Validation of node configurations before anything is built or booted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::NodeConfig;
+use crate::error::{FieldError, GuestError};
+
+/// Paths the node layer writes itself; user files may not claim them.
+pub const RESERVED_PATHS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/nftables.conf"];
+
+struct Errors<'a> {
+    node: &'a str,
+    list: Vec<FieldError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.list.push(FieldError {
+            node: self.node.to_string(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Is `s` a valid host name label (RFC 1123: 1-63 of `[a-z0-9-]`, no leading/trailing `-`)?
+pub fn is_valid_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Is `s` a valid user or group name (`[a-z_][a-z0-9_-]*`, at most 31 characters)?
+pub fn is_valid_account_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    match bytes.next() {
+        Some(b) if b.is_ascii_lowercase() || b == b'_' => {}
+        _ => return false,
+    }
+    s.len() <= 31
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Is `s` usable as a systemd unit name stem (`[A-Za-z0-9:_.@-]+`)?
+pub fn is_valid_unit_stem(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'@' | b'-'))
+}
+
+fn valid_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.ends_with('/')
+        && !p.split('/').any(|c| c == ".." || c == ".")
+        && !p.contains("//")
+        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/@+:=,%-".contains(&b))
+}
+
+/// Check every node; return all problems at once, each naming the node and the field.
+pub fn validate(nodes: &[(&str, &NodeConfig)]) -> Result<(), GuestError> {
+    let mut all = Vec::new();
+    let mut seen = BTreeSet::new();
+    if nodes.len() > 254 {
+        all.push(FieldError {
+            node: "*".into(),
+            field: "nodes".into(),
+            message: format!("{} nodes; at most 254 fit on a /24 VLAN", nodes.len()),
+        });
+    }
+    for (name, cfg) in nodes {
+        let mut e = Errors {
+            node: name,
+            list: Vec::new(),
+        };
+        if !seen.insert(*name) {
+            e.push("name", "duplicate node name: each node needs a unique name");
+        }
+        if !is_valid_hostname(name) {
+            e.push(
+                "name",
+                "not a valid host name: use 1-63 lowercase letters, digits and '-', not starting or ending with '-'",
+            );
+        }
+        if let Some(h) = &cfg.hostname {
+            if !is_valid_hostname(h) {
+                e.push("hostname", format!("{h:?} is not a valid host name"));
+            }
+        }
+        validate_node(cfg, &mut e);
+        all.extend(e.list);
+    }
+    if all.is_empty() {
+        Ok(())
+    } else {
+        Err(GuestError::Invalid(all))
+    }
+}
+
+fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
+    for p in &cfg.packages {
+        let ok = !p.is_empty()
+            && p.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.')
+            });
+        if !ok {
+            e.push("packages", format!("{p:?} is not a valid Debian package name"));
+        }
+    }
+    if cfg.memory_mib < 128 {
+        e.push("memory_mib", format!("{} MiB is too small (min 128)", cfg.memory_mib));
+    }
+    if cfg.cores == 0 || cfg.cores > 64 {
+        e.push("cores", format!("{} is out of range 1..=64", cfg.cores));
+    }
+    let mut vl = BTreeSet::new();
+    for (i, v) in cfg.vlans.iter().enumerate() {
+        if *v == 0 {
+            e.push(format!("vlans[{i}]"), "VLAN 0 is reserved: use 1..=255");
+        }
+        if !vl.insert(*v) {
+            e.push(format!("vlans[{i}]"), format!("VLAN {v} listed twice"));
+        }
+    }
+    for (kind, ports) in [
+        ("allowed_tcp_ports", &cfg.firewall.allowed_tcp_ports),
+        ("allowed_udp_ports", &cfg.firewall.allowed_udp_ports),
+    ] {
+        for p in ports {
+            if *p == 0 || *p > 65535 {
+                e.push(
+                    format!("firewall.{kind}"),
+                    format!("port {p} is out of range 1..=65535"),
+                );
+            }
+        }
+    }
+    // Accounts.
+    let mut groups: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, g) in cfg.groups.iter().enumerate() {
+        if !is_valid_account_name(&g.name) {
+            e.push(
+                format!("groups[{i}].name"),
+                format!("{:?} is not a valid group name ([a-z_][a-z0-9_-]*, max 31)", g.name),
+            );
+        }
+        if groups.insert(&g.name, i).is_some() {
+            e.push(format!("groups[{i}].name"), format!("group {:?} defined twice", g.name));
+        }
+        if let Some(gid) = g.gid {
+            if gid == 0 || gid >= 60000 {
+                e.push(format!("groups[{i}].gid"), format!("gid {gid} is out of range 1..60000"));
+            }
+        }
+    }
+    let mut users = BTreeSet::new();
+    for (i, u) in cfg.users.iter().enumerate() {
+        if !is_valid_account_name(&u.name) {
+            e.push(
+                format!("users[{i}].name"),
+                format!("{:?} is not a valid user name ([a-z_][a-z0-9_-]*, max 31)", u.name),
+            );
+        }
+        if u.name == "root" {
+            e.push(format!("users[{i}].name"), "root already exists");
+        }
+        if !users.insert(u.name.as_str()) {
+            e.push(format!("users[{i}].name"), format!("user {:?} defined twice", u.name));
+        }
+        if let Some(uid) = u.uid {
+            if uid == 0 || uid >= 60000 {
+                e.push(format!("users[{i}].uid"), format!("uid {uid} is out of range 1..60000"));
+            }
+        }
+        if let Some(h) = &u.home {
+            if !valid_path(h) {
+                e.push(format!("users[{i}].home"), format!("{h:?} is not an absolute path"));
+            }
+        }
+    }
+    // Files.
+    let mut paths: BTreeMap<&str, String> = BTreeMap::new();
+    for (i, f) in cfg.files.iter().enumerate() {
+        let field = format!("files[{i}].path");
+        if !valid_path(&f.path) {
+            e.push(&field, format!("{:?} must be an absolute normalised path of letters, digits and ._/@+:=,%-", f.path));
+        }
+        if RESERVED_PATHS.contains(&f.path.as_str()) {
+            e.push(&field, format!("{} is written by the node layer; use the config field instead", f.path));
+        }
+        if let Some(prev) = paths.insert(&f.path, field.clone()) {
+            e.push(&field, format!("two files at {}: also {prev}", f.path));
+        }
+        if f.mode > 0o7777 {
+            e.push(format!("files[{i}].mode"), format!("{:o} is not a permission mode", f.mode));
+        }
+        if !is_valid_account_name(&f.owner) {
+            e.push(format!("files[{i}].owner"), format!("{:?} is not a user name", f.owner));
+        }
+        if !is_valid_account_name(&f.group) {
+            e.push(format!("files[{i}].group"), format!("{:?} is not a group name", f.group));
+        }
+    }
+    // Units.
+    let mut units = BTreeSet::new();
+    for (i, s) in cfg.services.iter().enumerate() {
+        if !is_valid_unit_stem(&s.name) {
+            e.push(format!("services[{i}].name"), format!("{:?} is not a valid unit name", s.name));
+        }
+        if !units.insert(s.unit_name()) {
+            e.push(format!("services[{i}].name"), format!("service {:?} defined twice", s.name));
+        }
+        match (&s.exec_start, &s.script) {
+            (None, None) => e.push(format!("services[{i}]"), "needs exec_start or script"),
+            (Some(_), Some(_)) => e.push(format!("services[{i}]"), "set exec_start or script, not both"),
+            _ => {}
+        }
+        let unit_path = format!("/etc/systemd/system/{}", s.unit_name());
+        if let Some(prev) = paths.get(unit_path.as_str()) {
+            e.push(format!("services[{i}].name"), format!("two files at {unit_path}: also {prev}"));
+        }
+        for key in s.environment.keys() {
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                e.push(format!("services[{i}].environment"), format!("{key:?} is not a variable name"));
+            }
+        }
+    }
+    for (i, f) in cfg.first_boot.iter().enumerate() {
+        if !is_valid_unit_stem(&f.name) {
+            e.push(format!("first_boot[{i}].name"), format!("{:?} is not a valid unit name", f.name));
+        }
+        if !units.insert(f.unit_name()) {
+            e.push(format!("first_boot[{i}].name"), format!("first-boot script {:?} defined twice", f.name));
+        }
+        if !is_valid_account_name(&f.user) {
+            e.push(format!("first_boot[{i}].user"), format!("{:?} is not a user name", f.user));
+        }
+    }
+}
