@@ -157,7 +157,7 @@ pub struct VdeClient {
     _ctl: UnixStream,
     data: UnixDatagram,
     dir: PathBuf,
-    recv: RecvBatch,
+    recv: Option<RecvBatch>,
     send: SendScratch,
     buf: Vec<u8>,
 }
@@ -210,9 +210,9 @@ impl VdeClient {
             _ctl: ctl,
             data,
             dir: dir.to_path_buf(),
-            recv: RecvBatch::new(32),
+            recv: None,
             send: SendScratch::default(),
-            buf: vec![0; 65_536],
+            buf: Vec::new(),
         })
     }
 
@@ -236,6 +236,9 @@ impl VdeClient {
         self.data
             .set_read_timeout(Some(timeout.max(Duration::from_micros(1))))
             .map_err(|e| cerr("setting a timeout", &self.dir, e))?;
+        if self.buf.is_empty() {
+            self.buf = vec![0; 65_536];
+        }
         match self.data.recv(&mut self.buf) {
             Ok(n) => Ok(Some(self.buf[..n].to_vec())),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
@@ -247,10 +250,11 @@ impl VdeClient {
 
     /// Receive up to 32 frames without blocking (one `recvmmsg`), calling `f` on each.
     pub fn recv_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize, NetsimError> {
-        match self.recv.recv(self.data.as_raw_fd()) {
+        let batch = self.recv.get_or_insert_with(|| RecvBatch::new(32));
+        match batch.recv(self.data.as_raw_fd()) {
             Ok(n) => {
                 for i in 0..n {
-                    f(self.recv.get(i).0);
+                    f(batch.get(i).0);
                 }
                 Ok(n)
             }

@@ -117,6 +117,10 @@ fn bind_listener(path: &Path) -> Result<UnixListener, NetsimError> {
     Ok(l)
 }
 
+fn is_vde_name(name: &str) -> bool {
+    name.len() > 3 && name.starts_with("vde") && name[3..].chars().all(|c| c.is_ascii_digit())
+}
+
 fn check_port_name(name: &str) -> Result<(), NetsimError> {
     let bad = |why| Err(NetsimError::InvalidPortName { name: name.to_string(), why });
     if name.is_empty() {
@@ -131,7 +135,7 @@ fn check_port_name(name: &str) -> Result<(), NetsimError> {
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return bad("only ASCII letters, digits, '-', '_' and '.' are allowed");
     }
-    if name.starts_with("vde") && name[3..].chars().all(|c| c.is_ascii_digit()) {
+    if is_vde_name(name) {
         return bad("names vde<N> are reserved for VDE clients");
     }
     Ok(())
@@ -356,8 +360,11 @@ impl SwitchHandle {
     }
 
     /// Block until port `name` has a connected client (e.g. QEMU came up), or time out.
+    /// A `vde<N>` name may be waited for before its client has appeared.
     pub fn wait_connected(&self, name: &str, timeout: Duration) -> Result<(), NetsimError> {
-        self.require(name)?;
+        if !is_vde_name(name) {
+            self.require(name)?;
+        }
         let vlan = self.shared.vlan;
         let deadline = Instant::now() + timeout;
         let mut reg = self.shared.registry.lock().map_err(|_| NetsimError::Stopped { vlan })?;
