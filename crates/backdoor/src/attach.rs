@@ -33,7 +33,12 @@ impl Shell {
     /// shell was re-spawned (e.g. `exit` was typed), the new greeting is handled.
     ///
     /// The guest shell has no prompt and sends stderr to the serial console, as under NixOS.
-    pub async fn attach_raw<R, W>(&mut self, mut input: R, mut output: W, escape: u8) -> Result<(), ShellError>
+    pub async fn attach_raw<R, W>(
+        &mut self,
+        mut input: R,
+        mut output: W,
+        escape: u8,
+    ) -> Result<(), ShellError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -75,7 +80,10 @@ impl Shell {
     }
 
     /// Bring the channel back in step after raw use; see [`Shell::attach_raw`].
-    pub async fn resync<W: AsyncWrite + Unpin>(&mut self, output: &mut W) -> Result<(), ShellError> {
+    pub async fn resync<W: AsyncWrite + Unpin>(
+        &mut self,
+        output: &mut W,
+    ) -> Result<(), ShellError> {
         let mut sink = tokio::io::sink();
         for step in 0..3 {
             let marker = protocol::random_marker();
@@ -100,17 +108,18 @@ impl Shell {
             if step == 0 {
                 // Something still reads the console (e.g. `cat` typed interactively).
                 tracing::warn!(shell = %self.name(), "guest shell did not answer after raw use; killing its children");
-                control
-                    .cancel_children(pid)
-                    .await
-                    .map_err(|e| self.desync(format!("could not unblock the shell after raw use: {e}")))?;
+                control.cancel_children(pid).await.map_err(|e| {
+                    self.desync(format!("could not unblock the shell after raw use: {e}"))
+                })?;
             } else {
                 // The shell itself is stuck (e.g. an unterminated quote): systemd re-spawns it.
                 tracing::warn!(shell = %self.name(), "guest shell still silent; killing it so that systemd re-spawns it");
                 control
                     .execute(&format!("kill -KILL {pid}"), Some(RESYNC_STEP))
                     .await
-                    .map_err(|e| self.desync(format!("could not restart the shell after raw use: {e}")))?;
+                    .map_err(|e| {
+                        self.desync(format!("could not restart the shell after raw use: {e}"))
+                    })?;
                 return self.reconnect().await;
             }
         }
@@ -130,8 +139,12 @@ impl Shell {
         let deadline = Instant::now() + wait;
         loop {
             let buf = self.buffered();
-            let e = find(buf, end.as_bytes(), 0)
-                .and_then(|i| buf[i + 1..].iter().position(|&b| b == b'\n').map(|n| (i, i + 1 + n + 1)));
+            let e = find(buf, end.as_bytes(), 0).and_then(|i| {
+                buf[i + 1..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map(|n| (i, i + 1 + n + 1))
+            });
             let g = find(buf, GREETING.as_bytes(), 0);
             match (e, g) {
                 (Some((i, stop)), g) if g.is_none_or(|g| g > i) => {
@@ -158,7 +171,11 @@ impl Shell {
     }
 
     fn local_io(&self, doing: &'static str, source: std::io::Error) -> ShellError {
-        ShellError::Io { name: self.name().to_owned(), doing, source }
+        ShellError::Io {
+            name: self.name().to_owned(),
+            doing,
+            source,
+        }
     }
 }
 
@@ -171,5 +188,9 @@ async fn write_out<W: AsyncWrite + Unpin>(output: &mut W, bytes: &[u8]) -> Resul
         output.flush().await
     }
     .await;
-    r.map_err(|source| ShellError::Io { name: "local terminal".to_owned(), doing: "writing to the local output", source })
+    r.map_err(|source| ShellError::Io {
+        name: "local terminal".to_owned(),
+        doing: "writing to the local output",
+        source,
+    })
 }

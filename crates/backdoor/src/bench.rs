@@ -105,14 +105,20 @@ async fn baseline(shell: &mut Shell, cmd: &str) -> Result<(f64, Vec<u8>), ShellE
 }
 
 /// Interleaved latency series of `cmds` (cycled) for both protocols: (ours, baseline) in ms.
-async fn series(shell: &mut Shell, cmds: &[&str], n: usize) -> Result<(Vec<f64>, Vec<f64>), ShellError> {
+async fn series(
+    shell: &mut Shell,
+    cmds: &[&str],
+    n: usize,
+) -> Result<(Vec<f64>, Vec<f64>), ShellError> {
     let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
         let cmd = cmds[i % cmds.len()];
         let (ta, oa) = ours(shell, cmd).await?;
         let (tb, ob) = baseline(shell, cmd).await?;
         if oa != ob {
-            return Err(shell.desync(format!("bench: the two protocols disagree on the output of `{cmd}`")));
+            return Err(shell.desync(format!(
+                "bench: the two protocols disagree on the output of `{cmd}`"
+            )));
         }
         a.push(ta);
         b.push(tb);
@@ -123,7 +129,11 @@ async fn series(shell: &mut Shell, cmds: &[&str], n: usize) -> Result<(Vec<f64>,
 /// The guest's last created pid (a builtin read; the reading command's own fork counts).
 async fn last_pid(shell: &mut Shell) -> Result<i64, ShellError> {
     let out = shell
-        .execute("read -r _ _ _ _ p </proc/loadavg; echo \"$p\"", Some(WAIT), &mut |_| {})
+        .execute(
+            "read -r _ _ _ _ p </proc/loadavg; echo \"$p\"",
+            Some(WAIT),
+            &mut |_| {},
+        )
         .await?;
     out.stdout_lossy()
         .trim()
@@ -150,7 +160,12 @@ async fn processes(shell: &mut Shell, cmd: &str, n: usize) -> Result<(f64, f64),
 fn latency(name: &str, ours: &[f64], base: &[f64], metrics: &mut Vec<Metric>) {
     for (suffix, q) in [("", 0.5), ("_p95", 0.95)] {
         let (o, b) = (quantile(ours, q), quantile(base, q));
-        metrics.push(Metric { name: format!("{name}{suffix}_ms"), ours: o, baseline: b, ratio: b / o });
+        metrics.push(Metric {
+            name: format!("{name}{suffix}_ms"),
+            ours: o,
+            baseline: b,
+            ratio: b / o,
+        });
     }
 }
 
@@ -164,7 +179,11 @@ pub async fn run(shell: &mut Shell, opts: &BenchOptions) -> Result<BenchReport, 
     latency("true", &a, &b, &mut metrics);
     let (a, b) = series(shell, &["/bin/true"], opts.iterations).await?;
     latency("bin_true", &a, &b, &mut metrics);
-    let mixed = ["systemctl is-active multi-user.target", "test -e /etc/hostname", "cat /etc/os-release"];
+    let mixed = [
+        "systemctl is-active multi-user.target",
+        "test -e /etc/hostname",
+        "cat /etc/os-release",
+    ];
     let (a, b) = series(shell, &mixed, opts.mixed_rounds * mixed.len()).await?;
     latency("mixed", &a, &b, &mut metrics);
 
@@ -179,19 +198,35 @@ pub async fn run(shell: &mut Shell, opts: &BenchOptions) -> Result<BenchReport, 
         ta.push(bytes / 1e6 / (t / 1000.0));
         let (t, out) = baseline(shell, &cmd).await?;
         if out.len() as f64 != bytes {
-            return Err(shell.desync(format!("bench: `{cmd}` (NixOS) returned {} bytes", out.len())));
+            return Err(shell.desync(format!(
+                "bench: `{cmd}` (NixOS) returned {} bytes",
+                out.len()
+            )));
         }
         tb.push(bytes / 1e6 / (t / 1000.0));
     }
     let (o, bl) = (quantile(&ta, 0.5), quantile(&tb, 0.5));
-    metrics.push(Metric { name: "mb_per_s".into(), ours: o, baseline: bl, ratio: o / bl });
+    metrics.push(Metric {
+        name: "mb_per_s".into(),
+        ours: o,
+        baseline: bl,
+        ratio: o / bl,
+    });
 
     for (name, cmd) in [("procs_true", "true"), ("procs_bin_true", "/bin/true")] {
         let (o, bl) = processes(shell, cmd, opts.process_count_runs).await?;
-        metrics.push(Metric { name: name.into(), ours: o, baseline: bl, ratio: bl / o.max(1e-9) });
+        metrics.push(Metric {
+            name: name.into(),
+            ours: o,
+            baseline: bl,
+            ratio: bl / o.max(1e-9),
+        });
     }
 
-    let report = BenchReport { name: opts.name.clone(), metrics };
+    let report = BenchReport {
+        name: opts.name.clone(),
+        metrics,
+    };
     print!("{report}");
     Ok(report)
 }

@@ -22,14 +22,20 @@ pub struct Control {
 
 impl Control {
     /// Connect to the control console (wait for its greeting, install the helpers).
-    pub async fn connect<S: ShellStream>(stream: S, opts: ConnectOptions) -> Result<Control, ShellError> {
+    pub async fn connect<S: ShellStream>(
+        stream: S,
+        opts: ConnectOptions,
+    ) -> Result<Control, ShellError> {
         Ok(Control::from_shell(Shell::connect(stream, opts).await?))
     }
 
     /// Use an already connected shell as the control shell.
     pub fn from_shell(shell: Shell) -> Control {
         let name = Arc::from(shell.name());
-        Control { shell: Arc::new(tokio::sync::Mutex::new(shell)), name }
+        Control {
+            shell: Arc::new(tokio::sync::Mutex::new(shell)),
+            name,
+        }
     }
 
     /// The control shell's name.
@@ -40,13 +46,27 @@ impl Control {
     /// Run a short command (e.g. a polling check) while the main shell may be busy. A timeout
     /// here cannot be enforced by killing (the control shell has no control shell): the control
     /// shell is then declared out of step, so keep these commands short.
-    pub async fn execute(&self, command: &str, timeout: Option<Duration>) -> Result<Output, ShellError> {
+    pub async fn execute(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Output, ShellError> {
         self.execute_boxed(command, timeout).await
     }
 
     /// Boxed: a shell's `execute` calls its control's `execute` (the future types would recurse).
-    fn execute_boxed<'a>(&'a self, command: &'a str, timeout: Option<Duration>) -> BoxFuture<'a, Result<Output, ShellError>> {
-        Box::pin(async move { self.shell.lock().await.execute(command, timeout, &mut |_| {}).await })
+    fn execute_boxed<'a>(
+        &'a self,
+        command: &'a str,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Output, ShellError>> {
+        Box::pin(async move {
+            self.shell
+                .lock()
+                .await
+                .execute(command, timeout, &mut |_| {})
+                .await
+        })
     }
 
     /// Kill `pid` and all its descendants (stopped first so none can fork away, then SIGKILL).
@@ -59,7 +79,9 @@ impl Control {
                 reason: "refusing to kill pid 0 or 1",
             });
         }
-        let out = self.execute(&crate::protocol::kill_command(pid), Some(KILL_TIMEOUT)).await?;
+        let out = self
+            .execute(&crate::protocol::kill_command(pid), Some(KILL_TIMEOUT))
+            .await?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .split_ascii_whitespace()
             .filter_map(|w| w.parse().ok())
@@ -69,7 +91,10 @@ impl Control {
     /// Kill every descendant of `pid` (not `pid` itself). Used to unblock the main shell's bash.
     pub async fn cancel_children(&self, pid: u32) -> Result<Vec<u32>, ShellError> {
         let out = self
-            .execute(&crate::protocol::kill_children_command(pid), Some(KILL_TIMEOUT))
+            .execute(
+                &crate::protocol::kill_children_command(pid),
+                Some(KILL_TIMEOUT),
+            )
             .await?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .split_ascii_whitespace()
@@ -79,7 +104,11 @@ impl Control {
 
     /// Whether guest process `pid` exists (e.g. the main shell's bash, [`Shell::guest_pid`]).
     pub async fn is_alive(&self, pid: u32) -> Result<bool, ShellError> {
-        Ok(self.execute(&format!("kill -0 {pid}"), Some(KILL_TIMEOUT)).await?.code == 0)
+        Ok(self
+            .execute(&format!("kill -0 {pid}"), Some(KILL_TIMEOUT))
+            .await?
+            .code
+            == 0)
     }
 
     /// Whether the control shell itself is usable.

@@ -145,7 +145,11 @@ mod tests {
             .args(["-n", "-c", SCRIPT])
             .output()
             .expect("run bash -n");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

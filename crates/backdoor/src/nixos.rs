@@ -16,7 +16,9 @@ pub fn shlex_quote(s: &str) -> String {
     if s.is_empty() {
         return "''".to_owned();
     }
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c))
+    {
         return s.to_owned();
     }
     format!("'{}'", s.replace('\'', "'\"'\"'"))
@@ -45,17 +47,22 @@ impl Shell {
         self.check_usable()?;
         let deadline = Instant::now() + wait;
         let r = async {
-            self.send(command_bytes(command, timeout).as_bytes()).await?;
+            self.send(command_bytes(command, timeout).as_bytes())
+                .await?;
             let encoded = self.read_line(deadline, command).await?;
             let stdout = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim_ascii())
-                .map_err(|e| self.desync(format!("NixOS protocol: bad base64 for `{command}`: {e}")))?;
+                .map_err(|e| {
+                    self.desync(format!("NixOS protocol: bad base64 for `{command}`: {e}"))
+                })?;
             self.send(STATUS_BYTES.as_bytes()).await?;
             let status = self.read_line(deadline, command).await?;
             let code = std::str::from_utf8(status.trim_ascii())
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| self.desync(format!("NixOS protocol: bad status line for `{command}`")))?;
+                .ok_or_else(|| {
+                    self.desync(format!("NixOS protocol: bad status line for `{command}`"))
+                })?;
             Ok(Output { code, stdout })
         }
         .await;

@@ -138,11 +138,7 @@ pub fn random_marker() -> String {
     while filled < bytes.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `bytes`.
         let n = unsafe {
-            libc::getrandom(
-                bytes[filled..].as_mut_ptr().cast(),
-                bytes.len() - filled,
-                0,
-            )
+            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
         };
         if n > 0 {
             filled += n as usize;
@@ -206,23 +202,31 @@ pub fn parse_pid(rest: &[u8]) -> Option<u32> {
 /// advancing `*delivered` past them. `end_pat` (`\n<marker> E `) has not been found in `out`;
 /// a newline that may be its start is held back unless it ends a non-empty line (which is a
 /// line of output either way).
+///
+/// `*scanned` (kept by the caller, starting at 0) remembers how far `out` was searched without a
+/// newline, so that a long line arriving in many reads is not searched again (linear time).
 pub fn deliver_lines(
     out: &[u8],
     delivered: &mut usize,
+    scanned: &mut usize,
     end_pat: &[u8],
     on_line: &mut (dyn FnMut(&[u8]) + Send),
 ) {
-    while *delivered < out.len() {
-        let Some(n) = out[*delivered..].iter().position(|&b| b == b'\n') else {
+    *scanned = (*scanned).max(*delivered);
+    while *scanned < out.len() {
+        let Some(n) = out[*scanned..].iter().position(|&b| b == b'\n') else {
+            *scanned = out.len();
             break;
         };
-        let i = *delivered + n;
+        let i = *scanned + n;
         let ambiguous = end_pat.starts_with(&out[i..]);
-        if ambiguous && n == 0 {
+        if ambiguous && i == *delivered {
+            *scanned = i;
             break;
         }
         on_line(&out[*delivered..i]);
         *delivered = i + 1;
+        *scanned = i + 1;
         if ambiguous {
             break;
         }
@@ -247,8 +251,14 @@ mod tests {
 
     #[test]
     fn exact_bytes_of_one_command() {
-        insta::assert_snapshot!("command_plain", command_line(M, "systemctl is-active multi-user.target"));
-        insta::assert_snapshot!("command_eval", command_line(M, "echo 'it''s' \"$HOME\"\nexit 3"));
+        insta::assert_snapshot!(
+            "command_plain",
+            command_line(M, "systemctl is-active multi-user.target")
+        );
+        insta::assert_snapshot!(
+            "command_eval",
+            command_line(M, "echo 'it''s' \"$HOME\"\nexit 3")
+        );
         insta::assert_snapshot!("preamble", preamble(M));
     }
 
@@ -257,7 +267,21 @@ mod tests {
         assert!(is_plain("/bin/true"));
         assert!(is_plain("test -e /etc/hostname"));
         assert!(is_plain("a=1 env"));
-        for c in ["", " ", "if", "true; false", "echo $x", "echo 'a'", "a\nb", "time if", "x done", "ls *", "echo {a,b}", "a\tb", "fi"] {
+        for c in [
+            "",
+            " ",
+            "if",
+            "true; false",
+            "echo $x",
+            "echo 'a'",
+            "a\nb",
+            "time if",
+            "x done",
+            "ls *",
+            "echo {a,b}",
+            "a\tb",
+            "fi",
+        ] {
             assert!(!is_plain(c), "{c:?}");
         }
     }
@@ -278,7 +302,11 @@ mod tests {
             .args(["-n", "-c", &preamble(M)])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
@@ -293,8 +321,20 @@ mod tests {
 
     #[test]
     fn end_lines() {
-        assert_eq!(parse_end(b"0"), Some(EndLine { code: 0, holders: vec![] }));
-        assert_eq!(parse_end(b"124 55 66"), Some(EndLine { code: 124, holders: vec![55, 66] }));
+        assert_eq!(
+            parse_end(b"0"),
+            Some(EndLine {
+                code: 0,
+                holders: vec![]
+            })
+        );
+        assert_eq!(
+            parse_end(b"124 55 66"),
+            Some(EndLine {
+                code: 124,
+                holders: vec![55, 66]
+            })
+        );
         assert_eq!(parse_end(b"x"), None);
         assert_eq!(parse_pid(b"1234"), Some(1234));
     }
@@ -313,14 +353,19 @@ mod tests {
         let pat = b"\nMM E ";
         let mut got: Vec<Vec<u8>> = Vec::new();
         let mut d = 0;
+        let mut sc = 0;
         // "a\n" alone: the newline may be the framing one, but "a" is a line either way.
-        deliver_lines(b"a\n", &mut d, pat, &mut |l| got.push(l.to_vec()));
+        deliver_lines(b"a\n", &mut d, &mut sc, pat, &mut |l| got.push(l.to_vec()));
         assert_eq!(got, vec![b"a".to_vec()]);
         // "a\n\n": the second newline may be framing and its line is empty: held back.
-        deliver_lines(b"a\n\n", &mut d, pat, &mut |l| got.push(l.to_vec()));
+        deliver_lines(b"a\n\n", &mut d, &mut sc, pat, &mut |l| {
+            got.push(l.to_vec())
+        });
         assert_eq!(got.len(), 1);
         // "a\n\nx": it was a real empty line.
-        deliver_lines(b"a\n\nx", &mut d, pat, &mut |l| got.push(l.to_vec()));
+        deliver_lines(b"a\n\nx", &mut d, &mut sc, pat, &mut |l| {
+            got.push(l.to_vec())
+        });
         assert_eq!(got, vec![b"a".to_vec(), b"".to_vec()]);
         deliver_rest(b"a\n\nx", &mut d, &mut |l| got.push(l.to_vec()));
         assert_eq!(got, vec![b"a".to_vec(), b"".to_vec(), b"x".to_vec()]);

@@ -139,7 +139,10 @@ impl std::fmt::Debug for Shell {
 }
 
 /// Read once from `stream` into the spare capacity of `into`; returns the count (0 = EOF).
-async fn read_some(stream: &mut Box<dyn ShellStream>, into: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_some(
+    stream: &mut Box<dyn ShellStream>,
+    into: &mut Vec<u8>,
+) -> std::io::Result<usize> {
     if into.capacity() - into.len() < CHUNK / 2 {
         into.reserve(CHUNK.max(into.len() / 4));
     }
@@ -161,7 +164,10 @@ impl Shell {
     ///
     /// A greeting split across reads is found; bytes before it are logged, not fatal. While the
     /// guest says nothing, a hint is logged every `opts.silence_log_interval`.
-    pub async fn connect<S: ShellStream>(stream: S, opts: ConnectOptions) -> Result<Shell, ShellError> {
+    pub async fn connect<S: ShellStream>(
+        stream: S,
+        opts: ConnectOptions,
+    ) -> Result<Shell, ShellError> {
         let mut shell = Shell {
             opts,
             stream: Box::new(stream),
@@ -224,13 +230,23 @@ impl Shell {
                 | std::io::ErrorKind::ConnectionReset
                 | std::io::ErrorKind::UnexpectedEof
         ) {
-            return ShellError::Disconnected { name: self.opts.name.clone(), command: None };
+            return ShellError::Disconnected {
+                name: self.opts.name.clone(),
+                command: None,
+            };
         }
-        ShellError::Io { name: self.opts.name.clone(), doing, source }
+        ShellError::Io {
+            name: self.opts.name.clone(),
+            doing,
+            source,
+        }
     }
 
     pub(crate) fn desync(&self, detail: impl Into<String>) -> ShellError {
-        ShellError::Desync { name: self.opts.name.clone(), detail: detail.into() }
+        ShellError::Desync {
+            name: self.opts.name.clone(),
+            detail: detail.into(),
+        }
     }
 
     pub(crate) fn check_usable(&self) -> Result<(), ShellError> {
@@ -264,7 +280,10 @@ impl Shell {
     pub(crate) async fn fill_until(&mut self, deadline: Instant) -> Result<bool, ShellError> {
         match tokio::time::timeout_at(deadline, read_some(&mut self.stream, &mut self.buf)).await {
             Err(_) => Ok(false),
-            Ok(Ok(0)) => Err(ShellError::Disconnected { name: self.opts.name.clone(), command: None }),
+            Ok(Ok(0)) => Err(ShellError::Disconnected {
+                name: self.opts.name.clone(),
+                command: None,
+            }),
             Ok(Ok(_)) => Ok(true),
             Ok(Err(e)) => Err(self.io_err("reading from the guest", e)),
         }
@@ -330,7 +349,8 @@ impl Shell {
                         self.drop_stray(i, "after its greeting");
                     }
                     self.buf.drain(..i + nl + 1);
-                    self.guest_pid = pid.ok_or_else(|| self.desync("malformed ready line after the preamble"))?;
+                    self.guest_pid =
+                        pid.ok_or_else(|| self.desync("malformed ready line after the preamble"))?;
                     break;
                 }
             }
@@ -376,9 +396,13 @@ impl Shell {
         self.cancel.running.store(false, Ordering::SeqCst);
         self.cancel.requested.store(false, Ordering::SeqCst);
         let r = r.map_err(|e| match e {
-            ShellError::Disconnected { name, command: None } => {
-                ShellError::Disconnected { name, command: Some(command.to_owned()) }
-            }
+            ShellError::Disconnected {
+                name,
+                command: None,
+            } => ShellError::Disconnected {
+                name,
+                command: Some(command.to_owned()),
+            },
             e => e,
         });
         if let Err(e) = &r {
@@ -394,7 +418,8 @@ impl Shell {
         timeout: Option<Duration>,
         on_line: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<Output, ShellError> {
-        self.send(protocol::command_line(marker, command).as_bytes()).await?;
+        self.send(protocol::command_line(marker, command).as_bytes())
+            .await?;
         let start_pat = format!("{marker} S ");
         let end_pat = format!("\n{marker} E ");
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -403,6 +428,7 @@ impl Shell {
         let mut out: Vec<u8> = Vec::new();
         let mut searched = 0;
         let mut delivered = 0;
+        let mut line_scan = 0;
         let mut kill: Option<KillReason> = None;
         let mut kill_sent = false;
         let mut grace: Option<Instant> = None;
@@ -411,7 +437,9 @@ impl Shell {
                 if let Some(i) = find(&self.buf, start_pat.as_bytes(), 0) {
                     if let Some(nl) = self.buf[i..].iter().position(|&b| b == b'\n') {
                         let p = protocol::parse_pid(&self.buf[i + start_pat.len()..i + nl])
-                            .ok_or_else(|| self.desync(format!("malformed start line for `{command}`")))?;
+                            .ok_or_else(|| {
+                                self.desync(format!("malformed start line for `{command}`"))
+                            })?;
                         out = self.buf.split_off(i + nl + 1);
                         self.drop_stray(i, "before a command started");
                         self.buf.clear();
@@ -424,8 +452,10 @@ impl Shell {
                     Some(p) => {
                         let rest = p + end_pat.len();
                         if let Some(nl) = out[rest..].iter().position(|&b| b == b'\n') {
-                            let end = protocol::parse_end(&out[rest..rest + nl])
-                                .ok_or_else(|| self.desync(format!("malformed end line for `{command}`")))?;
+                            let end =
+                                protocol::parse_end(&out[rest..rest + nl]).ok_or_else(|| {
+                                    self.desync(format!("malformed end line for `{command}`"))
+                                })?;
                             self.buf = out.split_off(rest + nl + 1);
                             out.truncate(p);
                             protocol::deliver_rest(&out, &mut delivered, on_line);
@@ -435,7 +465,13 @@ impl Shell {
                     }
                     None => {
                         searched = out.len().saturating_sub(end_pat.len() - 1);
-                        protocol::deliver_lines(&out, &mut delivered, end_pat.as_bytes(), on_line);
+                        protocol::deliver_lines(
+                            &out,
+                            &mut delivered,
+                            &mut line_scan,
+                            end_pat.as_bytes(),
+                            on_line,
+                        );
                     }
                 }
             }
@@ -451,7 +487,9 @@ impl Shell {
                     )));
                 };
                 if let Err(e) = control.cancel(p).await {
-                    return Err(self.desync(format!("could not kill command `{command}` (pid {p}): {e}")));
+                    return Err(
+                        self.desync(format!("could not kill command `{command}` (pid {p}): {e}"))
+                    );
                 }
                 kill_sent = true;
                 grace = Some(Instant::now() + KILL_GRACE);
@@ -466,7 +504,11 @@ impl Shell {
                 continue;
             }
             let far = Instant::now() + Duration::from_secs(86400 * 365);
-            let target = if pid.is_some() { &mut out } else { &mut self.buf };
+            let target = if pid.is_some() {
+                &mut out
+            } else {
+                &mut self.buf
+            };
             tokio::select! {
                 r = read_some(&mut self.stream, target) => match r {
                     Ok(0) => return Err(ShellError::Disconnected { name: self.opts.name.clone(), command: Some(command.to_owned()) }),
@@ -494,7 +536,10 @@ impl Shell {
                 let from = tail.len() - greeting_line.len();
                 let greeting = tail[from..].to_vec();
                 self.buf = greeting;
-                return Err(ShellError::Respawned { name: self.opts.name.clone(), command: command.to_owned() });
+                return Err(ShellError::Respawned {
+                    name: self.opts.name.clone(),
+                    command: command.to_owned(),
+                });
             }
         }
     }
@@ -509,8 +554,17 @@ impl Shell {
         let name = self.opts.name.clone();
         let command = command.to_owned();
         match kill {
-            Some(KillReason::Timeout(timeout)) => Err(ShellError::Timeout { name, command, timeout, stdout }),
-            Some(KillReason::Cancel) => Err(ShellError::Cancelled { name, command, stdout }),
+            Some(KillReason::Timeout(timeout)) => Err(ShellError::Timeout {
+                name,
+                command,
+                timeout,
+                stdout,
+            }),
+            Some(KillReason::Cancel) => Err(ShellError::Cancelled {
+                name,
+                command,
+                stdout,
+            }),
             None if !end.holders.is_empty() => Err(ShellError::BackgroundHolder {
                 name,
                 command,
@@ -518,7 +572,10 @@ impl Shell {
                 code: end.code,
                 stdout,
             }),
-            None => Ok(Output { code: end.code, stdout }),
+            None => Ok(Output {
+                code: end.code,
+                stdout,
+            }),
         }
     }
 }

@@ -28,14 +28,21 @@ async fn guest() -> Guest {
     let (f, err) = stderr_file();
     let (local, stream) = LocalShell::spawn(err).unwrap();
     let shell = Shell::connect(stream, opts("main")).await.unwrap();
-    Guest { shell, local, _control_local: None, _stderr: f }
+    Guest {
+        shell,
+        local,
+        _control_local: None,
+        _stderr: f,
+    }
 }
 
 async fn guest_with_control() -> Guest {
     let mut g = guest().await;
     let (_, err) = stderr_file();
     let (local, stream) = LocalShell::spawn(err).unwrap();
-    let control = Control::connect(stream, opts("main").control()).await.unwrap();
+    let control = Control::connect(stream, opts("main").control())
+        .await
+        .unwrap();
     g.shell.set_control(control);
     g._control_local = Some(local);
     g
@@ -62,11 +69,19 @@ async fn ten_megabytes_of_random_output() {
     let mut g = guest().await;
     let file = tempfile::NamedTempFile::new().unwrap();
     let path = file.path().display().to_string();
-    run(&mut g.shell, &format!("head -c 10485760 /dev/urandom > {path}")).await;
+    run(
+        &mut g.shell,
+        &format!("head -c 10485760 /dev/urandom > {path}"),
+    )
+    .await;
     let mut lines = 0usize;
     let out = g
         .shell
-        .execute(&format!("cat {path}"), Some(Duration::from_secs(60)), &mut |_| lines += 1)
+        .execute(
+            &format!("cat {path}"),
+            Some(Duration::from_secs(60)),
+            &mut |_| lines += 1,
+        )
         .await
         .unwrap();
     let expected = std::fs::read(file.path()).unwrap();
@@ -74,13 +89,22 @@ async fn ten_megabytes_of_random_output() {
     assert!(out.stdout == expected, "10 MB output differs");
     // Every line is streamed once (the last one may lack its newline).
     let newlines = expected.iter().filter(|&&b| b == b'\n').count();
-    assert!(lines == newlines || lines == newlines + 1, "{lines} vs {newlines}");
+    assert!(
+        lines == newlines || lines == newlines + 1,
+        "{lines} vs {newlines}"
+    );
 }
 
 #[tokio::test]
 async fn empty_output_and_exit_codes() {
     let mut g = guest().await;
-    assert_eq!(run(&mut g.shell, "true").await, Output { code: 0, stdout: vec![] });
+    assert_eq!(
+        run(&mut g.shell, "true").await,
+        Output {
+            code: 0,
+            stdout: vec![]
+        }
+    );
     for code in [0, 1, 124, 255] {
         assert_eq!(run(&mut g.shell, &format!("exit {code}")).await.code, code);
     }
@@ -88,17 +112,28 @@ async fn empty_output_and_exit_codes() {
     // set -o pipefail: a failing stage fails the pipeline.
     assert_eq!(run(&mut g.shell, "false | true").await.code, 1);
     // set -u
-    assert_ne!(run(&mut g.shell, "echo $undefined_variable_xyz").await.code, 0);
+    assert_ne!(
+        run(&mut g.shell, "echo $undefined_variable_xyz").await.code,
+        0
+    );
 }
 
 #[tokio::test]
 async fn quotes_newlines_heredocs_unicode() {
     let mut g = guest().await;
-    let out = run(&mut g.shell, "printf '%s\\n' \"it's\" 'a \"b\"' '$HOME' \"back\\\\slash\"").await;
+    let out = run(
+        &mut g.shell,
+        "printf '%s\\n' \"it's\" 'a \"b\"' '$HOME' \"back\\\\slash\"",
+    )
+    .await;
     assert_eq!(out.stdout_lossy(), "it's\na \"b\"\n$HOME\nback\\slash\n");
     let out = run(&mut g.shell, "x=1\ny=2\necho $((x + y))").await;
     assert_eq!(out.stdout_lossy(), "3\n");
-    let out = run(&mut g.shell, "v=world\ncat <<EOF\nhello $v\n'quoted' \"dq\"\nEOF\ncat <<'EOF'\nraw $v\nEOF").await;
+    let out = run(
+        &mut g.shell,
+        "v=world\ncat <<EOF\nhello $v\n'quoted' \"dq\"\nEOF\ncat <<'EOF'\nraw $v\nEOF",
+    )
+    .await;
     assert_eq!(out.stdout_lossy(), "hello world\n'quoted' \"dq\"\nraw $v\n");
     let out = run(&mut g.shell, "echo 'héllo ✓ 日本語 🚀'").await;
     assert_eq!(out.stdout_lossy(), "héllo ✓ 日本語 🚀\n");
@@ -107,7 +142,10 @@ async fn quotes_newlines_heredocs_unicode() {
     assert_eq!(out.code, 2);
     let out = run(&mut g.shell, "if then fi )").await;
     assert_eq!(out.code, 2);
-    assert_eq!(run(&mut g.shell, "echo still here").await.stdout_lossy(), "still here\n");
+    assert_eq!(
+        run(&mut g.shell, "echo still here").await.stdout_lossy(),
+        "still here\n"
+    );
 }
 
 #[tokio::test]
@@ -118,7 +156,10 @@ async fn marker_looking_output_does_not_confuse() {
         "printf '%s\\n' '{fake} S 1' '{fake} E 0' ''; printf '\\n{fake} E 7 1 2\\n'; printf 'R 1\\n__m_post x\\n'"
     );
     let out = run(&mut g.shell, &cmd).await;
-    assert_eq!(out.stdout_lossy(), format!("{fake} S 1\n{fake} E 0\n\n\n{fake} E 7 1 2\nR 1\n__m_post x\n"));
+    assert_eq!(
+        out.stdout_lossy(),
+        format!("{fake} S 1\n{fake} E 0\n\n\n{fake} E 7 1 2\nR 1\n__m_post x\n")
+    );
     assert_eq!(out.code, 0);
 }
 
@@ -131,17 +172,42 @@ async fn stdin_is_empty() {
     assert_eq!(run(&mut g.shell, "read x").await.code, 1);
     assert!(t.elapsed() < Duration::from_secs(2));
     // Output is a pipe (as under NixOS), not a terminal.
-    assert_eq!(run(&mut g.shell, "[ -p /dev/stdout ] && ! [ -t 1 ] && echo pipe").await.stdout_lossy(), "pipe\n");
+    assert_eq!(
+        run(
+            &mut g.shell,
+            "[ -p /dev/stdout ] && ! [ -t 1 ] && echo pipe"
+        )
+        .await
+        .stdout_lossy(),
+        "pipe\n"
+    );
 }
 
 #[tokio::test]
 async fn nothing_leaks_into_the_next_command() {
     let mut g = guest().await;
-    assert_eq!(run(&mut g.shell, "cd /; x=5; export Y=6; set +e; f() { :; }; exit 3").await.code, 3);
-    let out = run(&mut g.shell, "pwd; echo ${x:-unset} ${Y:-unset}; type f >/dev/null 2>&1 || echo nof; false; echo after").await;
+    assert_eq!(
+        run(
+            &mut g.shell,
+            "cd /; x=5; export Y=6; set +e; f() { :; }; exit 3"
+        )
+        .await
+        .code,
+        3
+    );
+    let out = run(
+        &mut g.shell,
+        "pwd; echo ${x:-unset} ${Y:-unset}; type f >/dev/null 2>&1 || echo nof; false; echo after",
+    )
+    .await;
     assert_eq!(out.stdout_lossy(), "/tmp\nunset unset\nnof\n");
     assert_eq!(out.code, 1);
-    assert_eq!(run(&mut g.shell, "set +e; false; echo x").await.stdout_lossy(), "x\n");
+    assert_eq!(
+        run(&mut g.shell, "set +e; false; echo x")
+            .await
+            .stdout_lossy(),
+        "x\n"
+    );
     assert_eq!(run(&mut g.shell, "false; echo x").await.code, 1);
 }
 
@@ -151,12 +217,26 @@ async fn background_holder_is_reported_at_once() {
     let t = Instant::now();
     let err = g
         .shell
-        .execute("echo started; sleep 30 &", Some(Duration::from_secs(10)), &mut |_| {})
+        .execute(
+            "echo started; sleep 30 &",
+            Some(Duration::from_secs(10)),
+            &mut |_| {},
+        )
         .await
         .unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
     match &err {
-        ShellError::BackgroundHolder { pids, code, stdout, command, .. } => {
+        ShellError::BackgroundHolder {
+            pids,
+            code,
+            stdout,
+            command,
+            ..
+        } => {
             assert_eq!(pids.len(), 1);
             assert_eq!(*code, 0);
             assert_eq!(stdout, b"started\n");
@@ -168,8 +248,18 @@ async fn background_holder_is_reported_at_once() {
     // The shell stays usable; the old holder is not blamed on later commands.
     assert_eq!(run(&mut g.shell, "echo ok").await.stdout_lossy(), "ok\n");
     // Redirected background processes are fine.
-    assert_eq!(run(&mut g.shell, "sleep 30 >/dev/null 2>&1 & echo bg").await.stdout_lossy(), "bg\n");
-    assert_eq!(run(&mut g.shell, "sleep 30 >&2 & echo bg2").await.stdout_lossy(), "bg2\n");
+    assert_eq!(
+        run(&mut g.shell, "sleep 30 >/dev/null 2>&1 & echo bg")
+            .await
+            .stdout_lossy(),
+        "bg\n"
+    );
+    assert_eq!(
+        run(&mut g.shell, "sleep 30 >&2 & echo bg2")
+            .await
+            .stdout_lossy(),
+        "bg2\n"
+    );
 }
 
 #[tokio::test]
@@ -182,10 +272,17 @@ async fn killed_shell_mid_command_is_disconnected_at_once() {
         unsafe { libc::killpg(pgid, libc::SIGKILL) };
         Instant::now()
     });
-    let err = g.shell.execute("sleep 100", None, &mut |_| {}).await.unwrap_err();
+    let err = g
+        .shell
+        .execute("sleep 100", None, &mut |_| {})
+        .await
+        .unwrap_err();
     let killed_at = killer.await.unwrap();
     assert!(killed_at.elapsed() < Duration::from_millis(500));
-    assert!(matches!(err, ShellError::Disconnected { command: Some(ref c), .. } if c == "sleep 100"), "{err}");
+    assert!(
+        matches!(err, ShellError::Disconnected { command: Some(ref c), .. } if c == "sleep 100"),
+        "{err}"
+    );
     assert!(!g.shell.is_usable());
     assert!(g.shell.execute("true", None, &mut |_| {}).await.is_err());
 }
@@ -206,7 +303,11 @@ async fn connect_times_out_with_a_hint() {
     let o = opts("silent").timeout(Duration::from_millis(500));
     let e = Shell::connect(stream, o).await.unwrap_err();
     assert!(matches!(e, ShellError::ConnectTimeout { .. }));
-    assert!(e.to_string().contains("systemctl status machinist-backdoor@hvc0.service"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("systemctl status machinist-backdoor@hvc0.service"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -218,11 +319,21 @@ async fn cancel_through_control_returns_quickly() {
         canceller.cancel();
     });
     let t = Instant::now();
-    let err = g.shell.execute("echo going; sleep 100", None, &mut |_| {}).await.unwrap_err();
+    let err = g
+        .shell
+        .execute("echo going; sleep 100", None, &mut |_| {})
+        .await
+        .unwrap_err();
     let took = t.elapsed();
-    assert!(matches!(err, ShellError::Cancelled { ref stdout, .. } if stdout == b"going\n"), "{err}");
+    assert!(
+        matches!(err, ShellError::Cancelled { ref stdout, .. } if stdout == b"going\n"),
+        "{err}"
+    );
     assert!(took < Duration::from_millis(1300), "took {took:?}");
-    assert_eq!(run(&mut g.shell, "echo after").await.stdout_lossy(), "after\n");
+    assert_eq!(
+        run(&mut g.shell, "echo after").await.stdout_lossy(),
+        "after\n"
+    );
 }
 
 #[tokio::test]
@@ -233,19 +344,42 @@ async fn timeout_kills_the_process_tree() {
     let t = Instant::now();
     // A grandchild (sleep inside a pipeline inside a subshell) must die too.
     let cmd = format!("(sleep 100; echo leaked > {path}) | cat; echo never");
-    let err = g.shell.execute(&cmd, Some(Duration::from_millis(500)), &mut |_| {}).await.unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    let err = g
+        .shell
+        .execute(&cmd, Some(Duration::from_millis(500)), &mut |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
     assert!(matches!(err, ShellError::Timeout { .. }), "{err}");
     assert_eq!(err.nixos_exit_code(), Some(124));
-    assert_eq!(run(&mut g.shell, "echo fine").await.stdout_lossy(), "fine\n");
-    let leftover = run(&mut g.shell, &format!("pgrep -f 'sleep 100' -g {} || true", g.local.pid())).await;
-    assert_eq!(leftover.stdout_lossy(), "", "processes of the timed-out command survived");
+    assert_eq!(
+        run(&mut g.shell, "echo fine").await.stdout_lossy(),
+        "fine\n"
+    );
+    let leftover = run(
+        &mut g.shell,
+        &format!("pgrep -f 'sleep 100' -g {} || true", g.local.pid()),
+    )
+    .await;
+    assert_eq!(
+        leftover.stdout_lossy(),
+        "",
+        "processes of the timed-out command survived"
+    );
 }
 
 #[tokio::test]
 async fn timeout_without_control_is_a_clear_error() {
     let mut g = guest().await;
-    let err = g.shell.execute("sleep 100", Some(Duration::from_millis(200)), &mut |_| {}).await.unwrap_err();
+    let err = g
+        .shell
+        .execute("sleep 100", Some(Duration::from_millis(200)), &mut |_| {})
+        .await
+        .unwrap_err();
     assert!(matches!(err, ShellError::Desync { .. }), "{err}");
     assert!(err.to_string().contains("no control shell"), "{err}");
     assert!(!g.shell.is_usable());
@@ -263,7 +397,10 @@ async fn control_runs_checks_while_main_is_busy() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
-    let out = control.execute("test -d /proc", Some(Duration::from_secs(5))).await.unwrap();
+    let out = control
+        .execute("test -d /proc", Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     assert_eq!(out.code, 0);
     assert!(t.elapsed() < Duration::from_millis(500));
     assert!(control.is_alive(pid).await.unwrap());
@@ -278,27 +415,38 @@ async fn lines_stream_while_the_command_runs() {
     let mut seen: Vec<(String, Duration)> = Vec::new();
     let out = g
         .shell
-        .execute("echo first; sleep 0.6; printf 'second\\nno newline'", None, &mut |l| {
-            seen.push((String::from_utf8_lossy(l).into_owned(), t.elapsed()))
-        })
+        .execute(
+            "echo first; sleep 0.6; printf 'second\\nno newline'",
+            None,
+            &mut |l| seen.push((String::from_utf8_lossy(l).into_owned(), t.elapsed())),
+        )
         .await
         .unwrap();
     assert_eq!(out.stdout_lossy(), "first\nsecond\nno newline");
     let lines: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
     assert_eq!(lines, ["first", "second", "no newline"]);
-    assert!(seen[0].1 < Duration::from_millis(500), "first line came late: {:?}", seen[0].1);
+    assert!(
+        seen[0].1 < Duration::from_millis(500),
+        "first line came late: {:?}",
+        seen[0].1
+    );
 }
 
 #[tokio::test]
 async fn invalid_command_is_rejected() {
     let mut g = guest().await;
-    let e = g.shell.execute("echo a\0b", None, &mut |_| {}).await.unwrap_err();
+    let e = g
+        .shell
+        .execute("echo a\0b", None, &mut |_| {})
+        .await
+        .unwrap_err();
     assert!(matches!(e, ShellError::InvalidCommand { .. }));
     assert!(g.shell.is_usable());
 }
 
 /// A guest whose shell comes back with a new greeting when it exits (like `Restart=always`).
-const RESPAWNING: &str = r#"cd /tmp; while :; do echo "Spawning backdoor root shell..."; bash --norc; done"#;
+const RESPAWNING: &str =
+    r#"cd /tmp; while :; do echo "Spawning backdoor root shell..."; bash --norc; done"#;
 
 #[tokio::test]
 async fn respawned_shell_is_noticed_and_reconnect_works() {
@@ -307,12 +455,18 @@ async fn respawned_shell_is_noticed_and_reconnect_works() {
     let mut shell = Shell::connect(stream, opts("respawn")).await.unwrap();
     let first = shell.guest_pid();
     let t = Instant::now();
-    let e = shell.execute("kill -9 $$; sleep 0.2", None, &mut |_| {}).await.unwrap_err();
+    let e = shell
+        .execute("kill -9 $$; sleep 0.2", None, &mut |_| {})
+        .await
+        .unwrap_err();
     assert!(matches!(e, ShellError::Respawned { .. }), "{e}");
     assert!(t.elapsed() < Duration::from_secs(3));
     shell.reconnect().await.unwrap();
     assert_ne!(shell.guest_pid(), first);
-    assert_eq!(run(&mut shell, "echo again").await.stdout_lossy(), "again\n");
+    assert_eq!(
+        run(&mut shell, "echo again").await.stdout_lossy(),
+        "again\n"
+    );
 }
 
 #[tokio::test]
@@ -321,22 +475,36 @@ async fn attach_raw_then_resync() {
     let (mut user, user_side) = tokio::io::duplex(1 << 16);
     let (ui, uo) = tokio::io::split(user_side);
     let attach = tokio::spawn(async move {
-        let r = g.shell.attach_raw(ui, uo, machinist_backdoor::ESCAPE_CTRL_RIGHT_BRACKET).await;
+        let r = g
+            .shell
+            .attach_raw(ui, uo, machinist_backdoor::ESCAPE_CTRL_RIGHT_BRACKET)
+            .await;
         (g, r)
     });
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    user.write_all(b"echo interactive-$((6*7))\n").await.unwrap();
+    user.write_all(b"echo interactive-$((6*7))\n")
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     while !String::from_utf8_lossy(&got).contains("interactive-42") {
-        let n = tokio::time::timeout(Duration::from_secs(5), user.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), user.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         got.extend_from_slice(&buf[..n]);
     }
     // Leave a program reading the console behind, then escape: resync must unblock it.
     user.write_all(b"cat\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     user.write_all(&[0x1d]).await.unwrap();
-    let (mut g, r) = tokio::time::timeout(Duration::from_secs(15), attach).await.unwrap().unwrap();
+    let (mut g, r) = tokio::time::timeout(Duration::from_secs(15), attach)
+        .await
+        .unwrap()
+        .unwrap();
     r.unwrap();
-    assert_eq!(run(&mut g.shell, "echo back").await.stdout_lossy(), "back\n");
+    assert_eq!(
+        run(&mut g.shell, "echo back").await.stdout_lossy(),
+        "back\n"
+    );
 }
