@@ -1,9 +1,72 @@
-//! Multi-machine integration tests in real QEMU virtual machines: Test, Machine, VLan, templates and logging.
+//! Multi-machine integration tests in real QEMU virtual machines: the Rust counterpart of NixOS'
+//! `nixosTest` driver.
+//!
+//! Declare nodes with [`NodeConfig`] (crate `machinist-guest`), write the script as a closure over
+//! a [`TestRun`], and call [`Test::run`]. Machine methods keep the NixOS names and defaults
+//! (`succeed`, `wait_until_succeeds`, `wait_for_unit`, `block`, `crash`, `get_screen_text`, ...);
+//! timeouts are [`std::time::Duration`] (or plain seconds, see [`IntoTimeout`]) and are scaled by
+//! `MACHINIST_TIMEOUT_SCALE`.
+//!
+//! ```no_run
+//! use machinist::{NodeConfig, Test};
+//! use std::time::Duration;
+//!
+//! Test::new("ping")
+//!     .node("a", NodeConfig::new())
+//!     .node("b", NodeConfig::new())
+//!     .script(|t| {
+//!         t.start_all()?;
+//!         t.machine("a").wait_until_succeeds("ping -c1 -W1 b", Duration::from_secs(30))?;
+//!         Ok(())
+//!     })
+//!     .run()
+//!     .unwrap();
+//! ```
+//!
+//! Templates for node files use strict `@name@` substitution: see [`template`].
 
+mod ctx;
+pub mod error;
 pub mod log;
+pub mod machine;
+mod node;
+pub mod orphans;
+mod polling;
+mod run;
 pub mod template;
+mod test;
 pub mod timeouts;
+mod vlan;
+mod watchdog;
 
+pub use error::{BoxError, Error, Result};
 pub use log::{Logger, Span};
+pub use machine::{Commands, ExecResult, IntoTimeout, Machine, WaitForUnit};
+pub use node::Node;
+pub use polling::{CheckOutcome, PollingCondition};
+pub use run::TestRun;
 pub use template::{substitute_all, substitute_file, substitute_named, TemplateError, Vars};
+pub use test::{Report, ScriptResult, Test};
 pub use timeouts::TimeoutScale;
+pub use vlan::VLan;
+
+/// Re-exports of the guest crate's configuration types, so tests need only `machinist`.
+pub use machinist_guest::{
+    FileSpec, FirstBootScript, GroupSpec, NodeConfig, Restart, ServiceSpec, ServiceType, UserSpec,
+};
+
+/// A node file rendered from a template file with strict `@name@` substitution, checked now
+/// (before anything boots): `template_file("/etc/postgrest.conf", "tutorial.conf", &vars)?`.
+pub fn template_file(
+    guest_path: &str,
+    template: impl AsRef<std::path::Path>,
+    vars: &Vars,
+) -> std::result::Result<FileSpec, TemplateError> {
+    let template = template.as_ref();
+    let rendered = substitute_file(template, vars)?;
+    Ok(FileSpec::from_template(
+        guest_path,
+        template.display().to_string(),
+        rendered,
+    ))
+}

@@ -33,7 +33,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub(crate) use junit::strip_control;
+#[cfg(test)]
+use junit::strip_control;
 use terminal::{Kind, Terminal};
 
 thread_local! {

@@ -1,0 +1,467 @@
+//! Command-level Machine methods: succeed/fail, waits, systemd, files, ports, copies.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::scripts::{self, quote};
+use super::{Commands, IntoTimeout, Machine};
+use crate::ctx::Deadline;
+use crate::error::{Error, Result};
+use crate::timeouts::DEFAULT_TIMEOUT;
+
+/// Extra host-side slack over a guest-side loop deadline before the command is killed.
+const HOST_SLACK: Duration = Duration::from_secs(10);
+
+/// Options of [`Machine::wait_for_unit_with`].
+#[derive(Debug, Clone, Default)]
+pub struct WaitForUnit {
+    /// Check a user unit of this user (`systemctl --user`).
+    pub user: Option<String>,
+    /// Timeout (default 900 s).
+    pub timeout: Option<Duration>,
+    /// Keep waiting while the unit is `inactive` with no pending jobs instead of failing at once
+    /// (NixOS fails fast there; nixpkgs #62155: oneshot units, user units and logind races
+    /// pass through that state transiently).
+    pub tolerate_inactive: bool,
+}
+
+impl Machine {
+    fn timeout_or_default(&self, t: impl IntoTimeout) -> Duration {
+        self.ctx.scaled(t.into_timeout().unwrap_or(DEFAULT_TIMEOUT))
+    }
+
+    /// Runs each command, requiring exit code 0 (NixOS `succeed`); returns the concatenated
+    /// stdout. No timeout, as in NixOS (use [`Machine::succeed_timeout`]).
+    pub fn succeed(&self, commands: impl Commands) -> Result<String> {
+        self.succeed_timeout(commands, None)
+    }
+
+    /// [`Machine::succeed`] with a timeout per command (expired = exit code 124 = failure).
+    pub fn succeed_timeout(&self, commands: impl Commands, timeout: impl IntoTimeout) -> Result<String> {
+        let t = timeout.into_timeout().map(|d| self.ctx.scaled(d));
+        let mut output = String::new();
+        for cmd in commands.commands() {
+            let out = self.nested(&format!("must succeed: {cmd}"), || {
+                let (code, out) = self.run_command(&cmd, t)?;
+                let out = String::from_utf8_lossy(&out).into_owned();
+                if code != 0 {
+                    self.log_line(&format!("output: {out}"));
+                    return Err(Error::CommandFailed {
+                        machine: self.name().to_string(),
+                        command: cmd.clone(),
+                        code,
+                        output: out,
+                    });
+                }
+                Ok(out)
+            })?;
+            output.push_str(&out);
+        }
+        Ok(output)
+    }
+
+    /// Runs each command, requiring a non-zero exit code (NixOS `fail`); returns the
+    /// concatenated stdout.
+    pub fn fail(&self, commands: impl Commands) -> Result<String> {
+        self.fail_timeout(commands, None)
+    }
+
+    /// [`Machine::fail`] with a timeout per command.
+    pub fn fail_timeout(&self, commands: impl Commands, timeout: impl IntoTimeout) -> Result<String> {
+        let t = timeout.into_timeout().map(|d| self.ctx.scaled(d));
+        let mut output = String::new();
+        for cmd in commands.commands() {
+            let out = self.nested(&format!("must fail: {cmd}"), || {
+                let (code, out) = self.run_command(&cmd, t)?;
+                let out = String::from_utf8_lossy(&out).into_owned();
+                if code == 0 {
+                    self.log_line(&format!("output: {out}"));
+                    return Err(Error::UnexpectedSuccess {
+                        machine: self.name().to_string(),
+                        command: cmd.clone(),
+                        output: out,
+                    });
+                }
+                Ok(out)
+            })?;
+            output.push_str(&out);
+        }
+        Ok(output)
+    }
+
+    /// Runs a guest-side loop script with a guest deadline of `t`; returns (code, stdout).
+    fn guest_loop(&self, script: &str, t: Duration) -> Result<(i32, String)> {
+        let (code, out) = self.run_command(script, Some(t + HOST_SLACK))?;
+        Ok((code, String::from_utf8_lossy(&out).into_owned()))
+    }
+
+    fn wait_until(&self, command: &str, want_success: bool, timeout: impl IntoTimeout) -> Result<String> {
+        let t = self.timeout_or_default(timeout);
+        let what = if want_success { "success" } else { "failure" };
+        self.nested(&format!("waiting for {what}: {command}"), || {
+            // The boot wait must not eat into `t`: connect first (a no-op once connected).
+            self.ensure_up()?;
+            let deadline = Deadline::new(t);
+            let script = scripts::wait_until(command, want_success, t.as_micros());
+            let (code, out) = self.guest_loop(&script, t)?;
+            if code == 0 {
+                Ok(out)
+            } else {
+                Err(Error::Timeout {
+                    machine: Some(self.name().to_string()),
+                    what: command.to_string(),
+                    timeout: t,
+                    elapsed: deadline.elapsed(),
+                    last_output: out,
+                })
+            }
+        })
+    }
+
+    /// Makes sure the machine runs and its shell is connected (waits for the boot under the boot
+    /// deadline). Commands do this implicitly.
+    pub fn ensure_up(&self) -> Result<()> {
+        if self.is_up() {
+            return Ok(());
+        }
+        self.run_command("true", None).map(drop)
+    }
+
+    /// Repeats `command` until it succeeds (NixOS `wait_until_succeeds`); returns its stdout.
+    /// The loop runs inside the guest (one round trip); the time spent booting is not counted.
+    pub fn wait_until_succeeds(&self, command: &str, timeout: impl IntoTimeout) -> Result<String> {
+        self.wait_until(command, true, timeout)
+    }
+
+    /// Repeats `command` until it fails (NixOS `wait_until_fails`); returns its stdout.
+    pub fn wait_until_fails(&self, command: &str, timeout: impl IntoTimeout) -> Result<String> {
+        self.wait_until(command, false, timeout)
+    }
+
+    /// Sleeps `secs` in *guest* time (NixOS `sleep`: `succeed("sleep N")`).
+    pub fn sleep(&self, duration: impl IntoTimeout) -> Result<()> {
+        let d = duration.into_timeout().unwrap_or_default();
+        self.succeed(format!("sleep {}", d.as_secs_f64())).map(drop)
+    }
+
+    /// `systemctl <query>` (NixOS `systemctl`); returns (exit code, stdout).
+    pub fn systemctl(&self, query: &str) -> Result<super::ExecResult> {
+        self.execute(&scripts::systemctl(query, None))
+    }
+
+    /// `systemctl --user <query>` as `user` (NixOS `systemctl(q, user)`).
+    pub fn systemctl_user(&self, query: &str, user: &str) -> Result<super::ExecResult> {
+        self.execute(&scripts::systemctl(query, Some(user)))
+    }
+
+    /// All properties of `unit` (`systemctl show`), NixOS `get_unit_info`.
+    pub fn get_unit_info(&self, unit: &str) -> Result<BTreeMap<String, String>> {
+        self.get_unit_info_user(unit, None)
+    }
+
+    /// [`Machine::get_unit_info`] for a user unit.
+    pub fn get_unit_info_user(&self, unit: &str, user: Option<&str>) -> Result<BTreeMap<String, String>> {
+        let q = format!("--no-pager show {}", quote(unit));
+        let (code, out) = self.execute(&scripts::systemctl(&q, user))?;
+        if code != 0 {
+            return Err(Error::Assertion {
+                machine: self.name().to_string(),
+                message: format!(
+                    "retrieving systemctl info for unit \"{unit}\"{} failed with exit code {code}",
+                    user.map(|u| format!(" under user \"{u}\"")).unwrap_or_default()
+                ),
+            });
+        }
+        Ok(parse_properties(&out))
+    }
+
+    /// One property of `unit` (NixOS `get_unit_property`).
+    pub fn get_unit_property(&self, unit: &str, property: &str) -> Result<String> {
+        self.get_unit_property_user(unit, property, None)
+    }
+
+    /// [`Machine::get_unit_property`] for a user unit.
+    pub fn get_unit_property_user(&self, unit: &str, property: &str, user: Option<&str>) -> Result<String> {
+        let q = format!("--no-pager show {} --property={}", quote(unit), quote(property));
+        let (code, out) = self.execute(&scripts::systemctl(&q, user))?;
+        if code != 0 {
+            return Err(Error::Assertion {
+                machine: self.name().to_string(),
+                message: format!("retrieving systemctl property \"{property}\" for unit \"{unit}\" failed with exit code {code}"),
+            });
+        }
+        let props = parse_properties(&out);
+        props.get(property).cloned().ok_or_else(|| Error::Assertion {
+            machine: self.name().to_string(),
+            message: format!("systemctl show did not report property \"{property}\" of unit \"{unit}\""),
+        })
+    }
+
+    /// Waits until `unit` is active (NixOS `wait_for_unit`); fails at once when it is `failed`,
+    /// or `inactive` with no pending jobs.
+    pub fn wait_for_unit(&self, unit: &str, timeout: impl IntoTimeout) -> Result<()> {
+        self.wait_for_unit_with(unit, WaitForUnit { timeout: timeout.into_timeout(), ..Default::default() })
+    }
+
+    /// [`Machine::wait_for_unit`] with options (user unit, tolerate transient `inactive`).
+    pub fn wait_for_unit_with(&self, unit: &str, opts: WaitForUnit) -> Result<()> {
+        let t = self.timeout_or_default(opts.timeout);
+        let user = opts.user.clone();
+        let msg = match &user {
+            Some(u) => format!("waiting for unit {unit} with user {u}"),
+            None => format!("waiting for unit {unit}"),
+        };
+        self.nested(&msg, || {
+            self.ensure_up()?;
+            let deadline = Deadline::new(t);
+            let u = user.clone();
+            let script = scripts::wait_for_unit(unit, &move |q| scripts::systemctl(q, u.as_deref()), opts.tolerate_inactive, t.as_micros());
+            let (code, out) = self.guest_loop(&script, t)?;
+            let unit_err = |reason: String| Error::Unit { machine: self.name().to_string(), unit: unit.to_string(), reason };
+            match code {
+                0 => Ok(()),
+                3 => Err(unit_err("reached state \"failed\"".into())),
+                4 => Err(unit_err("is inactive and there are no pending jobs".into())),
+                _ => Err(Error::Timeout {
+                    machine: Some(self.name().to_string()),
+                    what: format!("unit {unit} to become active (last state: {})", out.trim()),
+                    timeout: t,
+                    elapsed: deadline.elapsed(),
+                    last_output: String::new(),
+                }),
+            }
+        })
+    }
+
+    /// Fails unless `unit`'s ActiveState is `state` (NixOS `require_unit_state`, default "active").
+    pub fn require_unit_state(&self, unit: &str, state: &str) -> Result<()> {
+        self.nested(&format!("checking if unit '{unit}' has reached state '{state}'"), || {
+            let info = self.get_unit_info(unit)?;
+            let actual = info.get("ActiveState").cloned().unwrap_or_default();
+            if actual != state {
+                return Err(Error::Unit {
+                    machine: self.name().to_string(),
+                    unit: unit.to_string(),
+                    reason: format!("is in state \"{actual}\", expected \"{state}\""),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// `systemctl start <job>` (NixOS `start_job`); returns (exit code, stdout).
+    pub fn start_job(&self, job: &str) -> Result<super::ExecResult> {
+        self.systemctl(&format!("start {}", quote(job)))
+    }
+
+    /// `systemctl stop <job>` (NixOS `stop_job`).
+    pub fn stop_job(&self, job: &str) -> Result<super::ExecResult> {
+        self.systemctl(&format!("stop {}", quote(job)))
+    }
+
+    /// Waits until `path` exists in the guest (NixOS `wait_for_file`).
+    pub fn wait_for_file(&self, path: &str, timeout: impl IntoTimeout) -> Result<()> {
+        let t = self.timeout_or_default(timeout);
+        self.nested(&format!("waiting for file '{path}'"), || {
+            self.wait_loop(&format!("test -e {}", quote(path)), true, t, &format!("file {path}"))
+        })
+    }
+
+    fn wait_loop(&self, probe: &str, want_success: bool, t: Duration, what: &str) -> Result<()> {
+        self.ensure_up()?;
+        let deadline = Deadline::new(t);
+        let (code, out) = self.guest_loop(&scripts::wait_until(probe, want_success, t.as_micros()), t)?;
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(Error::Timeout {
+                machine: Some(self.name().to_string()),
+                what: what.to_string(),
+                timeout: t,
+                elapsed: deadline.elapsed(),
+                last_output: out,
+            })
+        }
+    }
+
+    /// Waits until TCP `port` accepts connections on localhost (NixOS `wait_for_open_port`).
+    /// Uses bash's `/dev/tcp`, so the guest needs no `nc`.
+    pub fn wait_for_open_port(&self, port: u16, timeout: impl IntoTimeout) -> Result<()> {
+        self.wait_for_open_port_on("localhost", port, timeout)
+    }
+
+    /// [`Machine::wait_for_open_port`] on another address.
+    pub fn wait_for_open_port_on(&self, addr: &str, port: u16, timeout: impl IntoTimeout) -> Result<()> {
+        let t = self.timeout_or_default(timeout);
+        self.nested(&format!("waiting for TCP port {port} on {addr}"), || {
+            self.wait_loop(&scripts::tcp_probe(addr, port), true, t, &format!("TCP port {port} on {addr} to open"))
+        })
+    }
+
+    /// Waits until TCP `port` on localhost refuses connections (NixOS `wait_for_closed_port`).
+    pub fn wait_for_closed_port(&self, port: u16, timeout: impl IntoTimeout) -> Result<()> {
+        self.wait_for_closed_port_on("localhost", port, timeout)
+    }
+
+    /// [`Machine::wait_for_closed_port`] on another address.
+    pub fn wait_for_closed_port_on(&self, addr: &str, port: u16, timeout: impl IntoTimeout) -> Result<()> {
+        let t = self.timeout_or_default(timeout);
+        self.nested(&format!("waiting for TCP port {port} on {addr} to be closed"), || {
+            self.wait_loop(&scripts::tcp_probe(addr, port), false, t, &format!("TCP port {port} on {addr} to close"))
+        })
+    }
+
+    /// Waits until the unix socket `path` accepts connections (NixOS
+    /// `wait_for_open_unix_socket`; uses `nc -U` or `socat` if the guest has one, else checks
+    /// that a socket file exists).
+    pub fn wait_for_open_unix_socket(&self, path: &str, is_datagram: bool, timeout: impl IntoTimeout) -> Result<()> {
+        let t = self.timeout_or_default(timeout);
+        self.nested(&format!("waiting for UNIX socket {path}"), || {
+            self.wait_loop(&scripts::unix_probe(path, is_datagram), true, t, &format!("unix socket {path}"))
+        })
+    }
+
+    /// Copies a host file or directory into the guest at `target` (NixOS `copy_from_host`).
+    /// There is no shared directory: the data travels through the backdoor as base64 (a tar
+    /// stream for directories), in chunks.
+    pub fn copy_from_host(&self, source: impl AsRef<Path>, target: &str) -> Result<()> {
+        let source = source.as_ref();
+        self.nested(&format!("copying {} to {target}", source.display()), || {
+            let meta = std::fs::metadata(source).map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
+            let parent = Path::new(target).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into());
+            if meta.is_dir() {
+                let tar = tar_dir(source)?;
+                self.upload(&tar, "/tmp/.machinist-upload.tar")?;
+                self.succeed(format!(
+                    "mkdir -p {t} && tar -x -f /tmp/.machinist-upload.tar -C {t} && rm -f /tmp/.machinist-upload.tar",
+                    t = quote(target)
+                ))?;
+            } else {
+                let data = std::fs::read(source).map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
+                self.succeed(format!("mkdir -p {}", quote(&parent)))?;
+                self.upload(&data, target)?;
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+                self.succeed(format!("chmod {mode:o} {}", quote(target)))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes `data` to `target` in the guest through the shell, base64 in 48 KiB chunks.
+    fn upload(&self, data: &[u8], target: &str) -> Result<()> {
+        use base64::Engine;
+        let q = quote(target);
+        if data.is_empty() {
+            self.run_checked(&format!(": > {q}"))?;
+        }
+        for (i, chunk) in data.chunks(48 * 1024).enumerate() {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(chunk);
+            let redirect = if i == 0 { ">" } else { ">>" };
+            self.run_checked(&format!("echo -n {b64} | base64 -d {redirect} {q}"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs a command quietly (no nested log), failing on a non-zero exit.
+    fn run_checked(&self, cmd: &str) -> Result<String> {
+        let (code, out) = self.run_command(cmd, Some(self.ctx.scaled(DEFAULT_TIMEOUT)))?;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        if code != 0 {
+            let shown = if cmd.len() > 200 { format!("{}...", &cmd[..cmd.floor_char_boundary(200)]) } else { cmd.to_string() };
+            return Err(Error::CommandFailed { machine: self.name().to_string(), command: shown, code, output: out });
+        }
+        Ok(out)
+    }
+
+    /// Copies a host file into the guest with `echo -n <base64> | base64 -d > target`
+    /// (NixOS `copy_from_host_via_shell`; files only).
+    pub fn copy_from_host_via_shell(&self, source: impl AsRef<Path>, target: &str) -> Result<()> {
+        let source = source.as_ref();
+        let data = std::fs::read(source).map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
+        self.upload(&data, target)
+    }
+
+    /// Copies a guest file or directory to `<output dir>/<target_dir>/<name>` (NixOS
+    /// `copy_from_machine`); returns the host path.
+    pub fn copy_from_machine(&self, source: &str, target_dir: &str) -> Result<PathBuf> {
+        use base64::Engine;
+        let name = Path::new(source).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+        let dest_dir = self.ctx.out_dir.join(target_dir);
+        std::fs::create_dir_all(&dest_dir).map_err(|e| Error::io(format!("creating {}", dest_dir.display()), e))?;
+        let dest = dest_dir.join(&name);
+        self.nested(&format!("copying {source} from the machine to {}", dest.display()), || {
+            let q = quote(source);
+            let is_dir = self.run_command(&format!("test -d {q}"), None)?.0 == 0;
+            let cmd = if is_dir {
+                format!("tar -c -C {q} . | base64 -w0")
+            } else {
+                format!("base64 -w0 < {q}")
+            };
+            let b64 = self.run_checked(&cmd)?;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| Error::backend(Some(self.name()), format!("decoding {source}"), e))?;
+            if is_dir {
+                std::fs::create_dir_all(&dest).map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+                untar(&data, &dest)?;
+            } else {
+                std::fs::write(&dest, data).map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+            }
+            Ok(dest.clone())
+        })
+    }
+}
+
+/// Parses `systemctl show` output (`Key=Value` lines).
+pub(crate) fn parse_properties(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn tar_dir(dir: &Path) -> Result<Vec<u8>> {
+    let out = std::process::Command::new("tar")
+        .arg("-c")
+        .arg("-C")
+        .arg(dir)
+        .arg(".")
+        .output()
+        .map_err(|e| Error::io("running tar on the host (install the Debian package tar)", e))?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!("tar of {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr))));
+    }
+    Ok(out.stdout)
+}
+
+fn untar(data: &[u8], dest: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(dest)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("running tar on the host", e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(data).map_err(|e| Error::io("feeding tar", e))?;
+    }
+    let st = child.wait().map_err(|e| Error::io("waiting for tar", e))?;
+    if !st.success() {
+        return Err(Error::Invalid(format!("extracting into {} failed", dest.display())));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn properties() {
+        let p = super::parse_properties("ActiveState=active\nDescription=a=b\n\nbroken\n");
+        assert_eq!(p["ActiveState"], "active");
+        assert_eq!(p["Description"], "a=b");
+        assert_eq!(p.len(), 2);
+    }
+}
