@@ -26,10 +26,10 @@ pub(crate) fn quote(s: &str) -> String {
 fn loop_head(timeout_us: u128) -> String {
     format!(
         "set +e +o pipefail\n\
-         __mn_now() {{ local t=${{EPOCHREALTIME/[.,]/}}; echo $((10#$t)); }}\n\
-         __mn_end=$(( $(__mn_now) + {timeout_us} ))\n\
+         __mn_now() {{ __mn_t=${{EPOCHREALTIME/[.,]/}}; __mn_t=$((10#$__mn_t)); }}\n\
+         __mn_now; __mn_end=$(( __mn_t + {timeout_us} ))\n\
          __mn_pause=100000\n\
-         __mn_nap() {{ local left=$(( __mn_end - $(__mn_now) )); (( left > 0 )) || return 1; \
+         __mn_nap() {{ __mn_now; local left=$(( __mn_end - __mn_t )); (( left > 0 )) || return 1; \
          local p=$__mn_pause; (( p < left )) || p=$left; \
          sleep \"$((p / 1000000)).$(printf %06d $((p % 1000000)))\"; \
          (( __mn_pause = __mn_pause * 2 > 1000000 ? 1000000 : __mn_pause * 2 )); return 0; }}\n"
