@@ -66,11 +66,23 @@ pub enum Step {
     DarkOnLight,
 }
 
+/// What reads a variant's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// The tesseract CLI, on the preprocessed image.
+    Tesseract,
+    /// Exact glyph matching for VGA text-mode consoles ([`crate::console`]), on the raw
+    /// screenshot (gray and steps are ignored). Not applicable to other screens.
+    ConsoleFont,
+}
+
 /// A named preprocessing recipe. The name appears in results and in failure reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Variant {
     /// Short name, e.g. `"upscaled"`; used in file names, so keep it to `[a-z0-9-]`.
     pub name: String,
+    /// What reads the image.
+    pub reader: Reader,
     /// Gray conversion.
     pub gray: Gray,
     /// Steps applied in order after the gray conversion.
@@ -80,7 +92,12 @@ pub struct Variant {
 impl Variant {
     /// A variant from its name, gray conversion and steps.
     pub fn new(name: &str, gray: Gray, steps: &[Step]) -> Variant {
-        Variant { name: name.to_string(), gray, steps: steps.to_vec() }
+        Variant { name: name.to_string(), reader: Reader::Tesseract, gray, steps: steps.to_vec() }
+    }
+
+    /// The exact text-console reader (see [`Reader::ConsoleFont`]).
+    pub fn console_font(name: &str) -> Variant {
+        Variant { name: name.to_string(), reader: Reader::ConsoleFont, gray: Gray::Luma, steps: Vec::new() }
     }
 
     /// The overall scale factor of this variant (product of its upscales).
@@ -106,10 +123,12 @@ impl Variant {
 
 const UP2: Step = Step::Upscale { factor: 2.0, filter: Filter::Lanczos3 };
 
-/// The default variants, best first: `get_screen_text` uses the first, `get_screen_text_variants`
-/// and `wait_for_text` use all of them (concurrently, stopping at the first match).
+/// The default variants, best first: `get_screen_text` uses the first that applies to the
+/// screen, `get_screen_text_variants` and `wait_for_text` use all of them (concurrently,
+/// stopping at the first match).
 pub fn default_variants() -> Vec<Variant> {
     vec![
+        Variant::console_font("console"),
         Variant::new("upscaled", Gray::MaxChannel, &[UP2, Step::Normalize { clip: 0.0 }, Step::DarkOnLight]),
         Variant::new("binary", Gray::MaxChannel, &[UP2, Step::Otsu, Step::DarkOnLight]),
         Variant::new("luma", Gray::Luma, &[UP2, Step::Normalize { clip: 0.01 }, Step::DarkOnLight]),

@@ -19,7 +19,9 @@ mkdir -p "$cache"
 work=$(mktemp -d /tmp/ocr-corpus.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-all_scenes=(boot login console colors dialog menu large huge)
+all_scenes=(glyphs boot login console colors dialog menu large huge)
+# "glyphs" is not a test image: it is the glyph sheet the console-font reader learns the VGA
+# font from (written to crates/ocr/fonts/, with fonts/vga-8x16.txt as its truth).
 scenes=("$@")
 [ ${#scenes[@]} -gt 0 ] || scenes=("${all_scenes[@]}")
 
@@ -61,6 +63,7 @@ for g in range(glyphs):
 open(sys.argv[2], "wb").write(bytes([0x36, 0x04, mode, 32]) + bytes(doubled) + data[4 + 16 * glyphs:])
 PY
 
+cp "$here/../../fonts/vga-8x16.txt" "$rootfs/sheet.txt"
 cat >"$rootfs/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s
@@ -86,6 +89,7 @@ dump() { # the console's characters, rows x cols bytes, between markers on the s
 sleep 1
 case "$scene" in
 boot) sleep 2 ;;
+glyphs) clear_tty; hide_cursor; cat /sheet.txt >$T ;;
 login)
     clear_tty
     printf 'Debian GNU/Linux 12 \\n \\l\n\n' >/etc/issue
@@ -209,6 +213,13 @@ if dumps[0] != dumps[1]:
     sys.exit(f"screen changed between the two dumps of {sys.argv[1]}; run again")
 open(sys.argv[2], "w").write(dumps[0])
 PY
+    if [ "$scene" = glyphs ]; then
+        # The truth of the sheet is the sheet itself (vcs shows only its ASCII part).
+        grep -qF 'ABCDEFGHIJKLMNO' "$here/glyphs.txt" && rm "$here/glyphs.txt"
+        "$ppm2png" "$work/$scene.ppm" "$here/../../fonts/vga-8x16.png"
+        echo "corpus: wrote fonts/vga-8x16.png" >&2
+        continue
+    fi
     "$ppm2png" "$work/$scene.ppm" "$here/$scene.png"
     echo "corpus: wrote $here/$scene.png and $scene.txt" >&2
 done
