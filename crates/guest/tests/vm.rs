@@ -114,3 +114,66 @@ fn vm_cached_image_is_not_written_by_a_run() {
     assert_eq!(std::fs::metadata(&image.disk).unwrap().modified().unwrap(), before);
     assert_eq!(sum(&image.disk), hash_before);
 }
+
+/// Two nodes on VLAN 1 (netsim switch): names resolve through /etc/hosts, IPv4 and IPv6 ping
+/// work, an open port connects and a port the firewall does not open is refused.
+#[test]
+fn vm_two_nodes_resolve_ping_and_firewall() {
+    use machinist_netsim::{Switch, SwitchConfig};
+    let _lock = VmTestLock::acquire().expect("VM lock");
+    let image = ImageCache::from_env()
+        .ensure(&ImageSpec::base(), Progress::Lines)
+        .expect("base image");
+    let alpha = NodeConfig::new();
+    let beta = NodeConfig::new()
+        .service(ServiceSpec::new("open-listener", "/usr/bin/nc -lk 8080"))
+        .service(ServiceSpec::new("closed-listener", "/usr/bin/nc -lk 9090"))
+        .open_tcp_port(8080);
+    let nodes = [("alpha", &alpha), ("beta", &beta)];
+    machinist_guest::validate(&nodes).unwrap();
+    let plan = NetworkPlan::new(&nodes);
+    let dir = tempfile::tempdir().unwrap();
+    let switch = Switch::start(SwitchConfig::new(1, dir.path().join("vlan1"))).expect("switch");
+    let mut handles = Vec::new();
+    for (name, cfg) in nodes {
+        let layer = NodeLayer::render(name, cfg, &plan).unwrap();
+        let port = switch.add_stream_port(name).unwrap();
+        let iface = plan.node(name).unwrap().interfaces[0].clone();
+        let mut spec = BootSpec::new(name, dir.path());
+        spec.nics.push(machinist_qemu::Nic::stream(iface.qemu_id(), iface.mac, port));
+        spec.boot_timeout = Duration::from_secs(240);
+        let image = image.clone();
+        handles.push(std::thread::spawn(move || TestVm::boot(&image, Some(&layer), &spec)));
+    }
+    let mut vms: Vec<TestVm> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().expect("boot"))
+        .collect();
+    let mut beta_vm = vms.pop().unwrap();
+    let mut alpha_vm = vms.pop().unwrap();
+    for (vm, ip) in [(&mut alpha_vm, "192.168.1.1"), (&mut beta_vm, "192.168.1.2")] {
+        vm.succeed(&format!(
+            "until ip -4 addr show dev vlan1 | grep -q {ip}/24; do sleep 0.1; done; ip -6 addr show dev vlan1"
+        ))
+        .unwrap();
+    }
+    beta_vm
+        .succeed("until systemctl is-active -q open-listener closed-listener; do sleep 0.1; done")
+        .unwrap();
+    assert_eq!(
+        alpha_vm.succeed("getent hosts beta | head -1").unwrap().split_whitespace().next(),
+        Some("192.168.1.2")
+    );
+    assert!(alpha_vm.succeed("getent ahostsv6 beta").unwrap().contains("2001:db8:1::2"));
+    alpha_vm.succeed("ping -c1 -W5 beta").unwrap();
+    alpha_vm.succeed("ping -6 -c1 -W5 2001:db8:1::2").unwrap();
+    beta_vm.succeed("ping -c1 -W5 alpha").unwrap();
+    // No default route: the outside is unreachable.
+    assert!(!alpha_vm.succeed("ip route; ip -6 route").unwrap().contains("default"));
+    alpha_vm.succeed("nc -z -w5 beta 8080").unwrap();
+    let (code, out) = alpha_vm.run("nc -z -v -w5 beta 9090", Duration::from_secs(30)).unwrap();
+    assert_ne!(code, 0, "port 9090 must be closed by the firewall: {out}");
+    assert!(out.contains("refused"), "{out}");
+    // From beta itself (loopback) the closed port works: it is the firewall, not the service.
+    beta_vm.succeed("nc -z -w5 127.0.0.1 9090").unwrap();
+}

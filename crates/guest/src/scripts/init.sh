@@ -5,6 +5,8 @@
 export PATH=/bin
 mount -t devtmpfs dev /dev
 mount -t proc proc /proc
+read -r up _ < /proc/uptime
+echo "machinist-initrd: start at $up s"
 while read -r m; do
 	insmod "/lib/$m" || echo "machinist-initrd: insmod $m failed"
 done < /lib/modules.order
@@ -21,6 +23,8 @@ if [ -d /machinist-layer ]; then
 		echo "machinist-initrd: ERROR: apply-layer failed (status $?); booting anyway"
 	fi
 fi
+read -r up _ < /proc/uptime
+echo "machinist-initrd: switch_root at $up s"
 umount /proc
 mount --move /dev /sysroot/dev
 exec switch_root /sysroot /sbin/init "$@"
