@@ -43,10 +43,12 @@ pub struct SerialLine {
     pub index: u64,
     /// The text, `\r` removed, invalid UTF-8 replaced.
     pub text: String,
+    /// When the line was received.
+    pub at: Instant,
 }
 
 struct State {
-    lines: VecDeque<String>,
+    lines: VecDeque<(Instant, String)>,
     first_index: u64,
     partial: Vec<u8>,
     closed: bool,
@@ -107,65 +109,57 @@ impl SerialLog {
 
     /// Feeds raw console bytes: complete lines are stored and broadcast.
     pub fn push_bytes(&self, data: &[u8]) {
-        let mut new_lines = Vec::new();
+        let mut any = false;
         {
             let mut st = self.lock();
             for &b in data {
                 match b {
                     b'\n' => {
                         let raw = std::mem::take(&mut st.partial);
-                        new_lines.push(decode(&raw));
+                        self.store(&mut st, decode(&raw));
+                        any = true;
                     }
                     b'\r' => {}
                     _ => {
                         st.partial.push(b);
                         if st.partial.len() >= MAX_LINE_BYTES {
                             let raw = std::mem::take(&mut st.partial);
-                            new_lines.push(decode(&raw));
+                            self.store(&mut st, decode(&raw));
+                            any = true;
                         }
                     }
                 }
             }
-            for l in &new_lines {
-                st.lines.push_back(l.clone());
-                if st.lines.len() > self.inner.max_lines {
-                    st.lines.pop_front();
-                    st.first_index += 1;
-                }
-            }
         }
-        if !new_lines.is_empty() {
-            for l in new_lines {
-                tracing::trace!(target: "machinist_qemu::serial", machine = %self.inner.name, "{l}");
-                let _ = self.inner.lines_tx.send(l);
-            }
+        if any {
             self.notify();
+        }
+    }
+
+    /// Stores and broadcasts one line. Broadcasting under the lock keeps
+    /// [`SerialLog::subscribe_with_history`] gap-free.
+    fn store(&self, st: &mut State, line: String) {
+        tracing::trace!(target: "machinist_qemu::serial", machine = %self.inner.name, "{line}");
+        let _ = self.inner.lines_tx.send(line.clone());
+        st.lines.push_back((Instant::now(), line));
+        if st.lines.len() > self.inner.max_lines {
+            st.lines.pop_front();
+            st.first_index += 1;
         }
     }
 
     /// Marks the console as closed (QEMU exited); a pending partial line is flushed.
     pub fn close(&self) {
-        let flushed = {
+        {
             let mut st = self.lock();
             if st.closed {
                 return;
             }
             st.closed = true;
-            if st.partial.is_empty() {
-                None
-            } else {
+            if !st.partial.is_empty() {
                 let raw = std::mem::take(&mut st.partial);
-                let l = decode(&raw);
-                st.lines.push_back(l.clone());
-                if st.lines.len() > self.inner.max_lines {
-                    st.lines.pop_front();
-                    st.first_index += 1;
-                }
-                Some(l)
+                self.store(&mut st, decode(&raw));
             }
-        };
-        if let Some(l) = flushed {
-            let _ = self.inner.lines_tx.send(l);
         }
         self.notify();
     }
@@ -180,9 +174,31 @@ impl SerialLog {
         self.inner.lines_tx.subscribe()
     }
 
+    /// The retained lines plus a receiver of every later line, with no gap and no duplicate
+    /// (for loggers that attach after QEMU started).
+    pub fn subscribe_with_history(&self) -> (Vec<String>, broadcast::Receiver<String>) {
+        let st = self.lock();
+        let rx = self.inner.lines_tx.subscribe();
+        (st.lines.iter().map(|(_, l)| l.clone()).collect(), rx)
+    }
+
     /// The retained lines.
     pub fn lines(&self) -> Vec<String> {
-        self.lock().lines.iter().cloned().collect()
+        self.lock().lines.iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    /// The retained lines with the time each was received.
+    pub fn timed_lines(&self) -> Vec<SerialLine> {
+        let st = self.lock();
+        st.lines
+            .iter()
+            .enumerate()
+            .map(|(i, (at, l))| SerialLine {
+                index: st.first_index + i as u64,
+                text: l.clone(),
+                at: *at,
+            })
+            .collect()
     }
 
     /// The last `n` retained lines joined with newlines.
@@ -192,7 +208,7 @@ impl SerialLog {
         st.lines
             .iter()
             .skip(skip)
-            .cloned()
+            .map(|(_, l)| l.as_str())
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -215,7 +231,7 @@ impl SerialLog {
 
     /// Whether a retained line contains `needle`.
     pub fn contains(&self, needle: &str) -> bool {
-        self.lock().lines.iter().any(|l| l.contains(needle))
+        self.lock().lines.iter().any(|(_, l)| l.contains(needle))
     }
 
     /// The first retained line at index >= `from` for which `pred` holds.
@@ -308,10 +324,11 @@ fn find_in(st: &State, from: u64, pred: &dyn Fn(&str) -> bool) -> Option<SerialL
         .iter()
         .enumerate()
         .skip(skip)
-        .find(|(_, l)| pred(l))
-        .map(|(i, l)| SerialLine {
+        .find(|(_, (_, l))| pred(l))
+        .map(|(i, (at, l))| SerialLine {
             index: st.first_index + i as u64,
             text: l.clone(),
+            at: *at,
         })
 }
 
@@ -342,6 +359,12 @@ mod tests {
         log.close();
         assert_eq!(log.tail(1), "prompt$ ");
         assert!(log.is_closed());
+        let (hist, mut rx2) = log.subscribe_with_history();
+        assert_eq!(hist.len(), 3);
+        assert!(rx2.try_recv().is_err());
+        let timed = log.timed_lines();
+        assert_eq!(timed.last().unwrap().index, 5);
+        assert!(timed[0].at <= timed[2].at);
     }
 
     #[test]

@@ -145,13 +145,20 @@ async fn vm_boot_serial_qmp_screendump_reset_quit() {
     );
     assert!(hit.index > linux.index);
     assert!(!hit.text.contains('\r'));
+    let run_init = serial
+        .find(linux.index, |l| l.contains("Run /init"))
+        .expect("kernel logs `Run /init`");
+    let since = |at: Instant| at.duration_since(qemu.started_at()).as_secs_f64();
     eprintln!(
-        "MEASURED spawn->QMP ready {:.3}s, spawn->kernel banner {:.3}s, spawn->initramfs marker {:.3}s (kernel->marker {:.3}s), {} serial lines",
+        "MEASURED spawn->QMP ready {:.3}s; since spawn: kernel banner {:.3}s, Run /init {:.3}s, initramfs marker {:.3}s (kernel banner->marker {:.3}s; {} serial lines; waits returned at {:.3}s/{:.3}s)",
         qmp_ready.as_secs_f64(),
+        since(linux.at),
+        since(run_init.at),
+        since(hit.at),
+        hit.at.duration_since(linux.at).as_secs_f64(),
+        serial.line_count(),
         t_linux.as_secs_f64(),
         t_marker.as_secs_f64(),
-        (t_marker - t_linux).as_secs_f64(),
-        serial.line_count()
     );
 
     // The serial console is interactive: type into the busybox shell on ttyS0.
