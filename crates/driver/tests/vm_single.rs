@@ -1,0 +1,201 @@
+//! One machine, booted once, exercising most Machine methods.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use machinist::{Error, NodeConfig, Test, WaitForUnit};
+
+#[test]
+fn vm_single_machine_methods() {
+    let _lock = common::vm_lock();
+    let out = common::out_dir("vm_single");
+    let host_dir = tempfile::tempdir().unwrap();
+    let report = Test::new("vm-single")
+        .node("machine", NodeConfig::new().user_net(true))
+        .output_dir(&out)
+        .serial_stdout(false)
+        .script(|t| {
+            let m = t.machine("machine");
+            let t0 = Instant::now();
+            t.start_all()?;
+            let started = t0.elapsed();
+            // Right after start_all, a short wait must work: the boot is not charged to it.
+            m.wait_until_succeeds("true", Duration::from_secs(3))?;
+            let first = t0.elapsed();
+            eprintln!("METRIC start_all returned after {:.2} s; first command done after {:.2} s", started.as_secs_f64(), first.as_secs_f64());
+            assert!(m.is_up());
+
+            // Per-command latency.
+            let n = 30;
+            let mut lat = Vec::new();
+            for _ in 0..n {
+                let s = Instant::now();
+                m.execute("true")?;
+                lat.push(s.elapsed());
+            }
+            lat.sort();
+            eprintln!("METRIC execute(\"true\") median {:.1} ms, p90 {:.1} ms", lat[n / 2].as_secs_f64() * 1e3, lat[n * 9 / 10].as_secs_f64() * 1e3);
+            let s = Instant::now();
+            for _ in 0..10 {
+                m.succeed("echo hi")?;
+            }
+            eprintln!("METRIC succeed(\"echo hi\") mean {:.1} ms", s.elapsed().as_secs_f64() * 100.0);
+
+            // execute / succeed / fail.
+            assert_eq!(m.execute("echo out; exit 3")?, (3, "out\n".to_string()));
+            assert_eq!(m.succeed(["echo a", "echo b"])?, "a\nb\n");
+            assert_eq!(m.fail("false")?, "");
+            match m.succeed("echo oops; exit 7") {
+                Err(Error::CommandFailed { machine, command, code, output }) => {
+                    assert_eq!((machine.as_str(), command.as_str(), code, output.as_str()), ("machine", "echo oops; exit 7", 7, "oops\n"));
+                }
+                other => panic!("expected CommandFailed, got {other:?}"),
+            }
+            assert!(matches!(m.fail("true"), Err(Error::UnexpectedSuccess { .. })));
+            // set -euo pipefail like NixOS.
+            assert_ne!(m.execute("false | true")?.0, 0);
+            // Host-side timeout => exit code 124 and a usable shell.
+            let s = Instant::now();
+            assert_eq!(m.execute_with("sleep 30", Duration::from_secs(1))?.0, 124);
+            assert!(s.elapsed() < Duration::from_secs(10));
+            assert_eq!(m.succeed("echo still-here")?, "still-here\n");
+
+            // Waits inside the guest.
+            let s = Instant::now();
+            m.wait_until_succeeds("test -e /tmp/flag || { touch /tmp/flag; false; }", 10)?;
+            eprintln!("METRIC wait_until_succeeds (2 attempts) {:.2} s", s.elapsed().as_secs_f64());
+            m.wait_until_fails("test -e /tmp/gone-soon && rm /tmp/gone-soon; test -e /tmp/nope", 10)?;
+            let s = Instant::now();
+            let e = m.wait_until_succeeds("false", 2).unwrap_err();
+            assert!(matches!(e, Error::Timeout { .. }), "{e}");
+            assert!(s.elapsed() < Duration::from_secs(8), "{:?}", s.elapsed());
+            m.sleep(1)?;
+
+            // systemd.
+            m.wait_for_unit("multi-user.target", 60)?;
+            m.require_unit_state("multi-user.target", "active")?;
+            let info = m.get_unit_info("multi-user.target")?;
+            assert_eq!(info["ActiveState"], "active");
+            assert_eq!(m.get_unit_property("multi-user.target", "ActiveState")?, "active");
+            let (rc, _) = m.systemctl("is-active multi-user.target")?;
+            assert_eq!(rc, 0);
+            m.succeed("systemd-run --unit=broken --service-type=oneshot false || true")?;
+            let s = Instant::now();
+            let e = m.wait_for_unit("broken.service", 60).unwrap_err();
+            assert!(matches!(&e, Error::Unit { reason, .. } if reason.contains("failed")), "{e}");
+            let e = m.wait_for_unit("does-not-exist.service", 60).unwrap_err();
+            assert!(matches!(&e, Error::Unit { reason, .. } if reason.contains("no pending jobs")), "{e}");
+            assert!(s.elapsed() < Duration::from_secs(10), "fail fast: {:?}", s.elapsed());
+            let e = m
+                .wait_for_unit_with("does-not-exist.service", WaitForUnit { tolerate_inactive: true, timeout: Some(Duration::from_secs(2)), ..Default::default() })
+                .unwrap_err();
+            assert!(matches!(e, Error::Timeout { .. }), "{e}");
+
+            // Jobs, ports, sockets, files.
+            m.succeed("systemd-run --unit=listener nc -lk 127.0.0.1 4444")?;
+            m.wait_for_unit("listener.service", 30)?;
+            m.wait_for_open_port(4444, 30)?;
+            assert_eq!(m.stop_job("listener.service")?.0, 0);
+            m.wait_for_closed_port(4444, 30)?;
+            assert_eq!(m.start_job("multi-user.target")?.0, 0);
+            m.succeed("systemd-run --unit=usock nc -lkU /tmp/test.sock")?;
+            m.wait_for_open_unix_socket("/tmp/test.sock", false, 30)?;
+            m.succeed("(sleep 1; touch /tmp/later) >/dev/null 2>&1 &")?;
+            m.wait_for_file("/tmp/later", 30)?;
+
+            // Copies.
+            std::fs::write(host_dir.path().join("f.txt"), "from host\n").unwrap();
+            std::fs::create_dir_all(host_dir.path().join("d/sub")).unwrap();
+            std::fs::write(host_dir.path().join("d/sub/x"), "x\n").unwrap();
+            m.copy_from_host(host_dir.path().join("f.txt"), "/root/in/f.txt")?;
+            assert_eq!(m.succeed("cat /root/in/f.txt")?, "from host\n");
+            m.copy_from_host(host_dir.path().join("d"), "/root/d")?;
+            assert_eq!(m.succeed("cat /root/d/sub/x")?, "x\n");
+            m.copy_from_host_via_shell(host_dir.path().join("f.txt"), "/root/shell.txt")?;
+            assert_eq!(m.succeed("cat /root/shell.txt")?, "from host\n");
+            let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            std::fs::write(host_dir.path().join("big.bin"), &big).unwrap();
+            m.copy_from_host(host_dir.path().join("big.bin"), "/root/big.bin")?;
+            let back = m.copy_from_machine("/root/big.bin", "copies")?;
+            assert_eq!(std::fs::read(&back).unwrap(), big);
+            let dir_back = m.copy_from_machine("/root/d", "copies")?;
+            assert_eq!(std::fs::read_to_string(dir_back.join("sub/x")).unwrap(), "x\n");
+
+            // Monitor, QMP events.
+            assert!(m.send_monitor_command("info status")?.contains("running"));
+            m.qmp_command("stop", serde_json::Value::Null)?;
+            m.qmp_command("cont", serde_json::Value::Null)?;
+            m.send_monitor_command("stop")?;
+            let m2 = m.clone();
+            let resume = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                m2.send_monitor_command("cont")
+            });
+            let ev = m.wait_for_qmp_event(|e| e.event == "RESUME", 30)?;
+            assert_eq!(ev.event, "RESUME");
+            resume.join().unwrap()?;
+
+            // Serial console.
+            m.wait_for_console_text("machinist backdoor", 30)?;
+            m.succeed("echo console-marker-42 > /dev/ttyS0")?;
+            assert_eq!(m.wait_for_console_text("console-marker-\\d+", 30)?, "console-marker-42");
+            assert!(m.get_console_log().contains("console-marker-42"));
+            m.send_console("\n")?;
+
+            // Screen, keys, OCR, ttys.
+            m.succeed("chvt 1 || true; clear > /dev/tty1 || true; echo HELLO-OCR-4711 > /dev/tty1")?;
+            let shot = m.screenshot("screen")?;
+            assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
+            m.wait_until_tty_matches(1, "HELLO-OCR", 30)?;
+            assert!(m.get_tty_text(1)?.contains("HELLO-OCR-4711"));
+            m.dump_tty_contents(1)?;
+            let s = Instant::now();
+            m.wait_for_text("HELLO", 60)?;
+            eprintln!("METRIC wait_for_text {:.2} s", s.elapsed().as_secs_f64());
+            let _ = m.get_screen_text()?;
+            assert!(!m.get_screen_text_variants()?.is_empty());
+            m.send_key("shift-a")?;
+            m.send_chars("ls\n")?;
+
+            // Links: carrier follows set_link.
+            m.set_link(false)?;
+            m.wait_until_succeeds("test \"$(cat /sys/class/net/vlan1/carrier)\" = 0", 20)?;
+            m.set_link(true)?;
+            m.wait_until_succeeds("test \"$(cat /sys/class/net/vlan1/carrier)\" = 1", 20)?;
+
+            // forward_port through the user-mode NIC.
+            m.succeed("systemd-run --unit=fwd bash -c 'while :; do echo forwarded | nc -l -p 8080 -q 0; done'")?;
+            m.wait_for_open_port(8080, 30)?;
+            let host_port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            m.forward_port(host_port, 8080)?;
+            let mut got = String::new();
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", host_port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = c.write_all(b"x\n");
+            let _ = c.read_to_string(&mut got);
+            assert_eq!(got, "forwarded\n");
+
+            // A background process holding stdout is reported, not a hang.
+            let s = Instant::now();
+            let e = m.execute("sleep 100 &").unwrap_err();
+            assert!(e.to_string().contains("background"), "{e}");
+            assert!(s.elapsed() < Duration::from_secs(10));
+            m.succeed("true")?;
+
+            m.log("all methods checked");
+            m.nested("a nested block", || Ok(()))?;
+            t.subtest("a subtest", || m.succeed("true"))?;
+            Ok(())
+        })
+        .run()
+        .unwrap_or_else(|e| panic!("test failed: {e}"));
+    let junit = std::fs::read_to_string(&report.junit).unwrap();
+    assert!(junit.contains("a subtest"));
+    assert!(report.output_dir.join("machine-console.log").exists());
+    assert!(common::qemus_with("machine").iter().all(|&p| !common::alive(p)));
+}
