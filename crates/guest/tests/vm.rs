@@ -161,7 +161,7 @@ fn vm_two_nodes_resolve_ping_and_firewall() {
         .succeed("until systemctl is-active -q open-listener closed-listener; do sleep 0.1; done")
         .unwrap();
     assert_eq!(
-        alpha_vm.succeed("getent hosts beta | head -1").unwrap().split_whitespace().next(),
+        alpha_vm.succeed("getent ahostsv4 beta | head -1").unwrap().split_whitespace().next(),
         Some("192.168.1.2")
     );
     assert!(alpha_vm.succeed("getent ahostsv6 beta").unwrap().contains("2001:db8:1::2"));
