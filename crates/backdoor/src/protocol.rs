@@ -28,7 +28,7 @@ pub fn preamble(marker: &str) -> String {
 const PREAMBLE: &str = r#"__m_relay() { exec 3> >(exec cat); __m_rp=$!; }
 __m_ready() { __m_relay; printf '%s R %s\n' "$1" "$$" >&3; }
 __m_pre() {
-    kill -0 "$__m_rp" 2>/dev/null || __m_relay
+    [[ -e /proc/$__m_rp/fd/0 ]] || __m_relay
     read -r _ _ _ _ __m_last </proc/loadavg
 }
 __m_post() {
@@ -37,7 +37,16 @@ __m_post() {
         (( ${__m_f:6} > __m_last )) || continue
         [[ $__m_f/fd/1 -ef /proc/$$/fd/3 || $__m_f/fd/2 -ef /proc/$$/fd/3 ]] && __m_h+=" ${__m_f:6}"
     done
+    [[ -e /proc/$__m_rp/fd/0 ]] || __m_relay
     printf '\n%s E %s%s\n' "$1" "$__m_rc" "$__m_h" >&3
+}
+__m_check() {
+    local __m_k=$1 __m_p __m_h=
+    shift
+    for __m_p; do
+        [[ /proc/$__m_p/fd/1 -ef /proc/$$/fd/3 || /proc/$__m_p/fd/2 -ef /proc/$$/fd/3 ]] && __m_h+=" $__m_p"
+    done
+    printf '%s C%s\n' "$__m_k" "$__m_h" >&3
 }
 __m_kill() {
     local -A __m_seen=()
@@ -67,7 +76,8 @@ __m_killkids() {
     for __m_f in /proc/[1-9]*; do
         read -r __m_l 2>/dev/null <"$__m_f/stat" || continue
         __m_l=${__m_l##*) }; __m_l=${__m_l#* }; __m_l=${__m_l%% *}
-        [[ $__m_l == "$1" ]] && __m_k+=("${__m_f:6}")
+        # Spare the shell's output relay (its stdin is the shell's fd 3).
+        [[ $__m_l == "$1" && ! $__m_f/fd/0 -ef /proc/$1/fd/3 ]] && __m_k+=("${__m_f:6}")
     done
     if (( ${#__m_k[@]} )); then __m_kill "${__m_k[@]}"; fi
 }
@@ -119,6 +129,16 @@ pub fn command_line(marker: &str, command: &str) -> String {
     format!(
         "__m_pre; ( printf '%s S %s\\n' {marker} \"$BASHPID\"; set -euo pipefail; {body} ) >&3 3>&- </dev/null; __m_post {marker}\n"
     )
+}
+
+/// The line that asks the shell which of `pids` still hold its output (reply `<marker> C[ pid]...`).
+pub fn check_holders_line(marker: &str, pids: &[u32]) -> String {
+    let mut s = format!("__m_check {marker}");
+    for p in pids {
+        let _ = write!(s, " {p}");
+    }
+    s.push('\n');
+    s
 }
 
 /// The line that asks the control shell to kill `pid` and all its descendants.

@@ -20,6 +20,9 @@ pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 /// The greeting as the guest prints it.
 const GREETING_LINE: &str = "Spawning backdoor root shell...\n";
 
+/// Pauses before re-checking background holders (only when some were found).
+const HOLDER_RECHECKS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(250)];
+
 /// Read chunk size.
 const CHUNK: usize = 64 * 1024;
 
@@ -347,8 +350,10 @@ impl Shell {
                     let stray = &self.buf[..i];
                     if !stray.iter().all(|&b| b == b'\n' || b == b'\r') {
                         self.drop_stray(i, "after its greeting");
+                        self.buf.drain(..nl + 1);
+                    } else {
+                        self.buf.drain(..i + nl + 1);
                     }
-                    self.buf.drain(..i + nl + 1);
                     self.guest_pid =
                         pid.ok_or_else(|| self.desync("malformed ready line after the preamble"))?;
                     break;
@@ -434,7 +439,18 @@ impl Shell {
         let mut grace: Option<Instant> = None;
         loop {
             if pid.is_none() {
-                if let Some(i) = find(&self.buf, start_pat.as_bytes(), 0) {
+                // The start line can be lost if the command killed the output relay before it
+                // copied the line; the end line (written after the relay is replaced) still comes.
+                let start = find(&self.buf, start_pat.as_bytes(), 0);
+                if let Some(e) =
+                    find(&self.buf, end_pat.as_bytes(), 0).filter(|&e| start.is_none_or(|s| e < s))
+                {
+                    tracing::warn!(shell = %self.opts.name, "the start line of `{command}` was lost (its output relay died)");
+                    out = self.buf.split_off(e);
+                    self.drop_stray(e, "before a command started");
+                    self.buf.clear();
+                    pid = Some(0);
+                } else if let Some(i) = start {
                     if let Some(nl) = self.buf[i..].iter().position(|&b| b == b'\n') {
                         let p = protocol::parse_pid(&self.buf[i + start_pat.len()..i + nl])
                             .ok_or_else(|| {
@@ -459,6 +475,10 @@ impl Shell {
                             self.buf = out.split_off(rest + nl + 1);
                             out.truncate(p);
                             protocol::deliver_rest(&out, &mut delivered, on_line);
+                            let mut end = end;
+                            if kill.is_none() && !end.holders.is_empty() {
+                                end.holders = self.confirm_holders(end.holders).await?;
+                            }
                             return self.finish(command, end, kill, out);
                         }
                         searched = p;
@@ -475,7 +495,7 @@ impl Shell {
                     }
                 }
             }
-            if let (Some(_), false, Some(p)) = (kill, kill_sent, pid) {
+            if let (Some(_), false) = (kill, kill_sent) {
                 let Some(control) = self.control.clone() else {
                     return Err(self.desync(format!(
                         "command `{command}` must be stopped ({}) but no control shell is attached \
@@ -486,13 +506,14 @@ impl Shell {
                         }
                     )));
                 };
-                if let Err(e) = control.cancel(p).await {
-                    return Err(
-                        self.desync(format!("could not kill command `{command}` (pid {p}): {e}"))
-                    );
+                if let Some(p) = pid.filter(|&p| p > 1) {
+                    if let Err(e) = control.cancel(p).await {
+                        return Err(self
+                            .desync(format!("could not kill command `{command}` (pid {p}): {e}")));
+                    }
+                    kill_sent = true;
+                    grace = Some(Instant::now() + KILL_GRACE);
                 }
-                kill_sent = true;
-                grace = Some(Instant::now() + KILL_GRACE);
             }
 
             let notified = cancel.notify.notified();
@@ -542,6 +563,40 @@ impl Shell {
                 });
             }
         }
+    }
+
+    /// A process forked just before the command exited may not have applied its own
+    /// redirections yet: ask again after short pauses which of `pids` still hold the output.
+    async fn confirm_holders(&mut self, mut pids: Vec<u32>) -> Result<Vec<u32>, ShellError> {
+        for pause in HOLDER_RECHECKS {
+            tokio::time::sleep(pause).await;
+            let marker = protocol::random_marker();
+            self.send(protocol::check_holders_line(&marker, &pids).as_bytes())
+                .await?;
+            let pat = format!("{marker} C");
+            let deadline = Instant::now() + KILL_GRACE;
+            let line = loop {
+                if let Some(i) = find(&self.buf, pat.as_bytes(), 0) {
+                    if let Some(nl) = self.buf[i..].iter().position(|&b| b == b'\n') {
+                        let line = self.buf[i + pat.len()..i + nl].to_vec();
+                        self.drop_stray(i, "from a background process");
+                        self.buf.drain(..nl + 1);
+                        break line;
+                    }
+                }
+                if !self.fill_until(deadline).await? {
+                    return Err(self.desync("no answer to the background-process check"));
+                }
+            };
+            pids = String::from_utf8_lossy(&line)
+                .split_ascii_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+        }
+        Ok(pids)
     }
 
     fn finish(

@@ -508,3 +508,23 @@ async fn attach_raw_then_resync() {
         "back\n"
     );
 }
+
+#[tokio::test]
+async fn a_killed_output_relay_is_replaced() {
+    let mut g = guest().await;
+    // Something in the guest kills the relay (think `pkill cat`) during a command.
+    let out = run(&mut g.shell, "kill -9 $__m_rp; sleep 0.1; echo lost").await;
+    assert_ne!(out.code, 0);
+    assert_eq!(
+        run(&mut g.shell, "echo relay is back").await.stdout_lossy(),
+        "relay is back\n"
+    );
+    // Output-less: the end line still comes once the relay is gone. (If the relay dies in the
+    // instant between a command's end and its end line, that line is lost: the host then times
+    // out and declares the shell out of step; a documented limit.)
+    run(&mut g.shell, "kill -9 $__m_rp; sleep 0.2").await;
+    assert_eq!(
+        run(&mut g.shell, "echo again").await.stdout_lossy(),
+        "again\n"
+    );
+}
