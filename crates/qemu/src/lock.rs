@@ -90,7 +90,12 @@ impl VmTestLock {
             .and_then(|s| s.parse::<usize>().ok())
             .unwrap_or(1)
             .max(1);
-        let paths: Vec<PathBuf> = (0..slots).map(slot_path).collect();
+        Self::acquire_at(Path::new(VM_LOCK_PATH), slots, timeout)
+    }
+
+    /// Takes one of `slots` slots whose lock files are `base`, `base.1`, ... (for tests).
+    fn acquire_at(base: &Path, slots: usize, timeout: Duration) -> Result<VmTestLock, QemuError> {
+        let paths: Vec<PathBuf> = (0..slots).map(|i| slot_path(base, i)).collect();
         let started = Instant::now();
         let timeout_err = || QemuError::Timeout {
             name: "-".into(),
@@ -152,11 +157,11 @@ impl VmTestLock {
     }
 }
 
-fn slot_path(i: usize) -> PathBuf {
+fn slot_path(base: &Path, i: usize) -> PathBuf {
     if i == 0 {
-        PathBuf::from(VM_LOCK_PATH)
+        base.to_path_buf()
     } else {
-        PathBuf::from(format!("{VM_LOCK_PATH}.{i}"))
+        PathBuf::from(format!("{}.{i}", base.display()))
     }
 }
 
@@ -226,17 +231,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vm_lock_threads_of_one_process_queue() {
-        if std::env::var("MACHINIST_VM_TESTS").is_ok_and(|v| v.trim() != "1") {
-            return;
-        }
-        let a = VmTestLock::acquire_timeout(Duration::from_secs(60)).unwrap();
-        let t =
-            std::thread::spawn(|| VmTestLock::acquire_timeout(Duration::from_millis(200)).is_err());
-        assert!(t.join().unwrap(), "a second slot should not be free");
+    fn slots_queue_threads_and_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("vm.lock");
+        let t = Duration::from_secs(10);
+        let a = VmTestLock::acquire_at(&base, 1, t).unwrap();
+        assert_eq!(a.path(), base.as_path());
+        assert!(!a.is_inherited());
+        let b2 = base.clone();
+        let blocked = std::thread::spawn(move || {
+            VmTestLock::acquire_at(&b2, 1, Duration::from_millis(200)).is_err()
+        });
+        assert!(blocked.join().unwrap(), "a second slot should not be free");
+        // Another process (flock -n) cannot take it either.
+        let st = std::process::Command::new("flock")
+            .args(["-n", base.to_str().unwrap(), "true"])
+            .status()
+            .unwrap();
+        assert!(!st.success());
         drop(a);
-        let b = VmTestLock::acquire_timeout(Duration::from_secs(60)).unwrap();
-        assert_eq!(b.path(), Path::new(VM_LOCK_PATH));
+        let b = VmTestLock::acquire_at(&base, 1, t).unwrap();
+        drop(b);
+        // Two slots: two holders at once, on different files.
+        let x = VmTestLock::acquire_at(&base, 2, t).unwrap();
+        let y = VmTestLock::acquire_at(&base, 2, t).unwrap();
+        assert_ne!(x.path(), y.path());
     }
 
     #[test]
