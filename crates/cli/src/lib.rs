@@ -18,6 +18,7 @@
 
 pub mod args;
 pub mod doctor;
+pub mod python;
 pub mod registry;
 
 use std::ffi::OsString;

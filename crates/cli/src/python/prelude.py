@@ -14,12 +14,22 @@ import os
 import sys
 
 import _machinist
-from _machinist import (  # noqa: F401  (re-exported)
-    MachinistError,
-    MachineError,
-    RequestedAssertionFailed,
-    PollingConditionError,
-)
+
+
+class MachinistError(Exception):
+    """Base class of every error the driver raises."""
+
+
+class MachineError(MachinistError):
+    """A machine could not do what was asked (QEMU exited, boot timeout, backend error)."""
+
+
+class RequestedAssertionFailed(MachinistError, AssertionError):
+    """A check failed: a command failed or unexpectedly succeeded, a wait timed out."""
+
+
+class PollingConditionError(MachinistError):
+    """A polling condition failed while a `with cond:` block ran."""
 
 
 class AttrDict(dict):
@@ -126,8 +136,32 @@ def polling_condition(fun=None, *, seconds_interval=2.0, description=None):
 
 def run_script(source, filename, namespace):
     """Runs a test script with `filename` in tracebacks."""
+    import linecache
+
+    # Tracebacks show the script's lines.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     compiled = compile(source, filename, "exec")
     exec(compiled, namespace)
+
+
+def format_exception(exc):
+    """The traceback of `exc` limited to the script's own frames, then the error."""
+    import traceback
+
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<machinist")
+    ]
+    out = ""
+    if frames:
+        out = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
+    return (out + "".join(traceback.format_exception_only(type(exc), exc))).strip()
+
+
+def pythonize_name(name):
+    """A machine name as a Python identifier (as the NixOS driver does)."""
+    import re
+
+    return re.sub(r"^[^A-Za-z_]|[^A-Za-z0-9_]", "_", name)
 
 
 def _open_history(path):
