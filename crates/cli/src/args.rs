@@ -64,6 +64,24 @@ pub struct RunArgs {
     pub postgrest: Option<PathBuf>,
 }
 
+impl RunArgs {
+    /// Defaults for `test` (what `machinist interactive <test>` uses).
+    pub fn for_test(test: &str) -> Self {
+        RunArgs {
+            test: test.to_string(),
+            script: None,
+            keep_state: false,
+            output: None,
+            junit: None,
+            global_timeout: None,
+            accel: None,
+            debug_on_failure: false,
+            cold_boot: false,
+            postgrest: None,
+        }
+    }
+}
+
 /// `--accel` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AccelArg {

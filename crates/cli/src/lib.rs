@@ -5,11 +5,16 @@
 //! driverInteractive:
 //!
 //! ```no_run
-//! use machinist_cli::{BundledTest, RunError};
+//! use machinist::{NodeConfig, Test};
+//! use machinist_cli::BundledTest;
 //!
 //! fn main() -> std::process::ExitCode {
-//!     machinist_cli::main(vec![BundledTest::new("hello", "one machine says hello", |_opts| {
-//!         Err(RunError::Setup("not written yet".into()))
+//!     machinist_cli::main(vec![BundledTest::new("hello", "one machine says hello", |_args| {
+//!         Ok(Test::new("hello").node("machine", NodeConfig::new()))
+//!     })
+//!     .rust_script(|t| {
+//!         t.machine("machine").succeed("echo hello")?;
+//!         Ok(())
 //!     })])
 //! }
 //! ```
@@ -20,6 +25,7 @@ pub mod args;
 pub mod doctor;
 pub mod python;
 pub mod registry;
+pub mod runner;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -28,7 +34,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 pub use args::{AccelArg, Cli, Command, RunArgs};
-pub use registry::{BundledTest, RunError};
+pub use registry::{BundledTest, Script};
 
 /// Exit code: the test passed (or the command succeeded).
 pub const EXIT_PASS: u8 = 0;
@@ -63,8 +69,10 @@ where
         Command::Run(args) => run(&args, tests),
         Command::Interactive { test } => match registry::find(tests, &test) {
             Err(e) => usage(&e),
-            // TODO(issue 9): open the REPL (code.InteractiveConsole over the PyO3 binding).
-            Ok(_) => usage("`machinist interactive` is not implemented yet (issue 9: the Python binding and REPL)"),
+            Ok(t) => {
+                let args = RunArgs::for_test(&test);
+                runner::run(t, &args, runner::Mode::Interactive)
+            }
         },
     }
 }
@@ -130,15 +138,5 @@ fn run(args: &RunArgs, tests: &[BundledTest]) -> u8 {
         // SAFETY: single-threaded at this point (nothing has been spawned yet).
         unsafe { std::env::set_var("MACHINIST_ACCEL", accel.as_env()) };
     }
-    match (test.run)(args) {
-        Ok(()) => EXIT_PASS,
-        Err(e @ RunError::Failed(_)) => {
-            eprintln!("machinist: {}: {e}", test.name);
-            EXIT_FAILURE
-        }
-        Err(e @ RunError::Setup(_)) => {
-            eprintln!("machinist: {}: {e}", test.name);
-            EXIT_USAGE
-        }
-    }
+    runner::run(test, args, runner::Mode::Run)
 }

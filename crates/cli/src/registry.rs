@@ -1,25 +1,29 @@
 //! The bundled tests a `machinist` binary knows (`machinist list`, `machinist run <name>`).
-//!
-//! Placeholder shape until the driver's `Test` API exists: a test is a name, a one-line
-//! description and a function that runs it with the command line's options.
-// TODO(issue 9): hold a `fn() -> machinist::Test` once crates/driver has Test, so that `run`,
-// `--script` and `interactive` all start from the same declared nodes.
+
+use std::sync::Arc;
 
 use crate::args::RunArgs;
+use crate::python::session::RustScript;
 
-/// Why a test run did not pass.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The test ran and failed (exit code 1).
-    #[error("test failed: {0}")]
-    Failed(String),
-    /// The test could not be set up: bad input, missing packages, no image (exit code 2).
-    #[error("setup error: {0}")]
-    Setup(String),
+/// Builds a test's declaration (nodes, options) from the command line's options.
+pub type Declare =
+    Box<dyn Fn(&RunArgs) -> Result<machinist::Test<'static>, machinist::Error> + Send + Sync>;
+
+/// A test's own script.
+#[derive(Clone)]
+pub enum Script {
+    /// A Rust closure over the running test.
+    Rust(RustScript),
+    /// A Python test script (run like `--script`).
+    Python {
+        /// The file name shown in tracebacks.
+        filename: String,
+        /// The source.
+        source: String,
+    },
+    /// None: only `--script` and `interactive` make sense.
+    None,
 }
-
-/// The function that runs one bundled test.
-pub type RunFn = Box<dyn Fn(&RunArgs) -> Result<(), RunError> + Send + Sync>;
 
 /// One bundled test.
 pub struct BundledTest {
@@ -27,22 +31,47 @@ pub struct BundledTest {
     pub name: String,
     /// One line for `machinist list`.
     pub about: String,
-    /// Runs the test.
-    pub run: RunFn,
+    /// Declares the test (nodes and their configuration); no script.
+    pub declare: Declare,
+    /// The test's own script.
+    pub script: Script,
 }
 
 impl BundledTest {
-    /// A bundled test named `name`.
+    /// A bundled test named `name` whose nodes `declare` builds (without a script: add one with
+    /// [`BundledTest::rust_script`] or [`BundledTest::python_script`]).
     pub fn new(
         name: impl Into<String>,
         about: impl Into<String>,
-        run: impl Fn(&RunArgs) -> Result<(), RunError> + Send + Sync + 'static,
+        declare: impl Fn(&RunArgs) -> Result<machinist::Test<'static>, machinist::Error>
+            + Send
+            + Sync
+            + 'static,
     ) -> Self {
         BundledTest {
             name: name.into(),
             about: about.into(),
-            run: Box::new(run),
+            declare: Box::new(declare),
+            script: Script::None,
         }
+    }
+
+    /// The test's script as a Rust closure.
+    pub fn rust_script(
+        mut self,
+        script: impl Fn(&machinist::TestRun) -> machinist::ScriptResult + Send + Sync + 'static,
+    ) -> Self {
+        self.script = Script::Rust(Arc::new(script));
+        self
+    }
+
+    /// The test's script in Python (NixOS `testScript`).
+    pub fn python_script(mut self, filename: impl Into<String>, source: impl Into<String>) -> Self {
+        self.script = Script::Python {
+            filename: filename.into(),
+            source: source.into(),
+        };
+        self
     }
 }
 

@@ -34,14 +34,16 @@ fn usage_errors_exit_2() {
 #[test]
 fn unknown_test_exits_2_and_says_so() {
     let o = machinist(&["run", "nosuch"]);
+    // (the binary bundles `hello`)
     assert_eq!(o.status.code(), Some(2));
     insta::assert_snapshot!(stderr(&o));
 }
 
 #[test]
-fn list_exits_0() {
+fn list_exits_0_and_names_the_bundled_tests() {
     let o = machinist(&["list"]);
     assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("hello "));
 }
 
 /// May boot the KVM probe guest (when no verdict is cached): a `vm_` test, under the VM lock.
@@ -78,21 +80,23 @@ fn doctor_names_the_package_of_a_missing_tool() {
 }
 
 #[test]
-fn library_entry_point_maps_results_to_exit_codes() {
-    use machinist_cli::{run_cli, BundledTest, RunError};
+fn library_entry_point_maps_setup_errors_to_exit_2() {
+    use machinist::{NodeConfig, Test};
+    use machinist_cli::{run_cli, BundledTest};
     let tests = vec![
-        BundledTest::new("pass", "passes", |_| Ok(())),
-        BundledTest::new("fail", "fails", |_| Err(RunError::Failed("boom".into()))),
-        BundledTest::new("setup", "cannot start", |_| {
-            Err(RunError::Setup("no image".into()))
+        BundledTest::new("declare-fails", "cannot be declared", |_| {
+            Err(machinist::Error::Invalid("no such template".into()))
+        }),
+        // Two nodes with one name pattern that validation rejects: nothing boots.
+        BundledTest::new("invalid", "invalid node name", |_| {
+            Ok(Test::new("invalid").node("bad name!", NodeConfig::new()))
         }),
     ];
-    assert_eq!(run_cli(["machinist", "run", "pass"], &tests), 0);
-    assert_eq!(run_cli(["machinist", "run", "fail"], &tests), 1);
-    assert_eq!(run_cli(["machinist", "run", "setup"], &tests), 2);
+    assert_eq!(run_cli(["machinist", "run", "declare-fails"], &tests), 2);
+    assert_eq!(run_cli(["machinist", "run", "invalid"], &tests), 2);
     assert_eq!(
         run_cli(
-            ["machinist", "run", "pass", "--script", "/nonexistent.py"],
+            ["machinist", "run", "invalid", "--script", "/nonexistent.py"],
             &tests
         ),
         2

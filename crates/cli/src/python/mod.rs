@@ -9,6 +9,9 @@
 
 pub mod convert;
 pub mod interrupt;
+pub mod machine;
+mod polling;
+pub mod session;
 
 use std::ffi::CString;
 use std::path::Path;
@@ -125,6 +128,9 @@ pub trait Session: Send + Sync {
 
 static SESSION: RwLock<Option<Arc<dyn Session>>> = RwLock::new(None);
 
+/// The globals of the current script/REPL (for `test_script()` of a Python test).
+static CURRENT_NS: std::sync::Mutex<Option<Py<PyDict>>> = std::sync::Mutex::new(None);
+
 /// Makes `session` the one the test-level functions use (until [`clear_session`]).
 pub fn set_session(session: Arc<dyn Session>) {
     let s = session.clone();
@@ -135,6 +141,8 @@ pub fn set_session(session: Arc<dyn Session>) {
 /// Forgets the current session (the test run ended).
 pub fn clear_session() {
     interrupt::set_canceller(None);
+    polling::clear();
+    *CURRENT_NS.lock().unwrap_or_else(|p| p.into_inner()) = None;
     *SESSION.write().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
@@ -379,6 +387,22 @@ impl<'py> Namespace<'py> {
         dict.set_item("machines", &machines)?;
         dict.set_item("nodes", m.getattr("AttrDict")?.call0()?)?;
         dict.set_item("vlans", PyList::empty(py))?;
+        *CURRENT_NS.lock().unwrap_or_else(|p| p.into_inner()) = Some(dict.clone().unbind());
+        Ok(Namespace { dict, machines })
+    }
+
+    /// The namespace most recently created (the running script's or REPL's).
+    pub fn current(py: Python<'py>) -> PyResult<Self> {
+        let dict = CURRENT_NS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|d| d.bind(py).clone())
+            .ok_or_else(|| PyRuntimeError::new_err("no script namespace"))?;
+        let machines = dict
+            .get_item("machines")?
+            .ok_or_else(|| PyRuntimeError::new_err("no machines"))?
+            .cast_into()?;
         Ok(Namespace { dict, machines })
     }
 

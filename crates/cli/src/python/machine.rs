@@ -1,0 +1,630 @@
+//! Python `Machine` objects over the driver's `machinist::Machine`, with the NixOS driver's method
+//! names, signatures and defaults.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use super::convert::timeout;
+use super::{interrupt, polling, ErrorKind, ScriptError};
+
+/// A driver error as a [`ScriptError`] (decides the Python exception class).
+pub fn script_error(e: machinist::Error) -> ScriptError {
+    use machinist::Error as E;
+    let kind = match &e {
+        E::CommandFailed { .. }
+        | E::UnexpectedSuccess { .. }
+        | E::Timeout { .. }
+        | E::Unit { .. }
+        | E::Assertion { .. } => ErrorKind::Assertion,
+        E::PollingCondition { .. } => ErrorKind::Polling,
+        _ => ErrorKind::Machine,
+    };
+    ScriptError {
+        kind,
+        message: e.to_string(),
+    }
+}
+
+/// Runs a blocking machine call: active polling conditions first (as NixOS does before every
+/// command), then `f` with the GIL released and Ctrl-C wired to cancel it.
+fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> machinist::Result<T> + Send) -> PyResult<T> {
+    polling::check_active(py)?;
+    interrupt::blocking(py, f)?.map_err(|e| script_error(e).to_py(py))
+}
+
+fn commands(args: &Bound<'_, PyTuple>) -> PyResult<Vec<String>> {
+    args.iter().map(|a| a.extract::<String>()).collect()
+}
+
+fn secs(t: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    timeout(t)
+}
+
+/// One machine of the test (NixOS `Machine`): `server.succeed("echo hi")`.
+#[pyclass(name = "Machine", module = "machinist", frozen)]
+pub struct PyMachine {
+    pub(crate) m: Arc<machinist::Machine>,
+}
+
+impl PyMachine {
+    /// Wraps a driver machine.
+    pub fn new(m: Arc<machinist::Machine>) -> Self {
+        PyMachine { m }
+    }
+}
+
+#[pymethods]
+impl PyMachine {
+    fn __repr__(&self) -> String {
+        format!("<Machine {}>", self.m.name())
+    }
+
+    /// The machine's name.
+    #[getter]
+    fn name(&self) -> String {
+        self.m.name().to_string()
+    }
+
+    /// True once QEMU runs.
+    #[getter]
+    fn booted(&self) -> bool {
+        self.m.is_booted()
+    }
+
+    /// True when QEMU runs and the backdoor shell is connected.
+    fn is_up(&self) -> bool {
+        self.m.is_up()
+    }
+
+    /// Start the VM (does not wait for the guest to boot).
+    #[pyo3(signature = (allow_reboot=false))]
+    fn start(&self, py: Python<'_>, allow_reboot: bool) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.start_with(allow_reboot))
+    }
+
+    /// Run a command; returns (exit code, output). check_output=False returns (-2, '') and
+    /// check_return=False returns (-1, output), as in NixOS.
+    #[pyo3(signature = (command, check_return=true, check_output=true, timeout=None))]
+    fn execute(
+        &self,
+        py: Python<'_>,
+        command: String,
+        check_return: bool,
+        check_output: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(i32, String)> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        let (code, out) = run(py, move || m.execute_with(&command, t))?;
+        Ok(match (check_output, check_return) {
+            (false, _) => (-2, String::new()),
+            (true, false) => (-1, out),
+            (true, true) => (code, out),
+        })
+    }
+
+    /// Run each command; each must succeed. Returns the concatenated output.
+    #[pyo3(signature = (*commands, timeout=None))]
+    fn succeed(
+        &self,
+        py: Python<'_>,
+        commands: &Bound<'_, PyTuple>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let (cmds, t) = (self::commands(commands)?, secs(timeout)?);
+        let m = self.m.clone();
+        run(py, move || m.succeed_timeout(cmds, t))
+    }
+
+    /// Run each command; each must fail. Returns the concatenated output.
+    #[pyo3(signature = (*commands, timeout=None))]
+    fn fail(
+        &self,
+        py: Python<'_>,
+        commands: &Bound<'_, PyTuple>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let (cmds, t) = (self::commands(commands)?, secs(timeout)?);
+        let m = self.m.clone();
+        run(py, move || m.fail_timeout(cmds, t))
+    }
+
+    /// Repeat the command until it succeeds (default timeout 900 s); returns its output.
+    #[pyo3(signature = (command, timeout=None))]
+    fn wait_until_succeeds(
+        &self,
+        py: Python<'_>,
+        command: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || m.wait_until_succeeds(&command, t))
+    }
+
+    /// Repeat the command until it fails (default timeout 900 s); returns its output.
+    #[pyo3(signature = (command, timeout=None))]
+    fn wait_until_fails(
+        &self,
+        py: Python<'_>,
+        command: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || m.wait_until_fails(&command, t))
+    }
+
+    /// Sleep in guest time.
+    fn sleep(&self, py: Python<'_>, secs: &Bound<'_, PyAny>) -> PyResult<()> {
+        let d = timeout(Some(secs))?.unwrap_or_default();
+        let m = self.m.clone();
+        run(py, move || m.sleep(d))
+    }
+
+    /// `systemctl <q>` (as `user` with `systemctl --user`); returns (exit code, output).
+    #[pyo3(signature = (q, user=None))]
+    fn systemctl(
+        &self,
+        py: Python<'_>,
+        q: String,
+        user: Option<String>,
+    ) -> PyResult<(i32, String)> {
+        let m = self.m.clone();
+        run(py, move || match user {
+            Some(u) => m.systemctl_user(&q, &u),
+            None => m.systemctl(&q),
+        })
+    }
+
+    /// `systemctl show <unit>` as a dict.
+    #[pyo3(signature = (unit, user=None))]
+    fn get_unit_info(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        user: Option<String>,
+    ) -> PyResult<BTreeMap<String, String>> {
+        let m = self.m.clone();
+        run(py, move || m.get_unit_info_user(&unit, user.as_deref()))
+    }
+
+    /// One property of a unit.
+    #[pyo3(signature = (unit, property, user=None))]
+    fn get_unit_property(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        property: String,
+        user: Option<String>,
+    ) -> PyResult<String> {
+        let m = self.m.clone();
+        run(py, move || {
+            m.get_unit_property_user(&unit, &property, user.as_deref())
+        })
+    }
+
+    /// Wait until a systemd unit is active (fails at once if it failed).
+    #[pyo3(signature = (unit, user=None, timeout=None))]
+    fn wait_for_unit(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        user: Option<String>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || {
+            m.wait_for_unit_with(
+                &unit,
+                machinist::WaitForUnit {
+                    user,
+                    timeout: t,
+                    ..Default::default()
+                },
+            )
+        })
+    }
+
+    /// Check a unit's ActiveState once.
+    #[pyo3(signature = (unit, require_state="active".to_string()))]
+    fn require_unit_state(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        require_state: String,
+    ) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.require_unit_state(&unit, &require_state))
+    }
+
+    /// `systemctl start <job>`; returns (exit code, output).
+    #[pyo3(signature = (job, user=None))]
+    fn start_job(
+        &self,
+        py: Python<'_>,
+        job: String,
+        user: Option<String>,
+    ) -> PyResult<(i32, String)> {
+        let m = self.m.clone();
+        run(py, move || match user {
+            Some(u) => m.systemctl_user(&format!("start {job}"), &u),
+            None => m.start_job(&job),
+        })
+    }
+
+    /// `systemctl stop <job>`; returns (exit code, output).
+    #[pyo3(signature = (job, user=None))]
+    fn stop_job(
+        &self,
+        py: Python<'_>,
+        job: String,
+        user: Option<String>,
+    ) -> PyResult<(i32, String)> {
+        let m = self.m.clone();
+        run(py, move || match user {
+            Some(u) => m.systemctl_user(&format!("stop {job}"), &u),
+            None => m.stop_job(&job),
+        })
+    }
+
+    /// Wait until a file exists in the guest.
+    #[pyo3(signature = (filename, timeout=None))]
+    fn wait_for_file(
+        &self,
+        py: Python<'_>,
+        filename: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || m.wait_for_file(&filename, t))
+    }
+
+    /// Wait until a TCP port accepts connections.
+    #[pyo3(signature = (port, addr="localhost".to_string(), timeout=None))]
+    fn wait_for_open_port(
+        &self,
+        py: Python<'_>,
+        port: u16,
+        addr: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || m.wait_for_open_port_on(&addr, port, t))
+    }
+
+    /// Wait until a TCP port refuses connections.
+    #[pyo3(signature = (port, addr="localhost".to_string(), timeout=None))]
+    fn wait_for_closed_port(
+        &self,
+        py: Python<'_>,
+        port: u16,
+        addr: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || m.wait_for_closed_port_on(&addr, port, t))
+    }
+
+    /// Wait until a unix socket accepts connections.
+    #[pyo3(signature = (addr, is_datagram=false, timeout=None))]
+    fn wait_for_open_unix_socket(
+        &self,
+        py: Python<'_>,
+        addr: String,
+        is_datagram: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || {
+            m.wait_for_open_unix_socket(&addr, is_datagram, t)
+        })
+    }
+
+    /// Copy a host file or directory into the guest.
+    fn copy_from_host(&self, py: Python<'_>, source: String, target: String) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.copy_from_host(&source, &target))
+    }
+
+    /// Copy a host file into the guest through the shell (base64).
+    fn copy_from_host_via_shell(
+        &self,
+        py: Python<'_>,
+        source: String,
+        target: String,
+    ) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.copy_from_host_via_shell(&source, &target))
+    }
+
+    /// Copy a guest file or directory into the output directory; returns the host path.
+    #[pyo3(signature = (source, target_dir="".to_string()))]
+    fn copy_from_machine(
+        &self,
+        py: Python<'_>,
+        source: String,
+        target_dir: String,
+    ) -> PyResult<String> {
+        let m = self.m.clone();
+        run(py, move || m.copy_from_machine(&source, &target_dir)).map(|p| p.display().to_string())
+    }
+
+    /// Deprecated NixOS name of copy_from_machine.
+    #[pyo3(signature = (source, target_dir="".to_string()))]
+    fn copy_from_vm(&self, py: Python<'_>, source: String, target_dir: String) -> PyResult<String> {
+        self.copy_from_machine(py, source, target_dir)
+    }
+
+    /// A log line attributed to this machine.
+    fn log(&self, msg: &str) {
+        self.m.log(msg);
+    }
+
+    /// Power off cleanly and wait for QEMU to exit.
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.shutdown())
+    }
+
+    /// Simulate a power failure (QEMU quits at once).
+    fn crash(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.crash())
+    }
+
+    /// Press Ctrl-Alt-Delete (needs start(allow_reboot=True)).
+    fn reboot(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.reboot())
+    }
+
+    /// Wait for QEMU to exit.
+    fn wait_for_shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.wait_for_shutdown())
+    }
+
+    /// A human monitor (HMP) command; returns its output.
+    fn send_monitor_command(&self, py: Python<'_>, command: String) -> PyResult<String> {
+        let m = self.m.clone();
+        run(py, move || m.send_monitor_command(&command))
+    }
+
+    /// A QMP command; returns its result as a dict/list/value.
+    #[pyo3(signature = (command, arguments=None))]
+    fn qmp_command(
+        &self,
+        py: Python<'_>,
+        command: String,
+        arguments: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let json = py.import("json")?;
+        let args: serde_json::Value = match arguments {
+            Some(a) if !a.is_none() => {
+                serde_json::from_str(&json.call_method1("dumps", (a,))?.extract::<String>()?)
+                    .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?
+            }
+            _ => serde_json::Value::Null,
+        };
+        let m = self.m.clone();
+        let v = run(py, move || m.qmp_command(&command, args))?;
+        Ok(json.call_method1("loads", (v.to_string(),))?.unbind())
+    }
+
+    /// Wait for a QMP event accepted by `event_filter(event_dict)` (default timeout 600 s).
+    #[pyo3(signature = (event_filter, timeout=None))]
+    fn wait_for_qmp_event(
+        &self,
+        py: Python<'_>,
+        event_filter: Py<PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        let ev = run(py, move || {
+            m.wait_for_qmp_event(
+                |ev| {
+                    Python::attach(|py| {
+                        event_dict(py, ev)
+                            .and_then(|d| event_filter.call1(py, (d,)))
+                            .and_then(|r| r.bind(py).is_truthy())
+                            .unwrap_or(false)
+                    })
+                },
+                t,
+            )
+        })?;
+        Ok(event_dict(py, &ev)?.into_any().unbind())
+    }
+
+    /// Press a key (QEMU key name, e.g. "ctrl-alt-delete", "ret").
+    #[pyo3(signature = (key, delay=None, log=true))]
+    fn send_key(
+        &self,
+        py: Python<'_>,
+        key: String,
+        delay: Option<&Bound<'_, PyAny>>,
+        log: bool,
+    ) -> PyResult<()> {
+        let d = secs(delay)?.unwrap_or(Duration::from_millis(10));
+        let m = self.m.clone();
+        run(py, move || m.send_key_with(&key, d, log))
+    }
+
+    /// Type characters as key presses.
+    #[pyo3(signature = (chars, delay=None))]
+    fn send_chars(
+        &self,
+        py: Python<'_>,
+        chars: String,
+        delay: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let d = secs(delay)?.unwrap_or(Duration::from_millis(10));
+        let m = self.m.clone();
+        run(py, move || m.send_chars_with(&chars, d))
+    }
+
+    /// Write characters to the serial console.
+    fn send_console(&self, py: Python<'_>, chars: String) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.send_console(&chars))
+    }
+
+    /// Save a PNG screenshot (relative names go to the output directory); returns its path.
+    fn screenshot(&self, py: Python<'_>, filename: String) -> PyResult<String> {
+        let m = self.m.clone();
+        run(py, move || m.screenshot(&filename)).map(|p| p.display().to_string())
+    }
+
+    /// The text on the screen (OCR).
+    fn get_screen_text(&self, py: Python<'_>) -> PyResult<String> {
+        let m = self.m.clone();
+        run(py, move || m.get_screen_text())
+    }
+
+    /// The text on the screen, once per preprocessing variant.
+    fn get_screen_text_variants(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let m = self.m.clone();
+        run(py, move || m.get_screen_text_variants())
+    }
+
+    /// Wait until the screen shows text matching `regex`; returns the text.
+    #[pyo3(signature = (regex, timeout=None))]
+    fn wait_for_text(
+        &self,
+        py: Python<'_>,
+        regex: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || m.wait_for_text(&regex, t))
+    }
+
+    /// Wait until the serial console output matches `regex`; returns the matching text.
+    #[pyo3(signature = (regex, timeout=None))]
+    fn wait_for_console_text(
+        &self,
+        py: Python<'_>,
+        regex: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || m.wait_for_console_text(&regex, t))
+    }
+
+    /// Everything the serial console printed since the machine started.
+    fn get_console_log(&self) -> String {
+        self.m.get_console_log()
+    }
+
+    /// The text of virtual terminal `tty`.
+    fn get_tty_text(&self, py: Python<'_>, tty: u32) -> PyResult<String> {
+        let m = self.m.clone();
+        run(py, move || m.get_tty_text(tty))
+    }
+
+    /// Wait until virtual terminal `tty` matches `regexp`.
+    #[pyo3(signature = (tty, regexp, timeout=None))]
+    fn wait_until_tty_matches(
+        &self,
+        py: Python<'_>,
+        tty: u32,
+        regexp: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || m.wait_until_tty_matches(tty, &regexp, t))
+    }
+
+    /// Write virtual terminal `tty`'s text to the guest journal.
+    fn dump_tty_contents(&self, py: Python<'_>, tty: u32) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.dump_tty_contents(tty))
+    }
+
+    /// Wait for the X server.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_for_x(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || m.wait_for_x(t))
+    }
+
+    /// The X window names.
+    fn get_window_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let m = self.m.clone();
+        run(py, move || m.get_window_names())
+    }
+
+    /// Wait for an X window whose name matches `regexp`.
+    #[pyo3(signature = (regexp, timeout=None))]
+    fn wait_for_window(
+        &self,
+        py: Python<'_>,
+        regexp: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = secs(timeout)?;
+        let m = self.m.clone();
+        run(py, move || m.wait_for_window(&regexp, t))
+    }
+
+    /// Forward a host TCP port to the guest (needs user networking).
+    #[pyo3(signature = (host_port=8080, guest_port=80))]
+    fn forward_port(&self, py: Python<'_>, host_port: u16, guest_port: u16) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.forward_port(host_port, guest_port))
+    }
+
+    /// Disconnect the machine from every VLAN (link down).
+    fn block(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.block())
+    }
+
+    /// Reconnect the machine.
+    fn unblock(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.unblock())
+    }
+
+    /// A raw root shell in the guest on this terminal until Ctrl-D.
+    fn shell_interact(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.shell_interact())
+    }
+
+    /// Type on the serial console from this terminal until Ctrl-D.
+    fn console_interact(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.console_interact())
+    }
+}
+
+fn event_dict<'py>(py: Python<'py>, ev: &machinist_qemu::QmpEvent) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("event", &ev.event)?;
+    let data = py
+        .import("json")?
+        .call_method1("loads", (ev.data.to_string(),))?;
+    d.set_item("data", data)?;
+    let ts = PyDict::new(py);
+    ts.set_item("seconds", ev.timestamp.0)?;
+    ts.set_item("microseconds", ev.timestamp.1)?;
+    d.set_item("timestamp", ts)?;
+    Ok(d)
+}
