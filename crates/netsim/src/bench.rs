@@ -52,6 +52,14 @@ pub struct BenchOptions {
     pub samples: usize,
     /// Ports connected for the memory measurement.
     pub memory_ports: usize,
+    /// Run only the case groups whose name contains this (`vde_2port_64B`, `latency`, `memory`).
+    pub filter: Option<String>,
+}
+
+impl BenchOptions {
+    fn wants(&self, group: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| group.contains(f))
+    }
 }
 
 impl Default for BenchOptions {
@@ -61,6 +69,7 @@ impl Default for BenchOptions {
             warmup: Duration::from_millis(300),
             samples: 3000,
             memory_ports: 200,
+            filter: std::env::var("NETSIM_BENCH_FILTER").ok().filter(|f| !f.is_empty()),
         }
     }
 }
@@ -466,6 +475,9 @@ pub fn run_with(opts: &BenchOptions) -> Result<Vec<BenchLine>, NetsimError> {
     let tmp = TempDir::new()?;
     let mut lines = Vec::new();
     for (n, size) in [(2usize, 64usize), (2, 1500), (8, 64), (8, 1500)] {
+        if !opts.wants(&format!("{n}port_{size}B")) {
+            continue;
+        }
         let sw = ours_switch(&tmp)?;
         let (ours_fps, ours_mbps) = throughput(connect(&Target::Ours(&sw), Transport::Vde, n, size)?, opts);
         drop(sw);
@@ -480,27 +492,31 @@ pub fn run_with(opts: &BenchOptions) -> Result<Vec<BenchLine>, NetsimError> {
         lines.push(line(format!("stream_{n}port_{size}B_fps"), st_fps, base_fps, true));
         lines.push(line(format!("stream_{n}port_{size}B_mbps"), st_mbps, base_mbps, true));
     }
-    // Latency: single frames (batch of 1).
-    let lat_of = |target: &Target<'_>, t: Transport| -> Result<(f64, f64), NetsimError> {
-        let eps = connect(target, t, 2, 64)?;
-        Ok(latency(single(eps, t), opts.samples))
-    };
-    let sw = ours_switch(&tmp)?;
-    let (o50, o99) = lat_of(&Target::Ours(&sw), Transport::Vde)?;
-    drop(sw);
-    let vs = VdeSwitch::start(64)?;
-    let (b50, b99) = lat_of(&Target::Theirs(&vs), Transport::Vde)?;
-    drop(vs);
-    let sw = ours_switch(&tmp)?;
-    let (s50, s99) = lat_of(&Target::Ours(&sw), Transport::Stream)?;
-    drop(sw);
-    lines.push(line("vde_latency_64B_p50_us".into(), o50, b50, false));
-    lines.push(line("vde_latency_64B_p99_us".into(), o99, b99, false));
-    lines.push(line("stream_latency_64B_p50_us".into(), s50, b50, false));
-    lines.push(line("stream_latency_64B_p99_us".into(), s99, b99, false));
+    // Latency: single frames.
+    if opts.wants("latency") {
+        let lat_of = |target: &Target<'_>, t: Transport| -> Result<(f64, f64), NetsimError> {
+            let eps = connect(target, t, 2, 64)?;
+            Ok(latency(single(eps, t), opts.samples))
+        };
+        let sw = ours_switch(&tmp)?;
+        let (o50, o99) = lat_of(&Target::Ours(&sw), Transport::Vde)?;
+        drop(sw);
+        let vs = VdeSwitch::start(64)?;
+        let (b50, b99) = lat_of(&Target::Theirs(&vs), Transport::Vde)?;
+        drop(vs);
+        let sw = ours_switch(&tmp)?;
+        let (s50, s99) = lat_of(&Target::Ours(&sw), Transport::Stream)?;
+        drop(sw);
+        lines.push(line("vde_latency_64B_p50_us".into(), o50, b50, false));
+        lines.push(line("vde_latency_64B_p99_us".into(), o99, b99, false));
+        lines.push(line("stream_latency_64B_p50_us".into(), s50, b50, false));
+        lines.push(line("stream_latency_64B_p99_us".into(), s99, b99, false));
+    }
     // Memory per connected port (RSS growth / ports).
-    let (om, bm) = memory(opts.memory_ports, &tmp)?;
-    lines.push(line("memory_per_port_kib".into(), om, bm, false));
+    if opts.wants("memory") {
+        let (om, bm) = memory(opts.memory_ports, &tmp)?;
+        lines.push(line("memory_per_port_kib".into(), om, bm, false));
+    }
     Ok(lines)
 }
 

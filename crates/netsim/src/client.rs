@@ -192,20 +192,7 @@ impl VdeClient {
         })();
         let _ = std::fs::remove_file(&own);
         let ctl = result?;
-        let fd = data.as_raw_fd();
-        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-            let v: libc::c_int = 1 << 20;
-            // SAFETY: valid socket fd, c_int option value.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&v as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
+        crate::sys::set_buffers(data.as_raw_fd(), 1 << 20);
         Ok(Self {
             _ctl: ctl,
             data,

@@ -1,19 +1,14 @@
 //! The forwarding engine's state: ports, learning table, compiled policy, queues and timers.
-//! Lives on the switch thread only (`Rc<RefCell<Core>>`); the handle talks to it via [`Shared`].
+//! Lives on the switch thread only; the handle talks to it via [`Shared`] and commands.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
-
-use tokio::io::Interest;
-use tokio::net::{UnixDatagram, UnixStream};
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{Impairment, REORDER_HOLD};
 use crate::mac::{mac_key, MacTable};
@@ -72,10 +67,28 @@ pub(crate) struct Limits {
 
 /// A connected client.
 pub(crate) enum Conn {
-    /// `-netdev stream`: outgoing bytes already framed; `out[pos..]` is unsent.
-    Stream { sock: Rc<UnixStream>, out: Vec<u8>, pos: usize },
-    /// VDE data socket: queued frames are `(offset, len)` into `arena`.
-    Dgram { sock: Rc<UnixDatagram>, arena: Vec<u8>, q: VecDeque<(u32, u32)>, path: PathBuf },
+    /// `-netdev stream`: outgoing bytes already framed; `out[pos..]` is unsent;
+    /// `rbuf[rstart..rend]` is received but not yet forwarded.
+    Stream { sock: UnixStream, out: Vec<u8>, pos: usize, rbuf: Vec<u8>, rstart: usize, rend: usize },
+    /// VDE: the control stream (EOF = gone) and the data socket; queued frames are
+    /// `(offset, len)` into `arena`.
+    Dgram {
+        ctl: UnixStream,
+        sock: UnixDatagram,
+        arena: Vec<u8>,
+        q: VecDeque<(u32, u32)>,
+        path: PathBuf,
+    },
+}
+
+impl Conn {
+    /// The socket frames are written to.
+    pub(crate) fn data_fd(&self) -> RawFd {
+        match self {
+            Conn::Stream { sock, .. } => sock.as_raw_fd(),
+            Conn::Dgram { sock, .. } => sock.as_raw_fd(),
+        }
+    }
 }
 
 /// One switch port (a slot that outlives its client connections).
@@ -83,10 +96,8 @@ pub(crate) struct Port {
     pub name: String,
     pub stats: Arc<PortStats>,
     pub conn: Option<Conn>,
-    /// Connection generation: tasks of an old connection notice they are stale.
+    /// Connection generation: events of an old connection are recognised as stale.
     pub gen: u64,
-    /// Wakes the connection's task (to wait for writability, or to notice a close).
-    pub wake: Rc<Notify>,
     in_clock: Instant,
     out_clock: Instant,
     delayed: usize,
@@ -134,9 +145,10 @@ pub(crate) struct Core {
     pair_clock: HashMap<(u32, u32), Instant>,
     pool: Vec<Vec<u8>>,
     dirty: Vec<u32>,
-    pub timer_wake: Rc<Notify>,
     seq: u64,
     send: SendScratch,
+    /// The event loop's epoll instance (write interest is toggled here).
+    epfd: RawFd,
 }
 
 /// Largest serialisation backlog a rate limit keeps before dropping.
@@ -180,7 +192,13 @@ fn stage(
 }
 
 impl Core {
-    pub(crate) fn new(shared: Arc<Shared>, limits: Limits, seed: u64, pcap: Option<PcapWriter>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        limits: Limits,
+        seed: u64,
+        pcap: Option<PcapWriter>,
+        epfd: RawFd,
+    ) -> Self {
         Self {
             shared,
             limits,
@@ -196,9 +214,9 @@ impl Core {
             pair_clock: HashMap::new(),
             pool: Vec::new(),
             dirty: Vec::new(),
-            timer_wake: Rc::new(Notify::new()),
             seq: 0,
             send: SendScratch::default(),
+            epfd,
         }
     }
 
@@ -222,7 +240,6 @@ impl Core {
             stats,
             conn: None,
             gen: 0,
-            wake: Rc::new(Notify::new()),
             in_clock: now,
             out_clock: now,
             delayed: 0,
@@ -234,7 +251,7 @@ impl Core {
         (self.ports.len() - 1) as u32
     }
 
-    fn port(&mut self, i: u32) -> &mut Port {
+    pub(crate) fn port(&mut self, i: u32) -> &mut Port {
         self.ports[i as usize].as_mut().expect("port slots are never removed")
     }
 
@@ -253,21 +270,12 @@ impl Core {
         gen
     }
 
-    /// True while connection `gen` is the port's current one.
-    pub(crate) fn is_current(&self, i: u32, gen: u64) -> bool {
-        self.ports[i as usize].as_ref().is_some_and(|p| p.gen == gen && p.conn.is_some())
-    }
-
     pub(crate) fn is_connected(&self, i: u32) -> bool {
         self.ports[i as usize].as_ref().is_some_and(|p| p.conn.is_some())
     }
 
-    pub(crate) fn write_blocked(&self, i: u32) -> bool {
-        self.ports[i as usize].as_ref().is_some_and(|p| p.write_blocked)
-    }
-
-    pub(crate) fn wake_of(&self, i: u32) -> Rc<Notify> {
-        self.ports[i as usize].as_ref().expect("port exists").wake.clone()
+    pub(crate) fn gen_of(&self, i: u32) -> u64 {
+        self.ports[i as usize].as_ref().map_or(0, |p| p.gen)
     }
 
     /// Close connection `gen` of port `i` (no-op if it is already gone), logging `reason`.
@@ -277,6 +285,7 @@ impl Core {
         if p.gen != gen || p.conn.is_none() {
             return;
         }
+        // Dropping the sockets closes them, which also removes them from epoll.
         if let Some(Conn::Dgram { path, .. }) = p.conn.take() {
             let _ = std::fs::remove_file(&path);
         }
@@ -291,7 +300,6 @@ impl Core {
         } else {
             tracing::info!(vlan, port = %p.name, reason, "netsim: port disconnected");
         }
-        p.wake.notify_one();
         self.macs.forget_port(i);
         self.macs_dirty = true;
         self.shared.notify_change();
@@ -424,11 +432,7 @@ impl Core {
         buf.clear();
         buf.extend_from_slice(frame);
         self.seq += 1;
-        let earliest = self.delayed.peek().is_none_or(|Reverse(d)| due < d.due);
         self.delayed.push(Reverse(Delayed { due, seq: self.seq, dst, buf }));
-        if earliest {
-            self.timer_wake.notify_one();
-        }
     }
 
     /// When the next delayed frame is due.
@@ -508,26 +512,19 @@ impl Core {
         let mut blocked = false;
         match &mut p.conn {
             None => {}
-            Some(Conn::Stream { sock, out, pos }) => {
+            Some(Conn::Stream { sock, out, pos, .. }) => {
                 while *pos < out.len() {
-                    let fd = sock.as_raw_fd();
                     let buf = &out[*pos..];
-                    let r = sock.try_io(Interest::WRITABLE, || {
-                        // SAFETY: `buf` is valid for reads of its length for the call.
-                        let n = unsafe {
-                            libc::send(
-                                fd,
-                                buf.as_ptr().cast(),
-                                buf.len(),
-                                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                            )
-                        };
-                        if n < 0 {
-                            Err(std::io::Error::last_os_error())
-                        } else {
-                            Ok(n as usize)
-                        }
-                    });
+                    // SAFETY: `buf` is valid for reads of its length for the call.
+                    let n = unsafe {
+                        libc::send(
+                            sock.as_raw_fd(),
+                            buf.as_ptr().cast(),
+                            buf.len(),
+                            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                        )
+                    };
+                    let r = if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) };
                     match r {
                         Ok(n) => *pos += n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -555,9 +552,8 @@ impl Core {
             Some(Conn::Dgram { sock, arena, q, .. }) => {
                 let fd = sock.as_raw_fd();
                 while !q.is_empty() {
-                    let send = &mut self.send;
                     let frames = q.iter().map(|(o, l)| &arena[*o as usize..(*o + *l) as usize]);
-                    let r = sock.try_io(Interest::WRITABLE, || send.send(fd, frames));
+                    let r = self.send.send(fd, frames);
                     match r {
                         Ok(n) => {
                             q.drain(..n.min(q.len()));
@@ -591,9 +587,12 @@ impl Core {
                 }
             }
         }
-        p.write_blocked = blocked;
-        if blocked {
-            p.wake.notify_one();
+        if blocked != p.write_blocked {
+            p.write_blocked = blocked;
+            if let Some(conn) = &p.conn {
+                // Wait for room (EPOLLOUT) only while something is stuck.
+                crate::engine::set_interest(self.epfd, conn.data_fd(), crate::engine::token_data(i, gen, conn), blocked);
+            }
         }
         if let Some(reason) = failure {
             self.close(i, gen, &reason, true);

@@ -1,347 +1,556 @@
-//! The switch thread: a single-threaded tokio runtime running the listeners, one task per
-//! connected client, the delay timer and the housekeeping tick.
+//! The switch thread: one epoll loop over every socket (listeners, clients, a command eventfd).
+//!
+//! Deliberately not a tokio runtime: measured on this project's hardware, a current-thread
+//! runtime with a `LocalSet` adds about 5 µs per wake-up to the forwarding path (15.5 µs vs
+//! 10.8 µs per hop in an isolated ping-pong), which is the whole margin against `vde_switch`.
+//! The loop is level-triggered with a read budget per event, so one busy port cannot starve the
+//! others; EPOLLOUT is requested only while a port's queue is stuck.
 
-use std::cell::RefCell;
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener as StdUnixListener;
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{UnixDatagram, UnixListener, UnixStream};
-use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::core::{Conn, Core, RegEntry};
 use crate::framing::{next_frame, HEADER};
-use crate::stats::{PortKind, PortStats};
+use crate::stats::{DropReason, PortKind, PortStats};
 use crate::sys::RecvBatch;
 use crate::vde;
 
 /// Requests from the handle.
 pub(crate) enum Command {
     /// Start accepting a stream port's client.
-    AddStream { name: String, listener: StdUnixListener, stats: Arc<PortStats> },
+    AddStream { name: String, listener: UnixListener, stats: Arc<PortStats> },
     /// Flush the pcap buffer, then acknowledge.
     FlushPcap(std::sync::mpsc::Sender<()>),
     /// Stop the switch.
     Shutdown,
 }
 
-type CoreRef = Rc<RefCell<Core>>;
+/// The handle's side of the command channel: a queue plus an eventfd that wakes the loop.
+pub(crate) struct Commands {
+    queue: Mutex<VecDeque<Command>>,
+    event: OwnedFd,
+    stopped: AtomicBool,
+}
 
-/// Frames per `recvmmsg`.
-const RECV_BATCH: usize = 32;
-/// Reads per readiness event before yielding to other ports.
+impl Commands {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let event = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { queue: Mutex::new(VecDeque::new()), event, stopped: AtomicBool::new(false) })
+    }
+
+    /// Queue a command; false when the switch has stopped.
+    pub(crate) fn send(&self, cmd: Command) -> bool {
+        if self.stopped.load(Ordering::Acquire) {
+            return false;
+        }
+        if let Ok(mut q) = self.queue.lock() {
+            q.push_back(cmd);
+        }
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writing 8 bytes to an eventfd we own.
+        unsafe { libc::write(self.event.as_raw_fd(), one.as_ptr().cast(), 8) };
+        true
+    }
+
+    fn take(&self) -> VecDeque<Command> {
+        let mut b = [0u8; 8];
+        // SAFETY: reading 8 bytes from our eventfd (non-blocking).
+        unsafe { libc::read(self.event.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        self.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+    }
+}
+
+// Event tokens: kind (8 bits) | index (24 bits) | generation (32 bits).
+const K_CMD: u64 = 1;
+const K_LISTEN: u64 = 2;
+const K_VDE_LISTEN: u64 = 3;
+const K_HANDSHAKE: u64 = 4;
+const K_STREAM: u64 = 5;
+const K_VDE_DATA: u64 = 6;
+const K_VDE_CTL: u64 = 7;
+
+fn token(kind: u64, idx: u32, gen: u64) -> u64 {
+    (kind << 56) | (u64::from(idx) & 0xff_ffff) << 32 | (gen & 0xffff_ffff)
+}
+
+fn split(t: u64) -> (u64, u32, u64) {
+    (t >> 56, ((t >> 32) & 0xff_ffff) as u32, t & 0xffff_ffff)
+}
+
+/// The token of a connection's data socket.
+pub(crate) fn token_data(idx: u32, gen: u64, conn: &Conn) -> u64 {
+    match conn {
+        Conn::Stream { .. } => token(K_STREAM, idx, gen),
+        Conn::Dgram { .. } => token(K_VDE_DATA, idx, gen),
+    }
+}
+
+fn epoll_ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, tok: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: tok };
+    // SAFETY: valid epoll fd and event struct.
+    if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn add(epfd: RawFd, fd: RawFd, tok: u64) -> std::io::Result<()> {
+    epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, tok)
+}
+
+/// Ask for (or stop asking for) writability of a connection's data socket.
+pub(crate) fn set_interest(epfd: RawFd, fd: RawFd, tok: u64, write: bool) {
+    let mut events = libc::EPOLLIN as u32;
+    if write {
+        events |= libc::EPOLLOUT as u32;
+    }
+    if let Err(e) = epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events, tok) {
+        tracing::warn!(error = %e, "netsim: epoll_ctl MOD failed");
+    }
+}
+
+/// Create the epoll instance (owned by the switch thread).
+pub(crate) fn epoll_create() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads per readiness event before moving on to other ports.
 const READS_PER_TURN: usize = 16;
 /// A VDE client must send its request within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Housekeeping period: pcap flush, MAC table publication, handshake deadlines.
+const TICK: Duration = Duration::from_millis(200);
 
-/// Run the switch until `Shutdown` (or the handle is dropped).
-pub(crate) async fn run(
+struct Handshake {
+    sock: UnixStream,
+    buf: [u8; vde::MAX_REQUEST],
+    got: usize,
+    deadline: Instant,
+}
+
+/// The event loop and what it owns besides the core.
+pub(crate) struct Engine {
     core: Core,
-    mut rx: UnboundedReceiver<Command>,
-    vde_ctl: StdUnixListener,
+    epfd: OwnedFd,
+    cmds: Arc<Commands>,
+    listeners: Vec<(u32, UnixListener)>,
+    vde_listener: UnixListener,
     vde_dir: PathBuf,
-) {
-    let core = Rc::new(RefCell::new(core));
-    let batch = Rc::new(RefCell::new(RecvBatch::new(RECV_BATCH)));
-    match UnixListener::from_std(vde_ctl) {
-        Ok(l) => {
-            tokio::task::spawn_local(vde_listener(core.clone(), batch.clone(), l, vde_dir));
-        }
-        Err(e) => tracing::warn!(error = %e, "netsim: VDE control socket unusable"),
+    vde_seq: u64,
+    handshakes: Vec<Option<Handshake>>,
+    batch: Option<RecvBatch>,
+    stop: bool,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        core: Core,
+        epfd: OwnedFd,
+        cmds: Arc<Commands>,
+        vde_listener: UnixListener,
+        vde_dir: PathBuf,
+    ) -> std::io::Result<Self> {
+        add(epfd.as_raw_fd(), cmds.event.as_raw_fd(), token(K_CMD, 0, 0))?;
+        add(epfd.as_raw_fd(), vde_listener.as_raw_fd(), token(K_VDE_LISTEN, 0, 0))?;
+        Ok(Self {
+            core,
+            epfd,
+            cmds,
+            listeners: Vec::new(),
+            vde_listener,
+            vde_dir,
+            vde_seq: 0,
+            handshakes: Vec::new(),
+            batch: Some(RecvBatch::new(32)),
+            stop: false,
+        })
     }
-    tokio::task::spawn_local(timer(core.clone()));
-    tokio::task::spawn_local(housekeeping(core.clone()));
-    while let Some(cmd) = rx.recv().await {
-        match cmd {
-            Command::AddStream { name, listener, stats } => {
-                let idx = core.borrow_mut().add_port(name.clone(), stats);
-                match UnixListener::from_std(listener) {
-                    Ok(l) => {
-                        tokio::task::spawn_local(stream_listener(core.clone(), idx, l));
-                    }
-                    Err(e) => tracing::warn!(port = %name, error = %e, "netsim: listener unusable"),
-                }
+
+    /// Run until `Shutdown`.
+    pub(crate) fn run(mut self) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut next_tick = Instant::now() + TICK;
+        while !self.stop {
+            let now = Instant::now();
+            let mut wake = next_tick;
+            if let Some(d) = self.core.next_due() {
+                wake = wake.min(d);
             }
-            Command::FlushPcap(ack) => {
-                core.borrow_mut().flush_pcap();
+            // Round up: waking early only costs a loop turn; waking late delays frames.
+            let timeout = wake.saturating_duration_since(now);
+            let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            // SAFETY: `events` is a valid buffer of the given length.
+            let n = unsafe {
+                libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, ms)
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "netsim: epoll_wait failed; switch stopping");
+                    break;
+                }
+                continue;
+            }
+            for ev in &events[..n as usize] {
+                let (flags, tok) = (ev.events, ev.u64);
+                self.dispatch(tok, flags);
+            }
+            let now = Instant::now();
+            if self.core.next_due().is_some_and(|d| d <= now) {
+                self.core.release_due(now);
+            }
+            self.core.flush_dirty();
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.core.flush_pcap();
+                self.core.publish_macs();
+                self.expire_handshakes(now);
+            }
+        }
+        self.cmds.stopped.store(true, Ordering::Release);
+        // Answer commands that raced with the shutdown.
+        for cmd in self.cmds.take() {
+            if let Command::FlushPcap(ack) = cmd {
                 let _ = ack.send(());
             }
-            Command::Shutdown => break,
         }
+        self.core.shutdown();
     }
-    core.borrow_mut().shutdown();
-}
 
-async fn timer(core: CoreRef) {
-    let wake = core.borrow().timer_wake.clone();
-    loop {
-        let next = core.borrow().next_due();
-        match next {
-            Some(t) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(t) => {}
-                    _ = wake.notified() => {}
+    fn dispatch(&mut self, tok: u64, flags: u32) {
+        let (kind, idx, gen) = split(tok);
+        let readable = flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32 != 0;
+        let writable = flags & libc::EPOLLOUT as u32 != 0;
+        match kind {
+            K_CMD => self.commands(),
+            K_LISTEN => self.accept_stream(idx),
+            K_VDE_LISTEN => self.accept_vde(),
+            K_HANDSHAKE => self.handshake(idx as usize),
+            K_STREAM | K_VDE_DATA | K_VDE_CTL => {
+                if (self.core.gen_of(idx) & 0xffff_ffff) != gen || !self.core.is_connected(idx) {
+                    return; // stale event of a closed connection
+                }
+                let gen = self.core.gen_of(idx);
+                if writable && kind != K_VDE_CTL {
+                    self.core.flush_port(idx);
+                }
+                if readable {
+                    match kind {
+                        K_STREAM => self.read_stream(idx, gen),
+                        K_VDE_DATA => self.read_dgrams(idx),
+                        _ => self.read_vde_ctl(idx, gen),
+                    }
                 }
             }
-            None => wake.notified().await,
-        }
-        let mut c = core.borrow_mut();
-        c.release_due(Instant::now());
-        c.flush_dirty();
-    }
-}
-
-async fn housekeeping(core: CoreRef) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tick.tick().await;
-        let mut c = core.borrow_mut();
-        c.flush_pcap();
-        c.publish_macs();
-    }
-}
-
-/// Accept clients of one stream port, one at a time; the listener lives as long as the switch
-/// (QEMU 7.2 cannot reconnect, but a restarted QEMU connects anew).
-async fn stream_listener(core: CoreRef, idx: u32, listener: UnixListener) {
-    loop {
-        let sock = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "netsim: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if core.borrow().is_connected(idx) {
-            let name = core.borrow().ports[idx as usize].as_ref().map(|p| p.name.clone());
-            tracing::warn!(
-                port = name.as_deref().unwrap_or("?"),
-                "netsim: refusing a second client on a stream port (one client per port)"
-            );
-            drop(sock);
-            continue;
-        }
-        let sock = Rc::new(sock);
-        let conn = Conn::Stream { sock: sock.clone(), out: Vec::new(), pos: 0 };
-        let gen = core.borrow_mut().connect(idx, conn);
-        tokio::task::spawn_local(stream_conn(core.clone(), idx, gen, sock));
-    }
-}
-
-/// What a read turn ended with.
-enum ReadEnd {
-    Idle,
-    Closed(String, bool),
-}
-
-async fn stream_conn(core: CoreRef, idx: u32, gen: u64, sock: Rc<UnixStream>) {
-    let wake = core.borrow().wake_of(idx);
-    let max_frame = core.borrow().limits().max_frame;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut start = 0usize;
-    let mut end = 0usize;
-    loop {
-        let want_write = {
-            let c = core.borrow();
-            if !c.is_current(idx, gen) {
-                return;
-            }
-            c.write_blocked(idx)
-        };
-        tokio::select! {
-            r = sock.readable() => {
-                if let Err(e) = r {
-                    core.borrow_mut().close(idx, gen, &format!("read failed: {e}"), true);
-                    return;
-                }
-                let outcome = read_stream(&core, idx, &sock, &mut buf, &mut start, &mut end, max_frame);
-                if let ReadEnd::Closed(reason, error) = outcome {
-                    core.borrow_mut().close(idx, gen, &reason, error);
-                    return;
-                }
-                tokio::task::yield_now().await;
-            }
-            r = sock.writable(), if want_write => {
-                if r.is_ok() {
-                    core.borrow_mut().flush_port(idx);
-                }
-            }
-            _ = wake.notified() => {}
+            _ => {}
         }
     }
-}
 
-/// Read what is available (bounded turn), forward every whole frame, flush.
-fn read_stream(
-    core: &CoreRef,
-    idx: u32,
-    sock: &UnixStream,
-    buf: &mut Vec<u8>,
-    start: &mut usize,
-    end: &mut usize,
-    max_frame: usize,
-) -> ReadEnd {
-    let mut c = core.borrow_mut();
-    let mut result = ReadEnd::Idle;
-    for _ in 0..READS_PER_TURN {
-        // Make room: move a partial frame to the front, grow for a large frame.
-        if *start > 0 && (*end == buf.len() || *start == *end) {
-            buf.copy_within(*start..*end, 0);
-            *end -= *start;
-            *start = 0;
-        }
-        if *end == buf.len() {
-            let need = match next_frame(&buf[*start..*end], max_frame) {
-                Ok(None) if *end - *start >= HEADER => {
-                    let b = &buf[*start..];
-                    HEADER + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+    fn commands(&mut self) {
+        for cmd in self.cmds.take() {
+            match cmd {
+                Command::AddStream { name, listener, stats } => {
+                    let idx = self.core.add_port(name.clone(), stats);
+                    if let Err(e) = add(self.epfd.as_raw_fd(), listener.as_raw_fd(), token(K_LISTEN, idx, 0)) {
+                        tracing::warn!(port = %name, error = %e, "netsim: cannot watch listener");
+                    }
+                    self.listeners.push((idx, listener));
                 }
-                _ => buf.len() * 2,
-            };
-            buf.resize(need.max(buf.len()), 0);
-        }
-        let r = sock.try_read(&mut buf[*end..]);
-        match r {
-            Ok(0) => {
-                result = if *end > *start {
-                    ReadEnd::Closed(
-                        format!("truncated frame at end of stream ({} bytes pending)", *end - *start),
-                        true,
-                    )
-                } else {
-                    ReadEnd::Closed("client disconnected".into(), false)
-                };
-                break;
-            }
-            Ok(n) => *end += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                result = ReadEnd::Closed(format!("read failed: {e}"), true);
-                break;
+                Command::FlushPcap(ack) => {
+                    self.core.flush_pcap();
+                    let _ = ack.send(());
+                }
+                Command::Shutdown => self.stop = true,
             }
         }
-        let now = Instant::now();
+    }
+
+    /// Accept clients of one stream port; a second client while one is connected is refused.
+    fn accept_stream(&mut self, idx: u32) {
+        let Some((_, listener)) = self.listeners.iter().find(|(i, _)| *i == idx) else { return };
         loop {
-            match next_frame(&buf[*start..*end], max_frame) {
-                Ok(Some(len)) => {
-                    let f = *start + HEADER;
-                    c.ingress(idx, &buf[f..f + len], now);
-                    *start = f + len;
-                }
-                Ok(None) => break,
+            let sock = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    c.flush_dirty();
-                    return ReadEnd::Closed(format!("bad frame: {e}"), true);
-                }
-            }
-        }
-        if *start == *end {
-            *start = 0;
-            *end = 0;
-            if buf.len() > 256 * 1024 {
-                buf.truncate(64 * 1024);
-                buf.shrink_to_fit();
-            }
-        }
-    }
-    c.flush_dirty();
-    result
-}
-
-/// Accept VDE clients on `<vde_dir>/ctl`.
-async fn vde_listener(
-    core: CoreRef,
-    batch: Rc<RefCell<RecvBatch>>,
-    listener: UnixListener,
-    vde_dir: PathBuf,
-) {
-    let seq = Rc::new(std::cell::Cell::new(0u64));
-    loop {
-        let ctl = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "netsim: VDE accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        tokio::task::spawn_local(vde_client(
-            core.clone(),
-            batch.clone(),
-            ctl,
-            vde_dir.clone(),
-            seq.clone(),
-        ));
-    }
-}
-
-async fn vde_client(
-    core: CoreRef,
-    batch: Rc<RefCell<RecvBatch>>,
-    mut ctl: UnixStream,
-    vde_dir: PathBuf,
-    seq: Rc<std::cell::Cell<u64>>,
-) {
-    let vlan = core.borrow().shared.vlan;
-    let mut req = [0u8; vde::MAX_REQUEST];
-    let mut got = 0usize;
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    // Read until the fixed part is in, then take whatever description came with it.
-    while got < vde::FIXED_LEN {
-        match tokio::time::timeout_at(deadline, ctl.read(&mut req[got..])).await {
-            Ok(Ok(0)) => {
-                tracing::warn!(vlan, got, "netsim: VDE client closed before its request");
-                return;
-            }
-            Ok(Ok(n)) => got += n,
-            Ok(Err(e)) => {
-                tracing::warn!(vlan, error = %e, "netsim: VDE request read failed");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(vlan, got, "netsim: VDE client sent no request within 5 s");
-                return;
-            }
-        }
-        if got >= 8 {
-            if let Err(e) = vde::parse_request(&req[..got]) {
-                if !e.contains("too short") {
-                    tracing::warn!(vlan, reason = %e, "netsim: rejecting VDE client");
+                    tracing::warn!(error = %e, "netsim: accept failed");
                     return;
                 }
+            };
+            if self.core.is_connected(idx) {
+                let name = self.core.port(idx).name.clone();
+                tracing::warn!(
+                    port = %name,
+                    "netsim: refusing a second client on a stream port (one client per port)"
+                );
+                continue;
+            }
+            if let Err(e) = sock.set_nonblocking(true) {
+                tracing::warn!(error = %e, "netsim: cannot make client socket non-blocking");
+                continue;
+            }
+            let fd = sock.as_raw_fd();
+            let conn = Conn::Stream {
+                sock,
+                out: Vec::new(),
+                pos: 0,
+                rbuf: vec![0; 64 * 1024],
+                rstart: 0,
+                rend: 0,
+            };
+            let gen = self.core.connect(idx, conn);
+            if let Err(e) = add(self.epfd.as_raw_fd(), fd, token(K_STREAM, idx, gen)) {
+                self.core.close(idx, gen, &format!("cannot watch the connection: {e}"), true);
             }
         }
     }
-    let request = match vde::parse_request(&req[..got]) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(vlan, reason = %e, "netsim: rejecting VDE client");
+
+    /// Read what a stream client sent (bounded turn) and forward every whole frame.
+    fn read_stream(&mut self, idx: u32, gen: u64) {
+        let max_frame = self.core.limits().max_frame;
+        let Some(Conn::Stream { rbuf, rstart, rend, sock, .. }) = &mut self.core.port(idx).conn else {
+            return;
+        };
+        let (mut buf, mut start, mut end) = (std::mem::take(rbuf), *rstart, *rend);
+        let fd = sock.as_raw_fd();
+        let mut closed: Option<(String, bool)> = None;
+        for _ in 0..READS_PER_TURN {
+            if start > 0 && (end == buf.len() || start == end) {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+            }
+            if end == buf.len() {
+                let pending = &buf[start..end];
+                let need = if pending.len() >= HEADER {
+                    HEADER + u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize
+                } else {
+                    buf.len() * 2
+                };
+                buf.resize(need.clamp(buf.len() + 1, max_frame + HEADER), 0);
+            }
+            let spare = &mut buf[end..];
+            // SAFETY: `spare` is valid for writes of its length.
+            let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+            if n == 0 {
+                closed = Some(if end > start {
+                    (format!("truncated frame at end of stream ({} bytes pending)", end - start), true)
+                } else {
+                    ("client disconnected".into(), false)
+                });
+                break;
+            }
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock => break,
+                    std::io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        closed = Some((format!("read failed: {e}"), true));
+                        break;
+                    }
+                }
+            }
+            end += n as usize;
+            let now = Instant::now();
+            loop {
+                match next_frame(&buf[start..end], max_frame) {
+                    Ok(Some(len)) => {
+                        let f = start + HEADER;
+                        self.core.ingress(idx, &buf[f..f + len], now);
+                        start = f + len;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        closed = Some((format!("bad frame: {e}"), true));
+                        break;
+                    }
+                }
+            }
+            if closed.is_some() {
+                break;
+            }
+            if start == end {
+                start = 0;
+                end = 0;
+            }
+        }
+        self.core.flush_dirty();
+        if let Some((reason, error)) = closed {
+            self.core.close(idx, gen, &reason, error);
             return;
         }
-    };
-    // Pick the port: the requested number, or the lowest free `vde<N>`.
-    let idx = {
-        let mut c = core.borrow_mut();
+        if buf.len() > 256 * 1024 && end - start < 64 * 1024 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+            buf.truncate(64 * 1024);
+            buf.shrink_to_fit();
+        }
+        if let Some(Conn::Stream { rbuf, rstart, rend, .. }) = &mut self.core.port(idx).conn {
+            *rbuf = buf;
+            *rstart = start;
+            *rend = end;
+        }
+    }
+
+    /// Receive and forward a turn's worth of datagrams, flushing after each batch.
+    fn read_dgrams(&mut self, idx: u32) {
+        let Some(mut b) = self.batch.take() else { return };
+        let fd = match &self.core.port(idx).conn {
+            Some(Conn::Dgram { sock, .. }) => sock.as_raw_fd(),
+            _ => {
+                self.batch = Some(b);
+                return;
+            }
+        };
+        for _ in 0..READS_PER_TURN {
+            let Ok(n) = b.recv(fd) else { break };
+            let now = Instant::now();
+            for i in 0..n {
+                let (frame, truncated) = b.get(i);
+                if truncated {
+                    self.core.port(idx).stats.count_drop(DropReason::Malformed);
+                    continue;
+                }
+                self.core.ingress(idx, frame, now);
+            }
+            self.core.flush_dirty();
+            if n < 32 {
+                break;
+            }
+        }
+        self.batch = Some(b);
+    }
+
+    /// The VDE control stream carries nothing after the handshake; EOF closes the port.
+    fn read_vde_ctl(&mut self, idx: u32, gen: u64) {
+        let Some(Conn::Dgram { ctl, .. }) = &mut self.core.port(idx).conn else { return };
+        let mut scratch = [0u8; 256];
+        let reason = match ctl.read(&mut scratch) {
+            Ok(0) => Some("client closed its VDE control connection".to_string()),
+            Ok(_) => None,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => None,
+            Err(e) => Some(format!("control connection failed: {e}")),
+        };
+        if let Some(r) = reason {
+            self.core.close(idx, gen, &r, false);
+        }
+    }
+
+    fn accept_vde(&mut self) {
+        loop {
+            let sock = match self.vde_listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "netsim: VDE accept failed");
+                    return;
+                }
+            };
+            if sock.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let slot = match self.handshakes.iter().position(Option::is_none) {
+                Some(s) => s,
+                None => {
+                    self.handshakes.push(None);
+                    self.handshakes.len() - 1
+                }
+            };
+            if add(self.epfd.as_raw_fd(), sock.as_raw_fd(), token(K_HANDSHAKE, slot as u32, 0)).is_err() {
+                continue;
+            }
+            self.handshakes[slot] = Some(Handshake {
+                sock,
+                buf: [0; vde::MAX_REQUEST],
+                got: 0,
+                deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+            });
+        }
+    }
+
+    fn expire_handshakes(&mut self, now: Instant) {
+        for h in self.handshakes.iter_mut() {
+            if h.as_ref().is_some_and(|h| h.deadline <= now) {
+                tracing::warn!(vlan = self.core.shared.vlan, "netsim: VDE client sent no request within 5 s");
+                *h = None;
+            }
+        }
+    }
+
+    fn handshake(&mut self, slot: usize) {
+        let vlan = self.core.shared.vlan;
+        let Some(Some(h)) = self.handshakes.get_mut(slot) else { return };
+        match h.sock.read(&mut h.buf[h.got..]) {
+            Ok(0) => {
+                tracing::warn!(vlan, got = h.got, "netsim: VDE client closed before its request");
+                self.handshakes[slot] = None;
+                return;
+            }
+            Ok(n) => h.got += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
+                return
+            }
+            Err(e) => {
+                tracing::warn!(vlan, error = %e, "netsim: VDE request read failed");
+                self.handshakes[slot] = None;
+                return;
+            }
+        }
+        let request = match vde::parse_request(&h.buf[..h.got]) {
+            Ok(r) => r,
+            Err(e) if e.contains("too short") && h.got < vde::FIXED_LEN => return,
+            Err(e) => {
+                tracing::warn!(vlan, reason = %e, "netsim: rejecting VDE client");
+                self.handshakes[slot] = None;
+                return;
+            }
+        };
+        let Some(h) = self.handshakes[slot].take() else { return };
+        if let Err(e) = self.attach_vde(h.sock, request) {
+            tracing::warn!(vlan, reason = %e, "netsim: VDE client not attached");
+        }
+    }
+
+    fn attach_vde(&mut self, mut ctl: UnixStream, request: vde::VdeRequest) -> Result<(), String> {
+        let c = &mut self.core;
         let number = if request.port != 0 {
             request.port
         } else {
-            (1..).find(|n| c.port_by_name(&format!("vde{n}")).is_none_or(|i| !c.is_connected(i))).unwrap_or(1)
+            (1u32..)
+                .find(|n| c.port_by_name(&format!("vde{n}")).is_none_or(|i| !c.is_connected(i)))
+                .unwrap_or(1)
         };
         let name = format!("vde{number}");
-        match c.port_by_name(&name) {
-            Some(i) if c.is_connected(i) => {
-                tracing::warn!(vlan, port = %name, "netsim: VDE port requested by a client is in use");
-                return;
+        let idx = match c.port_by_name(&name) {
+            Some(i) if c.is_connected(i) => return Err(format!("port {name} requested by a client is in use")),
+            Some(i) => {
+                if let Ok(mut reg) = c.shared.registry.lock() {
+                    if let Some(e) = reg.iter_mut().find(|e| e.name == name) {
+                        e.kind = PortKind::Vde { description: request.description.clone() };
+                    }
+                }
+                i
             }
-            Some(i) => i,
             None => {
                 let stats = Arc::new(PortStats::default());
                 if let Ok(mut reg) = c.shared.registry.lock() {
@@ -351,143 +560,40 @@ async fn vde_client(
                         stats: stats.clone(),
                     });
                 }
-                c.add_port(name, stats)
+                c.add_port(name.clone(), stats)
             }
+        };
+        let n = self.vde_seq;
+        self.vde_seq += 1;
+        let path = self.vde_dir.join(format!("{idx:03}.{n}"));
+        let data = open_data_socket(&path, &request.client_path).map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            format!("data socket {}: {e}", path.display())
+        })?;
+        // The reply is 110 bytes on a fresh socket: it fits the send buffer at once.
+        ctl.write_all(&vde::encode_sockaddr_un(&path)).map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            format!("reply failed: {e}")
+        })?;
+        let (ctl_fd, data_fd) = (ctl.as_raw_fd(), data.as_raw_fd());
+        let conn = Conn::Dgram { ctl, sock: data, arena: Vec::new(), q: VecDeque::new(), path };
+        let gen = self.core.connect(idx, conn);
+        let epfd = self.epfd.as_raw_fd();
+        // The ctl socket is already in epoll (as a handshake): retarget it.
+        let r = epoll_ctl(epfd, libc::EPOLL_CTL_MOD, ctl_fd, libc::EPOLLIN as u32, token(K_VDE_CTL, idx, gen))
+            .and_then(|()| add(epfd, data_fd, token(K_VDE_DATA, idx, gen)));
+        if let Err(e) = r {
+            self.core.close(idx, gen, &format!("cannot watch the connection: {e}"), true);
         }
-    };
-    let n = seq.get();
-    seq.set(n + 1);
-    let data_path = vde_dir.join(format!("{:03}.{n}", idx));
-    let data = match open_data_socket(&data_path, &request.client_path) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(vlan, path = %data_path.display(), error = %e, "netsim: VDE data socket failed");
-            let _ = std::fs::remove_file(&data_path);
-            return;
-        }
-    };
-    if let Err(e) = ctl.write_all(&vde::encode_sockaddr_un(&data_path)).await {
-        tracing::warn!(vlan, error = %e, "netsim: VDE reply failed");
-        let _ = std::fs::remove_file(&data_path);
-        return;
+        Ok(())
     }
-    let data = Rc::new(data);
-    let conn = Conn::Dgram {
-        sock: data.clone(),
-        arena: Vec::new(),
-        q: Default::default(),
-        path: data_path,
-    };
-    let gen = {
-        let mut c = core.borrow_mut();
-        // Keep the latest description in the registry.
-        if let Some(name) = c.ports[idx as usize].as_ref().map(|p| p.name.clone()) {
-            if let Ok(mut reg) = c.shared.registry.lock() {
-                if let Some(e) = reg.iter_mut().find(|e| e.name == name) {
-                    e.kind = PortKind::Vde { description: request.description.clone() };
-                }
-            }
-        }
-        c.connect(idx, conn)
-    };
-    vde_conn(core, batch, idx, gen, ctl, data).await;
 }
 
 fn open_data_socket(path: &Path, client: &Path) -> std::io::Result<UnixDatagram> {
     let _ = std::fs::remove_file(path);
-    let s = std::os::unix::net::UnixDatagram::bind(path)?;
+    let s = UnixDatagram::bind(path)?;
     s.connect(client)?;
     s.set_nonblocking(true)?;
-    // Room for bursts in both directions.
-    let fd = s.as_raw_fd();
-    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        let v: libc::c_int = 1 << 20;
-        // SAFETY: fd is a valid socket; the option value is a c_int of the given size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-    UnixDatagram::from_std(s)
-}
-
-async fn vde_conn(
-    core: CoreRef,
-    batch: Rc<RefCell<RecvBatch>>,
-    idx: u32,
-    gen: u64,
-    ctl: UnixStream,
-    data: Rc<UnixDatagram>,
-) {
-    let wake: Rc<Notify> = core.borrow().wake_of(idx);
-    let mut scratch = [0u8; 256];
-    loop {
-        let want_write = {
-            let c = core.borrow();
-            if !c.is_current(idx, gen) {
-                return;
-            }
-            c.write_blocked(idx)
-        };
-        tokio::select! {
-            r = ctl.readable() => {
-                // The control stream carries nothing after the handshake; EOF closes the port.
-                let closed = match r.and_then(|()| ctl.try_read(&mut scratch)) {
-                    Ok(0) => Some("client closed its VDE control connection".to_string()),
-                    Ok(_) => None,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-                    Err(e) => Some(format!("control connection failed: {e}")),
-                };
-                if let Some(reason) = closed {
-                    core.borrow_mut().close(idx, gen, &reason, false);
-                    return;
-                }
-            }
-            r = data.readable() => {
-                if r.is_ok() {
-                    read_dgrams(&core, &batch, idx, &data);
-                    tokio::task::yield_now().await;
-                }
-            }
-            r = data.writable(), if want_write => {
-                if r.is_ok() {
-                    core.borrow_mut().flush_port(idx);
-                }
-            }
-            _ = wake.notified() => {}
-        }
-    }
-}
-
-fn read_dgrams(core: &CoreRef, batch: &Rc<RefCell<RecvBatch>>, idx: u32, data: &UnixDatagram) {
-    let mut c = core.borrow_mut();
-    let mut b = batch.borrow_mut();
-    let fd = data.as_raw_fd();
-    for _ in 0..READS_PER_TURN {
-        match data.try_io(Interest::READABLE, || b.recv(fd)) {
-            Ok(n) => {
-                let now = Instant::now();
-                for i in 0..n {
-                    let (frame, truncated) = b.get(i);
-                    if truncated {
-                        c.ports[idx as usize]
-                            .as_ref()
-                            .map(|p| p.stats.count_drop(crate::stats::DropReason::Malformed));
-                        continue;
-                    }
-                    c.ingress(idx, frame, now);
-                }
-                if n < RECV_BATCH {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    c.flush_dirty();
+    crate::sys::set_buffers(s.as_raw_fd(), 1 << 20);
+    Ok(s)
 }

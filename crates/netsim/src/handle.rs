@@ -8,11 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
-
 use crate::config::{Impairment, SwitchConfig, Target};
 use crate::core::{Core, Limits, RegEntry, Shared};
-use crate::engine::{self, Command};
+use crate::engine::{Command, Commands, Engine};
 use crate::error::{check_socket_path, NetsimError};
 use crate::pcap::PcapWriter;
 use crate::stats::{PortCounters, PortKind, PortStats};
@@ -24,7 +22,7 @@ pub struct Switch;
 /// async or not; changes take effect from the next frame. Dropping it shuts the switch down.
 pub struct SwitchHandle {
     shared: Arc<Shared>,
-    tx: UnboundedSender<Command>,
+    tx: Arc<Commands>,
     thread: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
     vde_dir: PathBuf,
@@ -60,36 +58,15 @@ impl Switch {
             queue_bytes: cfg.queue_bytes.max(70_000),
             max_frame: cfg.max_frame.clamp(14, 16 << 20),
         };
-        let (shared2, seed) = (shared.clone(), cfg.seed);
-        let (tx, rx) = unbounded_channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), std::io::Error>>();
-        let vde_dir2 = vde_dir.clone();
+        let thread_err = |source| NetsimError::Thread { vlan, source };
+        let epfd = crate::engine::epoll_create().map_err(thread_err)?;
+        let tx = Arc::new(Commands::new().map_err(thread_err)?);
+        let core = Core::new(shared.clone(), limits, cfg.seed, pcap, std::os::fd::AsRawFd::as_raw_fd(&epfd));
+        let engine = Engine::new(core, epfd, tx.clone(), ctl, vde_dir.clone()).map_err(thread_err)?;
         let thread = std::thread::Builder::new()
             .name(format!("netsim-vlan{vlan}"))
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let core = Core::new(shared2, limits, seed, pcap);
-                let local = tokio::task::LocalSet::new();
-                let _ = ready_tx.send(Ok(()));
-                local.block_on(&rt, engine::run(core, rx, ctl, vde_dir2));
-            })
-            .map_err(|source| NetsimError::Thread { vlan, source })?;
-        match ready_rx.recv_timeout(SHUTDOWN_TIMEOUT) {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => return Err(NetsimError::Thread { vlan, source }),
-            Err(_) => {
-                return Err(NetsimError::Thread {
-                    vlan,
-                    source: std::io::Error::other("switch thread did not start within 5 s"),
-                })
-            }
-        }
+            .spawn(move || engine.run())
+            .map_err(thread_err)?;
         tracing::info!(vlan, dir = %cfg.dir.display(), "netsim: switch started");
         Ok(SwitchHandle {
             shared,
@@ -177,7 +154,8 @@ impl SwitchHandle {
         // The switch thread creates the port slot; policy set meanwhile applies once it exists.
         self.tx
             .send(Command::AddStream { name: name.to_string(), listener, stats })
-            .map_err(|_| NetsimError::Stopped { vlan })?;
+            .then_some(())
+            .ok_or(NetsimError::Stopped { vlan })?;
         if let Ok(mut p) = self.stream_paths.lock() {
             p.push(path.clone());
         }
@@ -398,7 +376,9 @@ impl SwitchHandle {
     pub fn flush_pcap(&self) -> Result<(), NetsimError> {
         let vlan = self.shared.vlan;
         let (ack_tx, ack_rx) = std::sync::mpsc::channel();
-        self.tx.send(Command::FlushPcap(ack_tx)).map_err(|_| NetsimError::Stopped { vlan })?;
+        if !self.tx.send(Command::FlushPcap(ack_tx)) {
+            return Err(NetsimError::Stopped { vlan });
+        }
         ack_rx.recv_timeout(SHUTDOWN_TIMEOUT).map_err(|_| NetsimError::Timeout {
             vlan,
             what: "the pcap flush".into(),

@@ -1,8 +1,9 @@
 //! A VDE-style virtual Ethernet switch: stream and VDE ports, block, partitions, impairments,
 //! counters and pcap.
 //!
-//! One [`Switch`] per VLAN runs on its own thread (a single-threaded tokio runtime), so it can
-//! be started and controlled from blocking or async code alike:
+//! One [`Switch`] per VLAN runs on its own thread (one epoll loop: no runtime is needed, and
+//! none is disturbed), so it can be started and controlled from blocking or async (tokio) code
+//! alike; every handle method is quick and non-blocking except the explicit waits:
 //!
 //! - **Stream ports** ([`SwitchHandle::add_stream_port`]): one listening unix socket per
 //!   machine, bound before QEMU starts, speaking QEMU's `-netdev stream` framing (4-byte

@@ -121,3 +121,19 @@ impl SendScratch {
 unsafe impl Send for RecvBatch {}
 // SAFETY: `SendScratch`'s pointers are rebuilt on every call and never dereferenced in between.
 unsafe impl Send for SendScratch {}
+
+/// Ask for `bytes` of socket send and receive buffer (best effort; the kernel caps it).
+pub(crate) fn set_buffers(fd: RawFd, bytes: libc::c_int) {
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: valid socket fd; the option value is a c_int of the given size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
