@@ -2,7 +2,9 @@
 //! This is what `cargo xtask bench ocr` calls.
 
 fn main() -> std::process::ExitCode {
-    let dir = std::env::args().nth(1).map_or_else(machinist_ocr::bench::default_corpus_dir, Into::into);
+    let dir = std::env::args()
+        .nth(1)
+        .map_or_else(machinist_ocr::bench::default_corpus_dir, Into::into);
     match machinist_ocr::bench::run(&dir) {
         Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {

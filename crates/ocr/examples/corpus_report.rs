@@ -13,7 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PathBuf::from,
     );
     let ocr = Ocr::new(OcrConfig::default())?;
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
     entries.sort();
     let n = ocr.config().variants.len();
     let mut tot = vec![(0usize, 0usize, 0f64); n];
@@ -31,7 +35,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tot[i].1 += all;
             tot[i].2 += dt;
             union.push_str(vt.text());
-            println!("{:<10} {:<10} recall {:>3}/{:<3} {:.3}s", png.file_stem().unwrap().to_string_lossy(), v.name, f, all, dt);
+            println!(
+                "{:<10} {:<10} recall {:>3}/{:<3} {:.3}s",
+                png.file_stem().unwrap().to_string_lossy(),
+                v.name,
+                f,
+                all,
+                dt
+            );
             if std::env::var_os("SHOW").is_some() {
                 println!("{}", vt.text());
             }
@@ -41,8 +52,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         any.1 += all;
     }
     for (i, v) in ocr.config().variants.iter().enumerate() {
-        println!("TOTAL {:<10} recall {:.3} time {:.2}s", v.name, tot[i].0 as f64 / tot[i].1 as f64, tot[i].2);
+        println!(
+            "TOTAL {:<10} recall {:.3} time {:.2}s",
+            v.name,
+            tot[i].0 as f64 / tot[i].1 as f64,
+            tot[i].2
+        );
     }
-    println!("TOTAL any-variant recall {:.3}", any.0 as f64 / any.1 as f64);
+    println!(
+        "TOTAL any-variant recall {:.3}",
+        any.0 as f64 / any.1 as f64
+    );
     Ok(())
 }

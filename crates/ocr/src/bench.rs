@@ -45,9 +45,15 @@ pub fn default_corpus_dir() -> PathBuf {
 
 /// Loads every `<name>.png` with its `<name>.txt` (and phrase), sorted by name.
 pub fn load_corpus(dir: &Path) -> Result<Vec<CorpusEntry>, OcrError> {
-    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| OcrError::io("cannot read corpus file", p, e));
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| OcrError::io("cannot read corpus file", p, e))
+    };
     let phrases_path = dir.join("phrases.tsv");
-    let phrases = if phrases_path.exists() { read(&phrases_path)? } else { String::new() };
+    let phrases = if phrases_path.exists() {
+        read(&phrases_path)?
+    } else {
+        String::new()
+    };
     let mut pngs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| OcrError::io("cannot list corpus directory", dir, e))?
         .flatten()
@@ -57,7 +63,11 @@ pub fn load_corpus(dir: &Path) -> Result<Vec<CorpusEntry>, OcrError> {
     pngs.sort();
     let mut out = Vec::new();
     for png in pngs {
-        let name = png.file_stem().unwrap_or_default().to_string_lossy().to_string();
+        let name = png
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let phrase = phrases
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -89,7 +99,10 @@ impl NixosBaseline {
             .args(["-", "-c", "debug_file=/dev/null", "--psm", "11"])
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| OcrError::TesseractMissing { program: "tesseract".into(), source })?;
+            .map_err(|source| OcrError::TesseractMissing {
+                program: "tesseract".into(),
+                source,
+            })?;
         if !out.status.success() {
             return Err(OcrError::TesseractFailed {
                 variant: "nixos".into(),
@@ -102,10 +115,27 @@ impl NixosBaseline {
     }
 
     fn convert(&self, ppm: &Path, negate: bool) -> Result<PathBuf, OcrError> {
-        let dest = self.dir.join(if negate { "screen.negative.png" } else { "screen.positive.png" });
+        let dest = self.dir.join(if negate {
+            "screen.negative.png"
+        } else {
+            "screen.positive.png"
+        });
         let mut args: Vec<&str> = vec![
-            "-filter", "Catrom", "-density", "72", "-resample", "300", "-contrast", "-normalize", "-despeckle",
-            "-type", "grayscale", "-sharpen", "1", "-posterize", "3",
+            "-filter",
+            "Catrom",
+            "-density",
+            "72",
+            "-resample",
+            "300",
+            "-contrast",
+            "-normalize",
+            "-despeckle",
+            "-type",
+            "grayscale",
+            "-sharpen",
+            "1",
+            "-posterize",
+            "3",
         ];
         if negate {
             args.push("-negate");
@@ -116,7 +146,13 @@ impl NixosBaseline {
             .arg(ppm)
             .arg(&dest)
             .output()
-            .map_err(|e| OcrError::io("cannot run ImageMagick (Debian package imagemagick)", CONVERT, e))?;
+            .map_err(|e| {
+                OcrError::io(
+                    "cannot run ImageMagick (Debian package imagemagick)",
+                    CONVERT,
+                    e,
+                )
+            })?;
         if !out.status.success() {
             return Err(OcrError::Screenshot(format!(
                 "{CONVERT} failed: {}; install the Debian package imagemagick",
@@ -146,11 +182,20 @@ impl NixosBaseline {
         let ppm = self.screendump(img)?;
         let pos = self.convert(&ppm, false)?;
         let neg = self.convert(&ppm, true)?;
-        Ok(vec![self.tesseract(&ppm)?, self.tesseract(&pos)?, self.tesseract(&neg)?])
+        Ok(vec![
+            self.tesseract(&ppm)?,
+            self.tesseract(&pos)?,
+            self.tesseract(&neg)?,
+        ])
     }
 
     /// Their `wait_for_text`: variants on a fresh screenshot each second until one matches.
-    pub fn wait_for_text(&self, grab: &mut dyn FnMut() -> RgbImage, re: &regex::Regex, timeout: Duration) -> Result<bool, OcrError> {
+    pub fn wait_for_text(
+        &self,
+        grab: &mut dyn FnMut() -> RgbImage,
+        re: &regex::Regex,
+        timeout: Duration,
+    ) -> Result<bool, OcrError> {
         let deadline = Instant::now() + timeout;
         loop {
             let texts = self.get_screen_text_variants(&grab())?;
@@ -180,15 +225,28 @@ pub struct Metric {
 
 impl Metric {
     fn lower_is_better(name: &str, ours: f64, baseline: f64) -> Metric {
-        Metric { name: name.into(), ours, baseline, ratio: baseline / ours.max(1e-9) }
+        Metric {
+            name: name.into(),
+            ours,
+            baseline,
+            ratio: baseline / ours.max(1e-9),
+        }
     }
     fn higher_is_better(name: &str, ours: f64, baseline: f64) -> Metric {
-        Metric { name: name.into(), ours, baseline, ratio: ours / baseline.max(1e-9) }
+        Metric {
+            name: name.into(),
+            ours,
+            baseline,
+            ratio: ours / baseline.max(1e-9),
+        }
     }
 
     /// `bench ocr: <metric> ours=<v> baseline=<v> ratio=<r>`.
     pub fn line(&self) -> String {
-        format!("bench ocr: {} ours={:.3} baseline={:.3} ratio={:.2}", self.name, self.ours, self.baseline, self.ratio)
+        format!(
+            "bench ocr: {} ours={:.3} baseline={:.3} ratio={:.2}",
+            self.name, self.ours, self.baseline, self.ratio
+        )
     }
 }
 
@@ -208,8 +266,11 @@ pub fn run(corpus_dir: &Path) -> Result<Vec<Metric>, OcrError> {
     let entries = load_corpus(corpus_dir)?;
     let ocr = Ocr::new(OcrConfig::default())?;
     let scratch = std::env::temp_dir().join(format!("machinist-ocr-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).map_err(|e| OcrError::io("cannot create directory", &scratch, e))?;
-    let nixos = NixosBaseline { dir: scratch.clone() };
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| OcrError::io("cannot create directory", &scratch, e))?;
+    let nixos = NixosBaseline {
+        dir: scratch.clone(),
+    };
     let n = entries.len() as f64;
     let mut metrics = Vec::new();
 
@@ -222,12 +283,23 @@ pub fn run(corpus_dir: &Path) -> Result<Vec<Metric>, OcrError> {
         let t = Instant::now();
         base_x.push(nixos.get_screen_text(&e.image)?);
         let b = t.elapsed().as_secs_f64();
-        eprintln!("bench ocr: {:<8} single   ours {o:.3}s baseline {b:.3}s", e.name);
+        eprintln!(
+            "bench ocr: {:<8} single   ours {o:.3}s baseline {b:.3}s",
+            e.name
+        );
         ours_t += o;
         base_t += b;
     }
-    metrics.push(Metric::lower_is_better("single_latency_s", ours_t / n, base_t / n));
-    metrics.push(Metric::higher_is_better("single_recall", recall_of(&entries, &ours_x), recall_of(&entries, &base_x)));
+    metrics.push(Metric::lower_is_better(
+        "single_latency_s",
+        ours_t / n,
+        base_t / n,
+    ));
+    metrics.push(Metric::higher_is_better(
+        "single_recall",
+        recall_of(&entries, &ours_x),
+        recall_of(&entries, &base_x),
+    ));
 
     // Three variants.
     let (mut ours_t, mut base_t, mut ours_x, mut base_x) = (0.0, 0.0, Vec::new(), Vec::new());
@@ -238,16 +310,28 @@ pub fn run(corpus_dir: &Path) -> Result<Vec<Metric>, OcrError> {
         let t = Instant::now();
         base_x.push(nixos.get_screen_text_variants(&e.image)?.join("\n"));
         let b = t.elapsed().as_secs_f64();
-        eprintln!("bench ocr: {:<8} variants ours {o:.3}s baseline {b:.3}s", e.name);
+        eprintln!(
+            "bench ocr: {:<8} variants ours {o:.3}s baseline {b:.3}s",
+            e.name
+        );
         ours_t += o;
         base_t += b;
     }
-    metrics.push(Metric::lower_is_better("variants_latency_s", ours_t / n, base_t / n));
-    metrics.push(Metric::higher_is_better("variants_recall", recall_of(&entries, &ours_x), recall_of(&entries, &base_x)));
+    metrics.push(Metric::lower_is_better(
+        "variants_latency_s",
+        ours_t / n,
+        base_t / n,
+    ));
+    metrics.push(Metric::higher_is_better(
+        "variants_recall",
+        recall_of(&entries, &ours_x),
+        recall_of(&entries, &base_x),
+    ));
 
     // wait_for_text for a phrase that is on the screen.
     let timeout = Duration::from_secs(20);
-    let (mut ours_t, mut base_t, mut ours_ok, mut base_ok, mut count) = (0.0, 0.0, 0u32, 0u32, 0u32);
+    let (mut ours_t, mut base_t, mut ours_ok, mut base_ok, mut count) =
+        (0.0, 0.0, 0u32, 0u32, 0u32);
     for e in &entries {
         let Some(phrase) = &e.phrase else { continue };
         let re = compile(phrase)?;
@@ -271,8 +355,16 @@ pub fn run(corpus_dir: &Path) -> Result<Vec<Metric>, OcrError> {
         base_t += b;
     }
     let c = f64::from(count.max(1));
-    metrics.push(Metric::lower_is_better("wait_for_text_latency_s", ours_t / c, base_t / c));
-    metrics.push(Metric::higher_is_better("wait_for_text_found", f64::from(ours_ok), f64::from(base_ok)));
+    metrics.push(Metric::lower_is_better(
+        "wait_for_text_latency_s",
+        ours_t / c,
+        base_t / c,
+    ));
+    metrics.push(Metric::higher_is_better(
+        "wait_for_text_found",
+        f64::from(ours_ok),
+        f64::from(base_ok),
+    ));
 
     let _ = std::fs::remove_dir_all(&scratch);
     for m in &metrics {

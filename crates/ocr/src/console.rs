@@ -20,8 +20,15 @@ const GLYPH_H: u32 = 16;
 
 /// Cell layouts tried, as (cell width, cell height, horizontal and vertical glyph scale):
 /// 80 columns with 9- or 8-dot cells, 40-column modes (doubled width), and double-height fonts.
-const GEOMETRIES: [(u32, u32, u32, u32); 7] =
-    [(9, 16, 1, 1), (8, 16, 1, 1), (18, 16, 2, 1), (16, 16, 2, 1), (16, 32, 2, 2), (9, 32, 1, 2), (8, 32, 1, 2)];
+const GEOMETRIES: [Geometry; 7] = [
+    (9, 16, 1, 1),
+    (8, 16, 1, 1),
+    (18, 16, 2, 1),
+    (16, 16, 2, 1),
+    (16, 32, 2, 2),
+    (9, 32, 1, 2),
+    (8, 32, 1, 2),
+];
 
 /// A cell may differ from its glyph only in the bottom three glyph rows, where the text-mode
 /// cursor (an underline) is drawn; any other difference means "not this glyph".
@@ -38,7 +45,9 @@ impl ConsoleFont {
     pub fn vga() -> &'static ConsoleFont {
         static FONT: OnceLock<ConsoleFont> = OnceLock::new();
         FONT.get_or_init(|| {
-            let sheet = image::load_from_memory(SHEET_PNG).expect("fonts/vga-8x16.png is a valid PNG").into_rgb8();
+            let sheet = image::load_from_memory(SHEET_PNG)
+                .expect("fonts/vga-8x16.png is a valid PNG")
+                .into_rgb8();
             ConsoleFont::learn(&sheet, SHEET_TXT, 9)
         })
     }
@@ -110,7 +119,11 @@ fn cell_mask(img: &RgbImage, x0: u32, y0: u32, sx: u32, sy: u32) -> (u128, usize
             }
         }
     }
-    let bg = colors[..n].iter().max_by_key(|(_, k)| *k).map(|(c, _)| *c).unwrap_or(Rgb([0, 0, 0]));
+    let bg = colors[..n]
+        .iter()
+        .max_by_key(|(_, k)| *k)
+        .map(|(c, _)| *c)
+        .unwrap_or(Rgb([0, 0, 0]));
     let mut mask = 0u128;
     for gy in 0..GLYPH_H {
         for gx in 0..GLYPH_W {
@@ -121,6 +134,11 @@ fn cell_mask(img: &RgbImage, x0: u32, y0: u32, sx: u32, sy: u32) -> (u128, usize
     }
     (mask, n.min(3))
 }
+
+/// Per row, per cell: the character and whether it matched a glyph.
+type Grid = Vec<Vec<(char, bool)>>;
+/// (cell width, cell height, horizontal scale, vertical scale).
+type Geometry = (u32, u32, u32, u32);
 
 /// What the console reader made of a screen.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,9 +156,10 @@ pub struct ConsoleRead {
 /// Reads a text-mode screen with `font`. `None` when no cell layout fits well enough (more
 /// than `max_unknown` of the inked cells match no glyph): not a text console in this font.
 pub fn read_console(img: &RgbImage, font: &ConsoleFont, max_unknown: f32) -> Option<ConsoleRead> {
-    let mut best: Option<(f32, Vec<Vec<(char, bool)>>, (u32, u32, u32, u32))> = None;
+    let mut best: Option<(f32, Grid, Geometry)> = None;
     for g @ (cw, ch, sx, sy) in GEOMETRIES {
-        if img.width() % cw != 0 || img.height() % ch != 0 || img.width() < cw || img.height() < ch {
+        if img.width() % cw != 0 || img.height() % ch != 0 || img.width() < cw || img.height() < ch
+        {
             continue;
         }
         let (cols, rows) = (img.width() / cw, img.height() / ch);
@@ -169,7 +188,11 @@ pub fn read_console(img: &RgbImage, font: &ConsoleFont, max_unknown: f32) -> Opt
             }
             grid.push(line);
         }
-        let bad = if inked == 0 { 0.0 } else { unknown as f32 / inked as f32 };
+        let bad = if inked == 0 {
+            0.0
+        } else {
+            unknown as f32 / inked as f32
+        };
         if best.as_ref().is_none_or(|(b, ..)| bad < *b) {
             best = Some((bad, grid, g));
         }
@@ -179,7 +202,12 @@ pub fn read_console(img: &RgbImage, font: &ConsoleFont, max_unknown: f32) -> Opt
         return None;
     }
     let (words, unknown, inked) = to_words(&grid, cw, ch);
-    Some(ConsoleRead { words, unknown, inked, grid: (img.width() / cw, img.height() / ch) })
+    Some(ConsoleRead {
+        words,
+        unknown,
+        inked,
+        grid: (img.width() / cw, img.height() / ch),
+    })
 }
 
 /// Box-drawing and block characters are layout, not text: they become spaces.
@@ -265,7 +293,9 @@ mod tests {
     #[test]
     fn a_non_console_image_is_refused() {
         // Smooth gradient: no cell matches a glyph.
-        let img = RgbImage::from_fn(720, 400, |x, y| Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8]));
+        let img = RgbImage::from_fn(720, 400, |x, y| {
+            Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
+        });
         assert!(read_console(&img, ConsoleFont::vga(), 0.1).is_none());
     }
 }

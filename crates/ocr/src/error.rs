@@ -40,7 +40,9 @@ pub enum OcrError {
         source: std::io::Error,
     },
     /// tesseract's TSV output could not be parsed.
-    #[error("tesseract printed unexpected TSV on line {line}: {detail} (is this tesseract 4 or newer?)")]
+    #[error(
+        "tesseract printed unexpected TSV on line {line}: {detail} (is this tesseract 4 or newer?)"
+    )]
     BadTsv {
         /// 1-based line number in the TSV output.
         line: usize,
@@ -48,7 +50,9 @@ pub enum OcrError {
         detail: String,
     },
     /// An image could not be decoded.
-    #[error("cannot decode image {what}: {source}; expected a PPM (P6) from QMP screendump or a PNG")]
+    #[error(
+        "cannot decode image {what}: {source}; expected a PPM (P6) from QMP screendump or a PNG"
+    )]
     Decode {
         /// What was being decoded (a path, or "screendump bytes").
         what: String,
@@ -57,7 +61,9 @@ pub enum OcrError {
         source: image::ImageError,
     },
     /// An image could not be encoded or written.
-    #[error("cannot write image {path}: {source}; check that the directory exists and is writable")]
+    #[error(
+        "cannot write image {path}: {source}; check that the directory exists and is writable"
+    )]
     Encode {
         /// Where it was going.
         path: PathBuf,
@@ -106,7 +112,15 @@ pub enum OcrError {
 }
 
 impl OcrError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        OcrError::Io { action, path: path.into(), source }
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        OcrError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -9,7 +9,8 @@ use crate::OcrError;
 
 /// Decodes a screenshot held in memory: PPM (P6, what QMP `screendump` writes) or PNG.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, OcrError> {
-    let format = if bytes.starts_with(b"P6") || bytes.starts_with(b"P5") || bytes.starts_with(b"P3") {
+    let format = if bytes.starts_with(b"P6") || bytes.starts_with(b"P5") || bytes.starts_with(b"P3")
+    {
         ImageFormat::Pnm
     } else {
         image::guess_format(bytes).map_err(|source| OcrError::Decode {
@@ -19,14 +20,20 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, OcrError> {
     };
     image::load_from_memory_with_format(bytes, format)
         .map(|img| img.into_rgb8())
-        .map_err(|source| OcrError::Decode { what: "screenshot bytes".into(), source })
+        .map_err(|source| OcrError::Decode {
+            what: "screenshot bytes".into(),
+            source,
+        })
 }
 
 /// Reads a PPM or PNG screenshot from a file.
 pub fn load_image(path: &Path) -> Result<RgbImage, OcrError> {
     let bytes = std::fs::read(path).map_err(|e| OcrError::io("cannot read screenshot", path, e))?;
     decode_image(&bytes).map_err(|e| match e {
-        OcrError::Decode { source, .. } => OcrError::Decode { what: path.display().to_string(), source },
+        OcrError::Decode { source, .. } => OcrError::Decode {
+            what: path.display().to_string(),
+            source,
+        },
         other => other,
     })
 }
@@ -34,13 +41,19 @@ pub fn load_image(path: &Path) -> Result<RgbImage, OcrError> {
 /// Writes an RGB image as PNG (no netpbm or ImageMagick involved).
 pub fn write_png(img: &RgbImage, path: &Path) -> Result<(), OcrError> {
     img.save_with_format(path, ImageFormat::Png)
-        .map_err(|source| OcrError::Encode { path: path.to_path_buf(), source })
+        .map_err(|source| OcrError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Writes a grayscale image as PNG.
 pub fn write_gray_png(img: &GrayImage, path: &Path) -> Result<(), OcrError> {
     img.save_with_format(path, ImageFormat::Png)
-        .map_err(|source| OcrError::Encode { path: path.to_path_buf(), source })
+        .map_err(|source| OcrError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Encodes a grayscale image as binary PGM (P5): no compression, the cheapest format for
@@ -57,7 +70,10 @@ pub fn encode_pgm(img: &GrayImage) -> Vec<u8> {
 pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>, OcrError> {
     let mut out = Cursor::new(Vec::new());
     img.write_to(&mut out, ImageFormat::Png)
-        .map_err(|source| OcrError::Encode { path: "<memory>".into(), source })?;
+        .map_err(|source| OcrError::Encode {
+            path: "<memory>".into(),
+            source,
+        })?;
     Ok(out.into_inner())
 }
 

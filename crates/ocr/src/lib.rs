@@ -9,8 +9,8 @@
 //! ```
 
 pub mod bench;
-mod error;
 pub mod console;
+mod error;
 mod image_io;
 pub mod metrics;
 mod ocr;

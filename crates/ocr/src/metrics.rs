@@ -38,7 +38,10 @@ mod tests {
 
     #[test]
     fn words_strip_punctuation_and_drop_symbols() {
-        assert_eq!(words("[  OK  ] Started foo.service. ─── │"), ["OK", "Started", "foo.service"]);
+        assert_eq!(
+            words("[  OK  ] Started foo.service. ─── │"),
+            ["OK", "Started", "foo.service"]
+        );
     }
 
     #[test]

@@ -114,16 +114,35 @@ impl Ocr {
         if variant.reader == Reader::ConsoleFont {
             let read = read_console(img, ConsoleFont::vga(), self.config.console_max_unknown);
             return Ok(Some(match read {
-                Some(r) => VariantText { variant: variant.name.clone(), exact: r.unknown == 0, words: r.words, applicable: true },
-                None => VariantText { variant: variant.name.clone(), words: Words::default(), applicable: false, exact: false },
+                Some(r) => VariantText {
+                    variant: variant.name.clone(),
+                    exact: r.unknown == 0,
+                    words: r.words,
+                    applicable: true,
+                },
+                None => VariantText {
+                    variant: variant.name.clone(),
+                    words: Words::default(),
+                    applicable: false,
+                    exact: false,
+                },
             }));
         }
         let prepared = variant.apply(img);
-        let Some(tsv) = self.config.tesseract.run(&encode_pgm(&prepared), &variant.name, cancel)? else {
+        let Some(tsv) = self
+            .config
+            .tesseract
+            .run(&encode_pgm(&prepared), &variant.name, cancel)?
+        else {
             return Ok(None);
         };
         let words = assemble(parse_tsv(&tsv, variant.scale())?);
-        Ok(Some(VariantText { variant: variant.name.clone(), words, applicable: true, exact: false }))
+        Ok(Some(VariantText {
+            variant: variant.name.clone(),
+            words,
+            applicable: true,
+            exact: false,
+        }))
     }
 
     /// The text on a screenshot, read with the first variant that applies to it (the exact
@@ -149,13 +168,22 @@ impl Ocr {
     /// The text of every variant that applies to the screen (in configuration order), read
     /// concurrently.
     pub fn get_screen_text_variants(&self, img: &RgbImage) -> Result<Vec<String>, OcrError> {
-        Ok(self.read_all(img)?.into_iter().map(|v| v.words.text).collect())
+        Ok(self
+            .read_all(img)?
+            .into_iter()
+            .map(|v| v.words.text)
+            .collect())
     }
 
     /// Every applicable variant's words and text (in configuration order), read concurrently.
     pub fn read_all(&self, img: &RgbImage) -> Result<Vec<VariantText>, OcrError> {
         let race = self.race(img, None)?;
-        Ok(race.results.into_iter().flatten().filter(|v| v.applicable).collect())
+        Ok(race
+            .results
+            .into_iter()
+            .flatten()
+            .filter(|v| v.applicable)
+            .collect())
     }
 
     /// Where `re` matches on the screen: one box per match (the union of the words it touches,
@@ -163,7 +191,16 @@ impl Ocr {
     /// wins and the others are killed. Empty when no variant finds it.
     pub fn find_text(&self, img: &RgbImage, re: &Regex) -> Result<Vec<WordBox>, OcrError> {
         let race = self.race(img, Some(re))?;
-        Ok(race.winner.map(|i| race.results[i].as_ref().expect("winner has a result").words.find(re)).unwrap_or_default())
+        Ok(race
+            .winner
+            .map(|i| {
+                race.results[i]
+                    .as_ref()
+                    .expect("winner has a result")
+                    .words
+                    .find(re)
+            })
+            .unwrap_or_default())
     }
 
     /// Runs the variants on up to `parallelism` threads. With `stop_at`, the first variant whose
@@ -173,21 +210,33 @@ impl Ocr {
         // In-process readers first: they take a millisecond and may make tesseract unnecessary.
         let mut early: Vec<Option<VariantText>> = vec![None; variants.len()];
         let mut exact_miss = false;
-        for (i, v) in variants.iter().enumerate().filter(|(_, v)| v.reader == Reader::ConsoleFont) {
+        for (i, v) in variants
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.reader == Reader::ConsoleFont)
+        {
             let vt = self.read_variant(img, v)?;
             if let Some(re) = stop_at {
                 if vt.applicable && re.is_match(vt.text()) {
                     early[i] = Some(vt);
-                    return Ok(Race { results: early, winner: Some(i) });
+                    return Ok(Race {
+                        results: early,
+                        winner: Some(i),
+                    });
                 }
                 exact_miss |= vt.exact;
             }
             early[i] = Some(vt);
         }
         if exact_miss && self.config.trust_exact_console {
-            return Ok(Race { results: early, winner: None });
+            return Ok(Race {
+                results: early,
+                winner: None,
+            });
         }
-        let todo: Vec<usize> = (0..variants.len()).filter(|&i| variants[i].reader != Reader::ConsoleFont).collect();
+        let todo: Vec<usize> = (0..variants.len())
+            .filter(|&i| variants[i].reader != Reader::ConsoleFont)
+            .collect();
         let next = AtomicUsize::new(0);
         let cancel = Canceller::new();
         let results: Mutex<Vec<Option<VariantText>>> = Mutex::new(early);

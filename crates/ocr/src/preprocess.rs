@@ -92,12 +92,22 @@ pub struct Variant {
 impl Variant {
     /// A variant from its name, gray conversion and steps.
     pub fn new(name: &str, gray: Gray, steps: &[Step]) -> Variant {
-        Variant { name: name.to_string(), reader: Reader::Tesseract, gray, steps: steps.to_vec() }
+        Variant {
+            name: name.to_string(),
+            reader: Reader::Tesseract,
+            gray,
+            steps: steps.to_vec(),
+        }
     }
 
     /// The exact text-console reader (see [`Reader::ConsoleFont`]).
     pub fn console_font(name: &str) -> Variant {
-        Variant { name: name.to_string(), reader: Reader::ConsoleFont, gray: Gray::Luma, steps: Vec::new() }
+        Variant {
+            name: name.to_string(),
+            reader: Reader::ConsoleFont,
+            gray: Gray::Luma,
+            steps: Vec::new(),
+        }
     }
 
     /// The overall scale factor of this variant (product of its upscales).
@@ -121,7 +131,10 @@ impl Variant {
     }
 }
 
-const UP2: Step = Step::Upscale { factor: 2.0, filter: Filter::Lanczos3 };
+const UP2: Step = Step::Upscale {
+    factor: 2.0,
+    filter: Filter::Lanczos3,
+};
 
 /// The default variants, best first: `get_screen_text` uses the first that applies to the
 /// screen, `get_screen_text_variants` and `wait_for_text` use all of them (concurrently,
@@ -129,9 +142,21 @@ const UP2: Step = Step::Upscale { factor: 2.0, filter: Filter::Lanczos3 };
 pub fn default_variants() -> Vec<Variant> {
     vec![
         Variant::console_font("console"),
-        Variant::new("upscaled", Gray::MaxChannel, &[UP2, Step::Normalize { clip: 0.0 }, Step::DarkOnLight]),
-        Variant::new("binary", Gray::MaxChannel, &[UP2, Step::Otsu, Step::DarkOnLight]),
-        Variant::new("luma", Gray::Luma, &[UP2, Step::Normalize { clip: 0.01 }, Step::DarkOnLight]),
+        Variant::new(
+            "upscaled",
+            Gray::MaxChannel,
+            &[UP2, Step::Normalize { clip: 0.0 }, Step::DarkOnLight],
+        ),
+        Variant::new(
+            "binary",
+            Gray::MaxChannel,
+            &[UP2, Step::Otsu, Step::DarkOnLight],
+        ),
+        Variant::new(
+            "luma",
+            Gray::Luma,
+            &[UP2, Step::Normalize { clip: 0.01 }, Step::DarkOnLight],
+        ),
     ]
 }
 
@@ -141,9 +166,14 @@ pub fn to_gray(img: &RgbImage, gray: Gray) -> GrayImage {
     let mut out = Vec::with_capacity((w * h) as usize);
     match gray {
         Gray::Luma => out.extend(img.as_raw().chunks_exact(3).map(|p| {
-            ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) + 500) / 1000) as u8
+            ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) + 500) / 1000)
+                as u8
         })),
-        Gray::MaxChannel => out.extend(img.as_raw().chunks_exact(3).map(|p| p[0].max(p[1]).max(p[2]))),
+        Gray::MaxChannel => out.extend(
+            img.as_raw()
+                .chunks_exact(3)
+                .map(|p| p[0].max(p[1]).max(p[2])),
+        ),
     }
     GrayImage::from_raw(w, h, out).expect("buffer has w*h pixels")
 }
@@ -237,10 +267,14 @@ fn percentiles(hist: &[u64; 256], total: usize, clip: f32) -> (u8, u8) {
 /// are foreground/background "bright".
 pub fn otsu_level(hist: &[u64; 256]) -> u8 {
     let total: u64 = hist.iter().sum();
-    let sum_all: f64 = hist.iter().enumerate().map(|(v, &n)| v as f64 * n as f64).sum();
+    let sum_all: f64 = hist
+        .iter()
+        .enumerate()
+        .map(|(v, &n)| v as f64 * n as f64)
+        .sum();
     let (mut w0, mut sum0, mut best, mut best_t) = (0u64, 0f64, -1f64, 0u8);
-    for t in 0..256usize {
-        w0 += hist[t];
+    for (t, &n) in hist.iter().enumerate() {
+        w0 += n;
         if w0 == 0 {
             continue;
         }
@@ -248,7 +282,7 @@ pub fn otsu_level(hist: &[u64; 256]) -> u8 {
         if w1 == 0 {
             break;
         }
-        sum0 += t as f64 * hist[t] as f64;
+        sum0 += t as f64 * n as f64;
         let m0 = sum0 / w0 as f64;
         let m1 = (sum_all - sum0) / w1 as f64;
         let between = w0 as f64 * w1 as f64 * (m0 - m1) * (m0 - m1);
@@ -286,7 +320,8 @@ mod tests {
 
     #[test]
     fn normalize_stretches_to_full_range() {
-        let g = Variant::new("n", Gray::MaxChannel, &[Step::Normalize { clip: 0.0 }]).apply(&console_like());
+        let g = Variant::new("n", Gray::MaxChannel, &[Step::Normalize { clip: 0.0 }])
+            .apply(&console_like());
         assert_eq!(g.get_pixel(2, 1).0, [255]);
         assert_eq!(g.get_pixel(7, 3).0, [0]);
     }
@@ -298,7 +333,8 @@ mod tests {
         assert_eq!(g.get_pixel(7, 3).0, [255], "background becomes white");
         assert_eq!(g.get_pixel(2, 1).0, [0], "text becomes black");
         // Already dark-on-light: untouched.
-        let again = Variant::new("d", Gray::Luma, &[Step::DarkOnLight]).apply(&image::DynamicImage::ImageLuma8(g.clone()).into_rgb8());
+        let again = Variant::new("d", Gray::Luma, &[Step::DarkOnLight])
+            .apply(&image::DynamicImage::ImageLuma8(g.clone()).into_rgb8());
         assert_eq!(again, g);
     }
 
@@ -313,7 +349,14 @@ mod tests {
 
     #[test]
     fn upscale_scales_dimensions_and_reports_scale() {
-        let v = Variant::new("u", Gray::Luma, &[Step::Upscale { factor: 2.0, filter: Filter::Lanczos3 }]);
+        let v = Variant::new(
+            "u",
+            Gray::Luma,
+            &[Step::Upscale {
+                factor: 2.0,
+                filter: Filter::Lanczos3,
+            }],
+        );
         assert_eq!(v.apply(&console_like()).dimensions(), (16, 8));
         assert_eq!(v.scale(), 2.0);
     }

@@ -42,7 +42,12 @@ impl TesseractConfig {
     pub fn args(&self) -> Vec<String> {
         let mut a: Vec<String> = ["-", "-", "--psm"].map(String::from).to_vec();
         a.push(self.psm.to_string());
-        a.extend(["-l".to_string(), self.lang.clone(), "-c".into(), "debug_file=/dev/null".into()]);
+        a.extend([
+            "-l".to_string(),
+            self.lang.clone(),
+            "-c".into(),
+            "debug_file=/dev/null".into(),
+        ]);
         for (k, v) in &self.settings {
             a.push("-c".into());
             a.push(format!("{k}={v}"));
@@ -67,12 +72,19 @@ impl TesseractConfig {
             .arg("--version")
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| OcrError::TesseractMissing { program: self.program.clone(), source })?;
-        let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout })
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string();
+            .map_err(|source| OcrError::TesseractMissing {
+                program: self.program.clone(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(if out.stdout.is_empty() {
+            &out.stderr
+        } else {
+            &out.stdout
+        })
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
         if !out.status.success() {
             return Err(OcrError::TesseractFailed {
                 variant: "-".into(),
@@ -86,17 +98,30 @@ impl TesseractConfig {
 
     /// Runs tesseract on an encoded image (PGM/PNG/PPM bytes) and returns its TSV output.
     /// `cancel` lets another thread kill the process; a killed call returns `Ok(None)`.
-    pub fn run(&self, image: &[u8], variant: &str, cancel: &Canceller) -> Result<Option<String>, OcrError> {
-        let io_err = |source| OcrError::TesseractIo { variant: variant.to_string(), source };
+    pub fn run(
+        &self,
+        image: &[u8],
+        variant: &str,
+        cancel: &Canceller,
+    ) -> Result<Option<String>, OcrError> {
+        let io_err = |source| OcrError::TesseractIo {
+            variant: variant.to_string(),
+            source,
+        };
         let mut cmd = Command::new(&self.program);
-        cmd.args(self.args()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(self.args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if let Some(n) = self.omp_threads {
             cmd.env("OMP_THREAD_LIMIT", n.to_string());
         }
-        let Some(slot) = cancel.spawn(&mut cmd).map_err(|source| OcrError::TesseractMissing {
-            program: self.program.clone(),
-            source,
-        })?
+        let Some(slot) = cancel
+            .spawn(&mut cmd)
+            .map_err(|source| OcrError::TesseractMissing {
+                program: self.program.clone(),
+                source,
+            })?
         else {
             return Ok(None);
         };
@@ -132,7 +157,15 @@ impl TesseractConfig {
         }
         if !status.success() {
             let stderr = String::from_utf8_lossy(&err);
-            let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+            let tail: String = stderr
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join(" | ");
             return Err(OcrError::TesseractFailed {
                 variant: variant.to_string(),
                 status: status.to_string(),
@@ -140,7 +173,12 @@ impl TesseractConfig {
                 command: self.command_line(),
             });
         }
-        String::from_utf8(out).map(Some).map_err(|e| OcrError::BadTsv { line: 0, detail: format!("not UTF-8: {e}") })
+        String::from_utf8(out)
+            .map(Some)
+            .map_err(|e| OcrError::BadTsv {
+                line: 0,
+                detail: format!("not UTF-8: {e}"),
+            })
     }
 }
 
@@ -189,7 +227,11 @@ impl Canceller {
     }
 
     fn forget(&self, child: &Arc<Mutex<Child>>) {
-        self.inner.lock().expect("cancel lock").children.retain(|c| !Arc::ptr_eq(c, child));
+        self.inner
+            .lock()
+            .expect("cancel lock")
+            .children
+            .retain(|c| !Arc::ptr_eq(c, child));
     }
 }
 
@@ -205,17 +247,28 @@ mod tests {
     #[test]
     fn argv_matches_the_documented_call() {
         let mut cfg = TesseractConfig::default();
-        assert_eq!(cfg.args().join(" "), "- - --psm 11 -l eng -c debug_file=/dev/null tsv");
+        assert_eq!(
+            cfg.args().join(" "),
+            "- - --psm 11 -l eng -c debug_file=/dev/null tsv"
+        );
         cfg.settings.push(("tessedit_do_invert".into(), "0".into()));
-        assert!(cfg.command_line().contains("-c tessedit_do_invert=0 tsv < image"));
+        assert!(cfg
+            .command_line()
+            .contains("-c tessedit_do_invert=0 tsv < image"));
     }
 
     #[test]
     fn missing_binary_names_the_debian_package() {
-        let cfg = TesseractConfig { program: "/nonexistent/tesseract".into(), ..Default::default() };
+        let cfg = TesseractConfig {
+            program: "/nonexistent/tesseract".into(),
+            ..Default::default()
+        };
         let err = cfg.check().unwrap_err().to_string();
         assert!(err.contains("tesseract-ocr"), "{err}");
-        let err = cfg.run(b"P5\n1 1\n255\n\0", "raw", &Canceller::new()).unwrap_err().to_string();
+        let err = cfg
+            .run(b"P5\n1 1\n255\n\0", "raw", &Canceller::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tesseract-ocr"), "{err}");
     }
 

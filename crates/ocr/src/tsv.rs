@@ -65,7 +65,10 @@ pub fn parse_tsv(tsv: &str, scale: f32) -> Result<Vec<WordBox>, OcrError> {
     for (i, line) in tsv.lines().enumerate() {
         if i == 0 {
             if !line.starts_with("level\t") {
-                return Err(OcrError::BadTsv { line: 1, detail: format!("header {line:?}") });
+                return Err(OcrError::BadTsv {
+                    line: 1,
+                    detail: format!("header {line:?}"),
+                });
             }
             continue;
         }
@@ -74,7 +77,10 @@ pub fn parse_tsv(tsv: &str, scale: f32) -> Result<Vec<WordBox>, OcrError> {
         }
         let cols: Vec<&str> = line.splitn(12, '\t').collect();
         if cols.len() < 11 {
-            return Err(OcrError::BadTsv { line: i + 1, detail: format!("{} columns in {line:?}", cols.len()) });
+            return Err(OcrError::BadTsv {
+                line: i + 1,
+                detail: format!("{} columns in {line:?}", cols.len()),
+            });
         }
         if cols[0] != "5" {
             continue; // page/block/paragraph/line rows
@@ -174,7 +180,10 @@ mod tests {
         let w = parse_tsv(TSV, 2.0).unwrap();
         assert_eq!(w.len(), 3);
         assert_eq!(w[0].text, "login:");
-        assert_eq!((w[0].left, w[0].top, w[0].width, w[0].height), (100, 20, 50, 15));
+        assert_eq!(
+            (w[0].left, w[0].top, w[0].width, w[0].height),
+            (100, 20, 50, 15)
+        );
         assert_eq!(w[0].confidence, 91.5);
     }
 
@@ -191,15 +200,24 @@ mod tests {
         let hits = words.find(&regex::Regex::new("vm login").unwrap());
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].text, "testvm login:");
-        assert_eq!((hits[0].left, hits[0].top, hits[0].width, hits[0].height), (20, 40, 280, 30));
+        assert_eq!(
+            (hits[0].left, hits[0].top, hits[0].width, hits[0].height),
+            (20, 40, 280, 30)
+        );
         assert_eq!(hits[0].confidence, 91.5);
         assert!(words.find(&regex::Regex::new("absent").unwrap()).is_empty());
     }
 
     #[test]
     fn rejects_non_tsv() {
-        assert!(matches!(parse_tsv("hello\n", 1.0), Err(OcrError::BadTsv { line: 1, .. })));
+        assert!(matches!(
+            parse_tsv("hello\n", 1.0),
+            Err(OcrError::BadTsv { line: 1, .. })
+        ));
         let bad = "level\tx\n5\t1\t1\n";
-        assert!(matches!(parse_tsv(bad, 1.0), Err(OcrError::BadTsv { line: 2, .. })));
+        assert!(matches!(
+            parse_tsv(bad, 1.0),
+            Err(OcrError::BadTsv { line: 2, .. })
+        ));
     }
 }

@@ -44,7 +44,10 @@ pub struct Match {
 
 /// Compiles a pattern, turning a bad one into [`OcrError::InvalidRegex`].
 pub fn compile(pattern: &str) -> Result<Regex, OcrError> {
-    Regex::new(pattern).map_err(|e| OcrError::InvalidRegex { pattern: pattern.to_string(), source: Box::new(e) })
+    Regex::new(pattern).map_err(|e| OcrError::InvalidRegex {
+        pattern: pattern.to_string(),
+        source: Box::new(e),
+    })
 }
 
 /// Whether two screenshots show the same thing. A blinking text-mode cursor (a change at most
@@ -106,13 +109,17 @@ impl Ocr {
         loop {
             let img = source.grab()?;
             screenshots += 1;
-            let unchanged = last.as_ref().is_some_and(|(prev, _)| same_screen(prev, &img));
+            let unchanged = last
+                .as_ref()
+                .is_some_and(|(prev, _)| same_screen(prev, &img));
             if !unchanged {
                 attempts += 1;
                 let race = self.race(&img, Some(re))?;
                 if let Some(i) = race.winner {
                     let vt = race.results[i].as_ref().expect("winner has a result");
-                    let matched = re.find(vt.text()).map_or(String::new(), |m| m.as_str().to_string());
+                    let matched = re
+                        .find(vt.text())
+                        .map_or(String::new(), |m| m.as_str().to_string());
                     tracing::debug!(variant = %vt.variant, attempts, "wait_for_text matched");
                     return Ok(Match {
                         variant: vt.variant.clone(),
@@ -131,9 +138,21 @@ impl Ocr {
             if now >= deadline {
                 let (img, texts) = last.expect("at least one attempt was made");
                 let saved = save_failure(failure_dir, &img, &texts, &self.config().variants);
-                let last_texts: Vec<String> = texts.iter().flatten().map(|t| format!("{:?}", t.text())).collect();
-                tracing::info!("Last OCR attempt failed. Text was: [{}]", last_texts.join(", "));
-                return Err(OcrError::Timeout { pattern: re.as_str().to_string(), timeout, attempts, saved });
+                let last_texts: Vec<String> = texts
+                    .iter()
+                    .flatten()
+                    .map(|t| format!("{:?}", t.text()))
+                    .collect();
+                tracing::info!(
+                    "Last OCR attempt failed. Text was: [{}]",
+                    last_texts.join(", ")
+                );
+                return Err(OcrError::Timeout {
+                    pattern: re.as_str().to_string(),
+                    timeout,
+                    attempts,
+                    saved,
+                });
             }
             std::thread::sleep(delay.min(deadline - now));
             delay = (delay * 2).min(max);
@@ -147,10 +166,13 @@ fn save_failure(
     texts: &[Option<VariantText>],
     variants: &[crate::Variant],
 ) -> String {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let stem = format!("ocr-{ms}");
     let result = (|| -> Result<(), OcrError> {
-        std::fs::create_dir_all(dir).map_err(|e| OcrError::io("cannot create directory", dir, e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| OcrError::io("cannot create directory", dir, e))?;
         write_png(img, &dir.join(format!("{stem}-screen.png")))?;
         for (v, t) in variants.iter().zip(texts) {
             let path = dir.join(format!("{stem}-{}.txt", v.name));

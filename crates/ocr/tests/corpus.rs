@@ -20,21 +20,30 @@ fn corpus_word_recall_is_at_least_95_percent() {
     for e in load_corpus(&default_corpus_dir()).unwrap() {
         let best = ocr.read_best(&e.image).unwrap();
         let (f, t) = word_recall(&e.truth, best.text());
-        report.push_str(&format!("{:<8} {:<9} {f:>3}/{t:<3} {:.3}\n", e.name, best.variant, f as f64 / t as f64));
+        report.push_str(&format!(
+            "{:<8} {:<9} {f:>3}/{t:<3} {:.3}\n",
+            e.name,
+            best.variant,
+            f as f64 / t as f64
+        ));
         found += f;
         total += t;
         insta::assert_snapshot!(format!("text_{}", e.name), best.text());
     }
     let overall = found as f64 / total as f64;
     eprintln!("{report}overall  {found}/{total} {overall:.3}");
-    assert!(overall >= 0.95, "overall word recall {overall:.3} < 0.95:\n{report}");
+    assert!(
+        overall >= 0.95,
+        "overall word recall {overall:.3} < 0.95:\n{report}"
+    );
 }
 
 #[test]
 fn tesseract_alone_keeps_its_recall() {
     // The tesseract variants matter for screens that are not text consoles; keep them honest.
     let mut cfg = OcrConfig::default();
-    cfg.variants.retain(|v| v.reader == machinist_ocr::Reader::Tesseract);
+    cfg.variants
+        .retain(|v| v.reader == machinist_ocr::Reader::Tesseract);
     cfg.variants.truncate(1);
     let ocr = Ocr::new(cfg).unwrap();
     let (mut found, mut total) = (0, 0);
@@ -66,19 +75,36 @@ fn wait_for_text_finds_every_phrase() {
 #[test]
 fn find_text_gives_cell_exact_boxes_on_a_console() {
     let ocr = ocr();
-    let login = load_corpus(&default_corpus_dir()).unwrap().into_iter().find(|e| e.name == "login").unwrap();
-    let boxes = ocr.find_text(&login.image, &compile("testvm login:").unwrap()).unwrap();
+    let login = load_corpus(&default_corpus_dir())
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == "login")
+        .unwrap();
+    let boxes = ocr
+        .find_text(&login.image, &compile("testvm login:").unwrap())
+        .unwrap();
     assert_eq!(boxes.len(), 1);
     // Fourth row (index 3) of the 9x16 grid, columns 0..13.
     let b = &boxes[0];
-    assert_eq!((b.left, b.top, b.width, b.height), (0, 3 * 16, 13 * 9, 16), "{b:?}");
-    assert!(ocr.find_text(&login.image, &compile("password").unwrap()).unwrap().is_empty());
+    assert_eq!(
+        (b.left, b.top, b.width, b.height),
+        (0, 3 * 16, 13 * 9, 16),
+        "{b:?}"
+    );
+    assert!(ocr
+        .find_text(&login.image, &compile("password").unwrap())
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
 fn timeout_saves_the_screen_and_every_variant_and_skips_unchanged_screens() {
     let ocr = ocr();
-    let e = load_corpus(&default_corpus_dir()).unwrap().into_iter().find(|e| e.name == "large").unwrap();
+    let e = load_corpus(&default_corpus_dir())
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == "large")
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut grabs = 0;
     let mut source = || -> Result<RgbImage, OcrError> {
@@ -87,19 +113,45 @@ fn timeout_saves_the_screen_and_every_variant_and_skips_unchanged_screens() {
     };
     let start = Instant::now();
     let err = ocr
-        .wait_for_text_str(&mut source, "this text is not on the screen", Duration::from_millis(1500), dir.path())
+        .wait_for_text_str(
+            &mut source,
+            "this text is not on the screen",
+            Duration::from_millis(1500),
+            dir.path(),
+        )
         .unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(20));
-    let OcrError::Timeout { attempts, ref saved, .. } = err else { panic!("{err}") };
+    let OcrError::Timeout {
+        attempts,
+        ref saved,
+        ..
+    } = err
+    else {
+        panic!("{err}")
+    };
     assert_eq!(attempts, 1, "an unchanged screen is read once");
     assert!(grabs > 1, "fresh screenshots are taken");
-    assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
     assert!(saved.ends_with("-*"), "{saved}");
-    let files: Vec<String> =
-        std::fs::read_dir(dir.path()).unwrap().map(|f| f.unwrap().file_name().to_string_lossy().into()).collect();
-    assert!(files.iter().any(|f| f.ends_with("-screen.png")), "{files:?}");
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.ends_with("-screen.png")),
+        "{files:?}"
+    );
     for v in &ocr.config().variants {
-        assert!(files.iter().any(|f| f.ends_with(&format!("-{}.txt", v.name))), "{} missing: {files:?}", v.name);
+        assert!(
+            files
+                .iter()
+                .any(|f| f.ends_with(&format!("-{}.txt", v.name))),
+            "{} missing: {files:?}",
+            v.name
+        );
     }
 }
 
@@ -108,7 +160,12 @@ fn invalid_regex_fails_before_any_screenshot() {
     let ocr = ocr();
     let mut source = || -> Result<RgbImage, OcrError> { panic!("no screenshot may be taken") };
     let err = ocr
-        .wait_for_text_str(&mut source, "login(", Duration::from_secs(60), std::path::Path::new("/nonexistent"))
+        .wait_for_text_str(
+            &mut source,
+            "login(",
+            Duration::from_secs(60),
+            std::path::Path::new("/nonexistent"),
+        )
         .unwrap_err();
     assert!(matches!(err, OcrError::InvalidRegex { .. }), "{err}");
 }
@@ -120,4 +177,3 @@ fn missing_tesseract_names_the_debian_package() {
     let err = Ocr::new(cfg).unwrap_err().to_string();
     assert!(err.contains("tesseract-ocr"), "{err}");
 }
-

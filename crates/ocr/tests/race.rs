@@ -21,13 +21,24 @@ fn tesseract_children() -> usize {
 fn variants_run_concurrently_and_the_losers_are_killed() {
     // Tesseract only, so the race is real.
     let mut cfg = OcrConfig::default();
-    cfg.variants.retain(|v| v.reader == machinist_ocr::Reader::Tesseract);
+    cfg.variants
+        .retain(|v| v.reader == machinist_ocr::Reader::Tesseract);
     cfg.parallelism = cfg.variants.len();
     let ocr = Ocr::new(cfg).unwrap();
-    let e = load_corpus(&default_corpus_dir()).unwrap().into_iter().find(|e| e.name == "dialog").unwrap();
+    let e = load_corpus(&default_corpus_dir())
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == "dialog")
+        .unwrap();
     let all = ocr.get_screen_text_variants(&e.image).unwrap();
     assert_eq!(all.len(), ocr.config().variants.len());
-    let boxes = ocr.find_text(&e.image, &compile("geographic").unwrap()).unwrap();
+    let boxes = ocr
+        .find_text(&e.image, &compile("geographic").unwrap())
+        .unwrap();
     assert!(!boxes.is_empty());
-    assert_eq!(tesseract_children(), 0, "no tesseract process is left running");
+    assert_eq!(
+        tesseract_children(),
+        0,
+        "no tesseract process is left running"
+    );
 }

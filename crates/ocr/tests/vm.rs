@@ -15,23 +15,36 @@ use machinist_ocr::{decode_image, Ocr, OcrConfig, OcrError, ScreenSource};
 const SENTENCE: &str = "Machinist reads the guest console: sentence 4711 is here.";
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into()
 }
 
 fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
     let boot = dir.join("root/boot");
-    std::fs::read_dir(boot).ok()?.flatten().map(|e| e.path()).find(|p| {
-        p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-    })
+    std::fs::read_dir(boot)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
 }
 
 /// Debian's cloud kernel, downloaded once with apt-get into the cache.
 fn kernel() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
+        })
         .join("machinist");
     for d in [cache.join("ocr-test-kernel"), cache.join("ocr-corpus")] {
         if let Some(k) = find_vmlinuz(&d) {
@@ -43,12 +56,26 @@ fn kernel() -> PathBuf {
     let deps = run(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]));
     let pkg = deps
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Depends: ").filter(|p| p.starts_with("linux-image-")))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Depends: ")
+                .filter(|p| p.starts_with("linux-image-"))
+        })
         .expect("apt-cache knows linux-image-cloud-amd64's versioned package")
         .to_string();
-    run(Command::new("apt-get").args(["download", &pkg]).current_dir(&dir));
-    let deb = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "deb")).unwrap();
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir.join("root")));
+    run(Command::new("apt-get")
+        .args(["download", &pkg])
+        .current_dir(&dir));
+    let deb = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .unwrap();
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.join("root")));
     find_vmlinuz(&dir).expect("the kernel package has /boot/vmlinuz-*")
 }
 
@@ -102,8 +129,14 @@ impl Qmp {
                 Err(e) => panic!("QMP socket {} did not come up: {e}", path.display()),
             }
         };
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut q = Qmp { reader: BufReader::new(stream.try_clone().unwrap()), writer: stream, shot };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut q = Qmp {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            shot,
+        };
         let mut greeting = String::new();
         q.reader.read_line(&mut greeting).unwrap();
         assert!(greeting.contains("QMP"), "{greeting}");
@@ -112,10 +145,18 @@ impl Qmp {
     }
 
     fn execute(&mut self, cmd: &str) -> Result<String, String> {
-        self.writer.write_all(cmd.as_bytes()).and_then(|()| self.writer.write_all(b"\n")).map_err(|e| e.to_string())?;
+        self.writer
+            .write_all(cmd.as_bytes())
+            .and_then(|()| self.writer.write_all(b"\n"))
+            .map_err(|e| e.to_string())?;
         loop {
             let mut line = String::new();
-            if self.reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            if self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?
+                == 0
+            {
                 return Err("QMP closed".into());
             }
             if line.contains("\"return\"") {
@@ -130,7 +171,10 @@ impl Qmp {
 
 impl ScreenSource for Qmp {
     fn grab(&mut self) -> Result<RgbImage, OcrError> {
-        let cmd = format!(r#"{{"execute":"screendump","arguments":{{"filename":"{}"}}}}"#, self.shot.display());
+        let cmd = format!(
+            r#"{{"execute":"screendump","arguments":{{"filename":"{}"}}}}"#,
+            self.shot.display()
+        );
         self.execute(&cmd).map_err(OcrError::Screenshot)?;
         let bytes = std::fs::read(&self.shot).map_err(|e| OcrError::Screenshot(e.to_string()))?;
         decode_image(&bytes)
@@ -145,7 +189,9 @@ fn vm_wait_for_text_on_guest_console() {
         .write(true)
         .open("/tmp/machinist-vm-tests.lock")
         .unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
 
     let ocr = Ocr::new(OcrConfig::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -153,7 +199,19 @@ fn vm_wait_for_text_on_guest_console() {
     let initrd = initramfs(dir.path());
     let sock = dir.path().join("qmp.sock");
     let _vm = Vm(Command::new("qemu-system-x86_64")
-        .args(["-M", "q35", "-accel", "tcg", "-m", "256", "-display", "none", "-vga", "std", "-no-reboot"])
+        .args([
+            "-M",
+            "q35",
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-display",
+            "none",
+            "-vga",
+            "std",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")
@@ -164,9 +222,18 @@ fn vm_wait_for_text_on_guest_console() {
         .stdin(Stdio::null())
         .spawn()
         .expect("qemu-system-x86_64 is installed (Debian package qemu-system-x86)"));
-    let mut qmp = Qmp::connect(&sock, dir.path().join("screen.ppm"), Instant::now() + Duration::from_secs(20));
+    let mut qmp = Qmp::connect(
+        &sock,
+        dir.path().join("screen.ppm"),
+        Instant::now() + Duration::from_secs(20),
+    );
     let m = ocr
-        .wait_for_text_str(&mut qmp, r"sentence 4711 is here", Duration::from_secs(180), &dir.path().join("failures"))
+        .wait_for_text_str(
+            &mut qmp,
+            r"sentence 4711 is here",
+            Duration::from_secs(180),
+            &dir.path().join("failures"),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "found {:?} via {} after {:?} ({} screenshots, {} OCR attempts)",
