@@ -99,9 +99,21 @@ impl NodeLayer {
         // Firewall.
         l.text("root/etc/nftables.conf", 0o755, units::nftables(&cfg.firewall));
         if cfg.firewall.enable {
+            l.text(
+                format!("root/etc/systemd/system/{}", units::FIREWALL_UNIT),
+                0o644,
+                units::firewall_unit(),
+            );
             l.link(
-                "root/etc/systemd/system/sysinit.target.wants/nftables.service",
-                "/lib/systemd/system/nftables.service",
+                format!("root/etc/systemd/system/sysinit.target.wants/{}", units::FIREWALL_UNIT),
+                format!("/etc/systemd/system/{}", units::FIREWALL_UNIT),
+            );
+            // Load the netfilter modules in one systemd-modules-load process (libkmod, no fork
+            // per module) instead of nft triggering one modprobe per module (seconds under TCG).
+            l.text(
+                "root/etc/modules-load.d/machinist-nftables.conf",
+                0o644,
+                units::NFTABLES_MODULES.join("\n") + "\n",
             );
         }
 

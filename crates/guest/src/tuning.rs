@@ -129,6 +129,7 @@ pub const DISABLED_GENERATORS: &[&str] = &[
     "systemd-debug-generator",
     "systemd-sysv-generator",
     "systemd-getty-generator",
+    "systemd-fstab-generator",
 ];
 
 /// Modules udev would load for nothing under TCG (the default CPU advertises SVM, so kvm_amd).
@@ -149,7 +150,7 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
     // Common to both profiles.
     s.push(file("/etc/hostname", "machinist\n", 0o644));
     s.push(file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n", 0o644));
-    s.push(file("/etc/fstab", "/dev/vda / ext4 rw,noatime 0 0\n", 0o644));
+    s.push(file("/etc/fstab", FSTAB, 0o644));
     s.push(file("/etc/machine-id", format!("{machine_id}\n"), 0o444));
     s.push(file(APPLY_LAYER_PATH, APPLY_LAYER_SCRIPT, 0o755));
     for (path, contents, mode) in &backdoor.files {
@@ -211,6 +212,10 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
     }
     s
 }
+
+/// /etc/fstab: empty, because the initramfs already mounted / rw,noatime (an entry would make
+/// systemd wait for udev to announce dev-vda.device and run fsck/remount units).
+pub const FSTAB: &str = "# / is mounted rw,noatime by the initramfs (root=/dev/vda rw); nothing else to mount.\n";
 
 /// Packages every image has.
 pub const BASE_PACKAGES: &[&str] = &[

@@ -158,7 +158,7 @@ fn apply_layer_installs_files_into_a_root() {
     assert_eq!((m.uid(), m.gid()), (1, 1));
     assert_eq!(std::fs::metadata(root.join("etc")).unwrap().mode() & 0o7777, 0o750);
     assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "n\n");
-    assert!(std::fs::symlink_metadata(root.join("etc/systemd/system/sysinit.target.wants/nftables.service")).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(root.join("etc/systemd/system/sysinit.target.wants/machinist-firewall.service")).unwrap().file_type().is_symlink());
 }
 
 fn invalid(nodes: &[(&str, &NodeConfig)]) -> String {

@@ -66,7 +66,7 @@ if [ -s /etc/tmpfiles.d/machinist.conf ]; then
 	systemd-tmpfiles --create /etc/tmpfiles.d/machinist.conf
 fi
 systemctl daemon-reload
-if [ -e /etc/systemd/system/sysinit.target.wants/nftables.service ]; then
+if [ -e /etc/systemd/system/sysinit.target.wants/machinist-firewall.service ]; then
 	nft -f /etc/nftables.conf
 else
 	nft flush ruleset 2>/dev/null || true
