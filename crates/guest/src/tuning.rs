@@ -106,6 +106,7 @@ pub const MASKED_UNITS: &[(&str, &str)] = &[
     ("systemd-pstore.service", "no pstore"),
     ("systemd-logind.service", "no dbus in the image, no logins to track; tests use the backdoor"),
     ("kmod-static-nodes.service", "static /dev nodes for modules we never load"),
+    ("systemd-tmpfiles-setup-dev.service", "devtmpfs already has the nodes; it delays udevd (and so networkd) by ~0.5 s under TCG"),
     ("systemd-machine-id-commit.service", "machine-id is a regular file"),
     ("apt-daily.timer", "no package updates in a test VM"),
     ("apt-daily-upgrade.timer", "no package updates in a test VM"),
