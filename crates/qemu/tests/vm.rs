@@ -19,6 +19,21 @@ use tokio::io::AsyncReadExt;
 const MARKER: &str = "MACHINIST-TEST-READY";
 const HELPER_ENV: &str = "MACHINIST_QEMU_TEST_HELPER";
 
+/// Takes the host VM lock, reporting the wait (test durations include it).
+fn vm_lock() -> VmTestLock {
+    let t = Instant::now();
+    let l = VmTestLock::acquire().unwrap();
+    let waited = t.elapsed();
+    if waited > Duration::from_millis(100) {
+        eprintln!(
+            "(waited {:.1}s for the VM lock {})",
+            waited.as_secs_f64(),
+            l.path().display()
+        );
+    }
+    l
+}
+
 /// Whether `/proc/<pid>` is gone or a zombie (a zombie has no resources left; reaping it is
 /// its parent's job).
 fn dead(pid: u32) -> bool {
@@ -69,7 +84,7 @@ fn png_size(data: &[u8]) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_boot_serial_qmp_screendump_reset_quit() {
-    let _lock = VmTestLock::acquire().unwrap();
+    let _lock = vm_lock();
     let kernel = tokio::task::spawn_blocking(test_kernel)
         .await
         .unwrap()
@@ -329,7 +344,7 @@ fn paused_qemu(name: &str) -> QemuCommand {
 
 #[test]
 fn vm_drop_leaves_no_process() {
-    let _lock = VmTestLock::acquire().unwrap();
+    let _lock = vm_lock();
     let qemu = QemuProcess::spawn(&paused_qemu("dropme")).unwrap();
     let pid = qemu.pid();
     std::thread::sleep(Duration::from_millis(300));
@@ -363,7 +378,7 @@ fn helper_parent_process_for_sigkill_test() {
 
 #[test]
 fn vm_parent_sigkill_kills_qemu() {
-    let _lock = VmTestLock::acquire().unwrap();
+    let _lock = vm_lock();
     let mut helper = KillOnDrop(
         Command::new(std::env::current_exe().unwrap())
             .args([
@@ -418,7 +433,7 @@ impl Drop for KillOnDrop {
 
 #[tokio::test]
 async fn vm_invalid_option_surfaces_qemu_message() {
-    let _lock = VmTestLock::acquire().unwrap();
+    let _lock = vm_lock();
     let cmd = paused_qemu("badopt").arg("-device").arg("foo");
     let qemu = QemuProcess::spawn(&cmd).unwrap();
     let err = qemu
@@ -454,7 +469,7 @@ fn bad_input_is_rejected_before_spawn() {
 
 #[test]
 fn vm_probe_returns_tcg_with_reason() {
-    let _lock = VmTestLock::acquire().unwrap();
+    let _lock = vm_lock();
     let cache = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let c = accel::decide(None, cache.path(), Path::new("/dev/kvm"));
