@@ -296,6 +296,23 @@ impl QemuProcess {
         }
     }
 
+    /// Like [`QemuProcess::while_running`] for fallible futures: when `fut` fails, QEMU exiting
+    /// is usually the real cause (e.g. QMP closes because QEMU rejected an option), so if QEMU
+    /// exits within a second of the failure, [`QemuError::Exited`] (with QEMU's stderr) is
+    /// returned instead of `fut`'s error. Success is returned at once.
+    pub async fn while_running_try<T, E>(
+        &self,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, QemuError> {
+        match self.while_running(fut).await? {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) => match tokio::time::timeout(Duration::from_secs(1), self.wait()).await {
+                Ok(status) => Err(self.exited_error(status).await),
+                Err(_) => Ok(Err(e)),
+            },
+        }
+    }
+
     /// If QEMU has exited, the error describing it (with stderr), else `None`.
     pub async fn exit_error(&self) -> Option<QemuError> {
         let status = self.try_wait()?;

@@ -448,6 +448,24 @@ async fn vm_invalid_option_surfaces_qemu_message() {
     );
     assert!(msg.contains("badopt"), "{msg}");
     assert!(qemu.exit_error().await.is_some());
+
+    // Waiting for QMP: QEMU connects and greets, then rejects the option and exits. Plain
+    // `while_running` would report "QMP connection closed"; `while_running_try` gives QEMU's
+    // own message.
+    let dir = tempfile::tempdir().unwrap();
+    let qmp_path = dir.path().join("qmp.sock");
+    let listener = bind_listener(&qmp_path).unwrap();
+    let cmd = paused_qemu("badopt2")
+        .qmp(&qmp_path)
+        .arg("-device")
+        .arg("foo");
+    let qemu = QemuProcess::spawn(&cmd).unwrap();
+    let err = qemu
+        .while_running_try(Qmp::accept(&listener, Duration::from_secs(20)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("-device foo"), "{err}");
 }
 
 #[test]
