@@ -12,7 +12,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus"),
         PathBuf::from,
     );
-    let ocr = Ocr::new(OcrConfig::default())?;
+    let mut cfg = OcrConfig::default();
+    if let Ok(psm) = std::env::var("OCR_PSM") {
+        cfg.tesseract.psm = psm.parse()?;
+    }
+    if std::env::var_os("TESSERACT_ONLY").is_some() {
+        cfg.variants
+            .retain(|v| v.reader == machinist_ocr::Reader::Tesseract);
+    }
+    let ocr = Ocr::new(cfg)?;
     let mut entries: Vec<_> = std::fs::read_dir(&dir)?
         .flatten()
         .map(|e| e.path())

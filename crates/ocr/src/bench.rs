@@ -10,6 +10,10 @@
 //! by tesseract, one after another (their pool has `max(1, cores/4)` workers, i.e. one on
 //! machines with fewer than 8 cores); `wait_for_text` = screenshot + all three variants per
 //! attempt until one matches.
+//!
+//! Latencies are means per screenshot. The `tesseract_only_*` metrics leave our exact console
+//! reader out and compare our tesseract variants alone with theirs (baseline values are the
+//! same runs as above).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -364,6 +368,48 @@ pub fn run(corpus_dir: &Path) -> Result<Vec<Metric>, OcrError> {
         "wait_for_text_found",
         f64::from(ours_ok),
         f64::from(base_ok),
+    ));
+
+    // Like for like: only our tesseract variants (no console reader) against theirs.
+    let mut cfg = OcrConfig::default();
+    cfg.variants
+        .retain(|v| v.reader == crate::Reader::Tesseract);
+    let tess = Ocr::new(cfg)?;
+    let (mut single_t, mut multi_t, mut single_x, mut multi_x) = (0.0, 0.0, Vec::new(), Vec::new());
+    for e in &entries {
+        let t = Instant::now();
+        single_x.push(tess.get_screen_text(&e.image)?);
+        single_t += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        multi_x.push(tess.get_screen_text_variants(&e.image)?.join("\n"));
+        multi_t += t.elapsed().as_secs_f64();
+    }
+    let baselines = metrics.clone();
+    let base = |name: &str| {
+        baselines
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(0.0, |m| m.baseline)
+    };
+    metrics.push(Metric::lower_is_better(
+        "tesseract_only_single_latency_s",
+        single_t / n,
+        base("single_latency_s"),
+    ));
+    metrics.push(Metric::higher_is_better(
+        "tesseract_only_single_recall",
+        recall_of(&entries, &single_x),
+        base("single_recall"),
+    ));
+    metrics.push(Metric::lower_is_better(
+        "tesseract_only_variants_latency_s",
+        multi_t / n,
+        base("variants_latency_s"),
+    ));
+    metrics.push(Metric::higher_is_better(
+        "tesseract_only_variants_recall",
+        recall_of(&entries, &multi_x),
+        base("variants_recall"),
     ));
 
     let _ = std::fs::remove_dir_all(&scratch);

@@ -129,10 +129,10 @@ impl Ocr {
             }));
         }
         let prepared = variant.apply(img);
-        let Some(tsv) = self
-            .config
-            .tesseract
-            .run(&encode_pgm(&prepared), &variant.name, cancel)?
+        let psm = variant.psm.unwrap_or(self.config.tesseract.psm);
+        let tesseract = &self.config.tesseract;
+        let Some(tsv) =
+            tesseract.run_with_psm(&encode_pgm(&prepared), &variant.name, psm, cancel)?
         else {
             return Ok(None);
         };

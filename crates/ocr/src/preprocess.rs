@@ -83,6 +83,9 @@ pub struct Variant {
     pub name: String,
     /// What reads the image.
     pub reader: Reader,
+    /// tesseract page segmentation mode for this variant (`None`: `TesseractConfig::psm`).
+    /// 11 (sparse text) suits scattered GUI text, 6 (one uniform block) suits consoles.
+    pub psm: Option<u8>,
     /// Gray conversion.
     pub gray: Gray,
     /// Steps applied in order after the gray conversion.
@@ -90,14 +93,21 @@ pub struct Variant {
 }
 
 impl Variant {
-    /// A variant from its name, gray conversion and steps.
+    /// A tesseract variant from its name, gray conversion and steps.
     pub fn new(name: &str, gray: Gray, steps: &[Step]) -> Variant {
         Variant {
             name: name.to_string(),
             reader: Reader::Tesseract,
+            psm: None,
             gray,
             steps: steps.to_vec(),
         }
+    }
+
+    /// The same variant with its own tesseract page segmentation mode.
+    pub fn with_psm(mut self, psm: u8) -> Variant {
+        self.psm = Some(psm);
+        self
     }
 
     /// The exact text-console reader (see [`Reader::ConsoleFont`]).
@@ -105,6 +115,7 @@ impl Variant {
         Variant {
             name: name.to_string(),
             reader: Reader::ConsoleFont,
+            psm: None,
             gray: Gray::Luma,
             steps: Vec::new(),
         }
@@ -138,25 +149,18 @@ const UP2: Step = Step::Upscale {
 
 /// The default variants, best first: `get_screen_text` uses the first that applies to the
 /// screen, `get_screen_text_variants` and `wait_for_text` use all of them (concurrently,
-/// stopping at the first match).
+/// stopping at the first match). One line per variant.
+///
+/// `luma` (one text block, psm 6) is the best single tesseract variant on our corpus (word recall
+/// 0.90 against 0.81 for the sparse-text variants); `upscaled` and `binary` use psm 11 (sparse
+/// text, as NixOS does), which suits scattered GUI text, and add diversity to the race.
+#[rustfmt::skip]
 pub fn default_variants() -> Vec<Variant> {
     vec![
         Variant::console_font("console"),
-        Variant::new(
-            "upscaled",
-            Gray::MaxChannel,
-            &[UP2, Step::Normalize { clip: 0.0 }, Step::DarkOnLight],
-        ),
-        Variant::new(
-            "binary",
-            Gray::MaxChannel,
-            &[UP2, Step::Otsu, Step::DarkOnLight],
-        ),
-        Variant::new(
-            "luma",
-            Gray::Luma,
-            &[UP2, Step::Normalize { clip: 0.01 }, Step::DarkOnLight],
-        ),
+        Variant::new("luma", Gray::Luma, &[UP2, Step::Normalize { clip: 0.01 }, Step::DarkOnLight]).with_psm(6),
+        Variant::new("upscaled", Gray::MaxChannel, &[UP2, Step::Normalize { clip: 0.0 }, Step::DarkOnLight]),
+        Variant::new("binary", Gray::MaxChannel, &[UP2, Step::Otsu, Step::DarkOnLight]),
     ]
 }
 

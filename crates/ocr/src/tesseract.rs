@@ -40,8 +40,13 @@ impl Default for TesseractConfig {
 impl TesseractConfig {
     /// The arguments after the program name: image from stdin, TSV to stdout.
     pub fn args(&self) -> Vec<String> {
+        self.args_with_psm(self.psm)
+    }
+
+    /// [`TesseractConfig::args`] with another page segmentation mode.
+    pub fn args_with_psm(&self, psm: u8) -> Vec<String> {
         let mut a: Vec<String> = ["-", "-", "--psm"].map(String::from).to_vec();
-        a.push(self.psm.to_string());
+        a.push(psm.to_string());
         a.extend([
             "-l".to_string(),
             self.lang.clone(),
@@ -58,8 +63,12 @@ impl TesseractConfig {
 
     /// The command line as one string (for error messages and logs).
     pub fn command_line(&self) -> String {
+        self.command_line_with_psm(self.psm)
+    }
+
+    fn command_line_with_psm(&self, psm: u8) -> String {
         let mut s = self.program.display().to_string();
-        for a in self.args() {
+        for a in self.args_with_psm(psm) {
             s.push(' ');
             s.push_str(&a);
         }
@@ -104,12 +113,23 @@ impl TesseractConfig {
         variant: &str,
         cancel: &Canceller,
     ) -> Result<Option<String>, OcrError> {
+        self.run_with_psm(image, variant, self.psm, cancel)
+    }
+
+    /// [`TesseractConfig::run`] with another page segmentation mode.
+    pub fn run_with_psm(
+        &self,
+        image: &[u8],
+        variant: &str,
+        psm: u8,
+        cancel: &Canceller,
+    ) -> Result<Option<String>, OcrError> {
         let io_err = |source| OcrError::TesseractIo {
             variant: variant.to_string(),
             source,
         };
         let mut cmd = Command::new(&self.program);
-        cmd.args(self.args())
+        cmd.args(self.args_with_psm(psm))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -170,7 +190,7 @@ impl TesseractConfig {
                 variant: variant.to_string(),
                 status: status.to_string(),
                 stderr: tail,
-                command: self.command_line(),
+                command: self.command_line_with_psm(psm),
             });
         }
         String::from_utf8(out)
