@@ -519,3 +519,92 @@ fn vm_probe_returns_tcg_with_reason() {
         .collect();
     assert!(left.is_empty(), "probe QEMU left: {left:?}");
 }
+
+/// Warm start: migrate a running guest to a file, restore it with `-incoming`, and the guest's
+/// shell on ttyS0 carries on where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_migrate_to_file_and_restore() {
+    let _lock = vm_lock();
+    let kernel = tokio::task::spawn_blocking(test_kernel)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.cpio");
+    TinyInitramfs::new(MARKER)
+        .after(AfterMarker::Shell)
+        .write(&kernel, &initrd)
+        .unwrap();
+    let qmp_path = dir.path().join("qmp.sock");
+    let state = dir.path().join("state");
+    let cmd = QemuCommand::new("mig")
+        .kernel(&kernel.vmlinuz)
+        .initrd(&initrd)
+        .append(TINY_APPEND)
+        .memory_mib(256)
+        .qmp(&qmp_path);
+
+    let listener = bind_listener(&qmp_path).unwrap();
+    let src = QemuProcess::spawn(&cmd).unwrap();
+    let qmp = src
+        .while_running_try(Qmp::accept(&listener, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap();
+    src.serial()
+        .wait_for(0, MARKER, |l| l.contains(MARKER), Duration::from_secs(60))
+        .await
+        .unwrap();
+    src.write_stdin(b"X=before-migration\n").unwrap();
+    let t = Instant::now();
+    qmp.migrate(&format!("exec:cat > {}", state.display()))
+        .await
+        .unwrap();
+    let info = qmp.wait_migration(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(info.status, "completed");
+    let t_save = t.elapsed();
+    qmp.quit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), src.wait())
+        .await
+        .unwrap();
+    let size = std::fs::metadata(&state).unwrap().len();
+
+    let listener = bind_listener(&qmp_path).unwrap();
+    let t = Instant::now();
+    let dst = QemuProcess::spawn(
+        &cmd.clone()
+            .incoming(format!("exec:cat {}", state.display())),
+    )
+    .unwrap();
+    let qmp = dst
+        .while_running_try(Qmp::accept(&listener, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = qmp.query_status().await.unwrap();
+        if st.running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restored VM not running: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t_restore = t.elapsed();
+    dst.write_stdin(b"echo \"$X restored-$((1+1))\"\n").unwrap();
+    dst.serial()
+        .wait_for(
+            0,
+            "restored echo",
+            |l| l == "before-migration restored-2",
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    eprintln!(
+        "MEASURED migrate to file {:.2}s ({} MiB), spawn -> restored VM running {:.2}s",
+        t_save.as_secs_f64(),
+        size >> 20,
+        t_restore.as_secs_f64()
+    );
+}
