@@ -212,8 +212,13 @@ impl NodeConfig {
 pub struct FileSpec {
     /// Absolute path in the guest.
     pub path: String,
-    /// Contents (literal text, or a template already rendered by the caller).
+    /// Contents (literal text, or a template already rendered by the caller). Ignored when
+    /// `source` is set.
     pub contents: String,
+    /// A file on the host whose bytes are the contents (binaries such as a server executable);
+    /// read when the node layer is rendered, so a changed file never rebuilds an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<std::path::PathBuf>,
     /// Name of the template the contents came from, if any (for logs and errors).
     #[serde(default)]
     pub template: Option<String>,
@@ -242,6 +247,7 @@ impl FileSpec {
         FileSpec {
             path: path.into(),
             contents: contents.into(),
+            source: None,
             template: None,
             mode: default_file_mode(),
             owner: root(),
@@ -257,6 +263,13 @@ impl FileSpec {
     ) -> Self {
         let mut f = FileSpec::new(path, rendered);
         f.template = Some(template.into());
+        f
+    }
+
+    /// A root-owned 0644 file copied from `host_path` on the host (any bytes).
+    pub fn from_host(path: impl Into<String>, host_path: impl Into<std::path::PathBuf>) -> Self {
+        let mut f = FileSpec::new(path, String::new());
+        f.source = Some(host_path.into());
         f
     }
 

@@ -129,7 +129,13 @@ impl NodeLayer {
 
         // Files.
         for f in &cfg.files {
-            l.text(format!("root{}", f.path), f.mode, f.contents.clone());
+            let contents = match &f.source {
+                Some(host) => std::fs::read(host).map_err(|e| {
+                    GuestError::io(format!("node {name}: reading the host file for {}", f.path), host, e)
+                })?,
+                None => f.contents.clone().into_bytes(),
+            };
+            l.bytes(format!("root{}", f.path), f.mode, contents);
             if f.owner != "root" || f.group != "root" {
                 let _ = writeln!(owners, "{} {} {}", f.owner, f.group, f.path);
             }
@@ -196,13 +202,11 @@ impl NodeLayer {
     }
 
     fn text(&mut self, path: impl Into<String>, mode: u32, contents: impl Into<String>) {
-        self.entries.insert(
-            path.into(),
-            LayerEntry::File {
-                contents: contents.into().into_bytes(),
-                mode,
-            },
-        );
+        self.bytes(path, mode, contents.into().into_bytes());
+    }
+
+    fn bytes(&mut self, path: impl Into<String>, mode: u32, contents: Vec<u8>) {
+        self.entries.insert(path.into(), LayerEntry::File { contents, mode });
     }
 
     fn link(&mut self, path: impl Into<String>, target: impl Into<String>) {
@@ -286,9 +290,16 @@ impl NodeLayer {
             match entry {
                 LayerEntry::File { contents, mode } => {
                     let _ = writeln!(out, "=== {path} (mode {mode:o})");
-                    out.push_str(&String::from_utf8_lossy(contents));
-                    if !contents.ends_with(b"\n") && !contents.is_empty() {
-                        out.push('\n');
+                    match std::str::from_utf8(contents) {
+                        Ok(text) => {
+                            out.push_str(text);
+                            if !text.ends_with('\n') && !text.is_empty() {
+                                out.push('\n');
+                            }
+                        }
+                        Err(_) => {
+                            let _ = writeln!(out, "<{} bytes of binary data>", contents.len());
+                        }
                     }
                 }
                 LayerEntry::Symlink { target } => {
