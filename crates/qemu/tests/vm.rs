@@ -100,7 +100,26 @@ async fn vm_boot_serial_qmp_screendump_reset_quit() {
     let con_path = dir.path().join("shell.sock");
     let qmp_listener = bind_listener(&qmp_path).unwrap();
     let con_listener = bind_listener(&con_path).unwrap();
+    // Every element of a typical test node's command line, against real QEMU: a qcow2 overlay,
+    // a stream NIC into a listening "switch port" and a user-net NIC.
+    let base = dir.path().join("base.img");
+    std::fs::write(&base, vec![0u8; 4 << 20]).unwrap();
+    let overlay = dir.path().join("vm1.qcow2");
+    machinist_qemu::overlay::create_qcow2_overlay(&base, "raw", &overlay).unwrap();
+    let port_path = dir.path().join("vlan1.sock");
+    let port_listener = bind_listener(&port_path).unwrap();
     let cmd = QemuCommand::new("vm1")
+        .drive(machinist_qemu::Drive::qcow2(&overlay))
+        .nic(machinist_qemu::Nic::stream(
+            "nic-vlan1",
+            "52:54:00:12:01:01",
+            &port_path,
+        ))
+        .nic(machinist_qemu::Nic::user(
+            "nic-user",
+            "52:54:00:12:ff:01",
+            true,
+        ))
         .kernel(&kernel.vmlinuz)
         .initrd(&initrd)
         .append(TINY_APPEND)
@@ -112,11 +131,21 @@ async fn vm_boot_serial_qmp_screendump_reset_quit() {
     let t0 = Instant::now();
     let qemu = QemuProcess::spawn(&cmd).unwrap();
     let qmp = qemu
-        .while_running(Qmp::accept(&qmp_listener, Duration::from_secs(30)))
+        .while_running_try(Qmp::accept(&qmp_listener, Duration::from_secs(30)))
         .await
         .unwrap()
         .unwrap();
     let qmp_ready = t0.elapsed();
+    let _port = qemu
+        .while_running(machinist_qemu::socket::accept_within(
+            &port_listener,
+            Duration::from_secs(10),
+            "vm1",
+            "the vlan1 switch port",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
     let mut console = qemu
         .while_running(machinist_qemu::socket::accept_within(
             &con_listener,
@@ -262,6 +291,26 @@ async fn vm_boot_serial_qmp_screendump_reset_quit() {
     }
     let hmp = qmp.human_monitor_command("info status").await.unwrap();
     assert!(hmp.contains("running"), "{hmp}");
+    let block = qmp.human_monitor_command("info block").await.unwrap();
+    assert!(block.contains("vm1.qcow2"), "{block}");
+    qmp.set_link("nic-vlan1", false).await.unwrap();
+    let net = qmp.human_monitor_command("info network").await.unwrap();
+    assert!(
+        net.contains("nic-vlan1") && net.contains("nic-user"),
+        "{net}"
+    );
+    assert!(
+        net.contains("52:54:00:12:01:01") && net.contains("restrict=on"),
+        "{net}"
+    );
+    let vlan1_line = net
+        .lines()
+        .find(|l| l.contains("nic-vlan1:"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("info network after set_link down: {net}");
+    qmp.set_link("nic-vlan1", true).await.unwrap();
+    let _ = vlan1_line;
     qmp.stop().await.unwrap();
     assert_eq!(qmp.query_status().await.unwrap().status, "paused");
     qmp.cont().await.unwrap();
