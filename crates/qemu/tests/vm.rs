@@ -303,14 +303,8 @@ async fn vm_boot_serial_qmp_screendump_reset_quit() {
         net.contains("52:54:00:12:01:01") && net.contains("restrict=on"),
         "{net}"
     );
-    let vlan1_line = net
-        .lines()
-        .find(|l| l.contains("nic-vlan1:"))
-        .unwrap_or_default()
-        .to_string();
-    eprintln!("info network after set_link down: {net}");
     qmp.set_link("nic-vlan1", true).await.unwrap();
-    let _ = vlan1_line;
+    // (QEMU 7.2's `info network` shows no link state; the error case above proves ids matter.)
     qmp.stop().await.unwrap();
     assert_eq!(qmp.query_status().await.unwrap().status, "paused");
     qmp.cont().await.unwrap();
