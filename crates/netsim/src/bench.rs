@@ -69,7 +69,9 @@ impl Default for BenchOptions {
             warmup: Duration::from_millis(300),
             samples: 3000,
             memory_ports: 200,
-            filter: std::env::var("NETSIM_BENCH_FILTER").ok().filter(|f| !f.is_empty()),
+            filter: std::env::var("NETSIM_BENCH_FILTER")
+                .ok()
+                .filter(|f| !f.is_empty()),
         }
     }
 }
@@ -80,7 +82,11 @@ pub fn run() -> Result<Vec<BenchLine>, NetsimError> {
 }
 
 fn berr(what: impl Into<String>, path: &Path, e: std::io::Error) -> NetsimError {
-    NetsimError::Client { what: what.into(), path: path.to_path_buf(), source: e }
+    NetsimError::Client {
+        what: what.into(),
+        path: path.to_path_buf(),
+        source: e,
+    }
 }
 
 /// A temporary directory removed on drop.
@@ -89,8 +95,11 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> Result<Self, NetsimError> {
         static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir()
-            .join(format!("nsb-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "nsb-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&p).map_err(|e| berr("creating bench dir", &p, e))?;
         Ok(Self(p))
     }
@@ -114,9 +123,14 @@ impl VdeSwitch {
         let tmp = TempDir::new()?;
         let dir = tmp.0.join("vs");
         let mut cmd = Command::new("vde_switch");
-        cmd.arg("--sock").arg(&dir).arg("--numports").arg(ports.to_string());
+        cmd.arg("--sock")
+            .arg(&dir)
+            .arg("--numports")
+            .arg(ports.to_string());
         // stdin stays open (an EOF on the management console would stop it).
-        cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -125,9 +139,17 @@ impl VdeSwitch {
             });
         }
         let child = cmd.spawn().map_err(|e| {
-            berr("starting vde_switch (install the Debian package vde2)", Path::new("vde_switch"), e)
+            berr(
+                "starting vde_switch (install the Debian package vde2)",
+                Path::new("vde_switch"),
+                e,
+            )
         })?;
-        let mut me = Self { child, dir, _tmp: tmp };
+        let mut me = Self {
+            child,
+            dir,
+            _tmp: tmp,
+        };
         let deadline = Instant::now() + Duration::from_secs(5);
         while !me.dir.join("ctl").exists() {
             if Instant::now() > deadline {
@@ -213,7 +235,8 @@ struct StreamEnd {
 impl StreamEnd {
     fn connect(path: &Path, batch: &[Vec<u8>]) -> Result<Self, NetsimError> {
         let s = UnixStream::connect(path).map_err(|e| berr("connecting", path, e))?;
-        s.set_nonblocking(true).map_err(|e| berr("nonblocking", path, e))?;
+        s.set_nonblocking(true)
+            .map_err(|e| berr("nonblocking", path, e))?;
         let mut out = Vec::new();
         for f in batch {
             crate::framing::encode_into(&mut out, f);
@@ -279,8 +302,14 @@ impl Endpoint for StreamEnd {
 }
 
 fn poll_fds(fds: &[RawFd], events: i16, timeout_ms: i32) {
-    let mut p: Vec<libc::pollfd> =
-        fds.iter().map(|fd| libc::pollfd { fd: *fd, events, revents: 0 }).collect();
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: *fd,
+            events,
+            revents: 0,
+        })
+        .collect();
     // SAFETY: `p` is a valid array of pollfd for the call.
     unsafe {
         libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms);
@@ -330,12 +359,14 @@ fn connect(
                 sw.wait_connected(&name, Duration::from_secs(5))?;
                 Box::new(e)
             }
-            (Target::Ours(sw), Transport::Vde) => {
-                Box::new(VdeEnd { c: VdeClient::connect(sw.vde_dir(), 0, "bench")?, batch })
-            }
-            (Target::Theirs(vs), _) => {
-                Box::new(VdeEnd { c: VdeClient::connect(&vs.dir, 0, "bench")?, batch })
-            }
+            (Target::Ours(sw), Transport::Vde) => Box::new(VdeEnd {
+                c: VdeClient::connect(sw.vde_dir(), 0, "bench")?,
+                batch,
+            }),
+            (Target::Theirs(vs), _) => Box::new(VdeEnd {
+                c: VdeClient::connect(&vs.dir, 0, "bench")?,
+                batch,
+            }),
         };
         eps.push(ep);
     }
@@ -367,10 +398,7 @@ fn announce(ep: &mut dyn Endpoint, frame: &[u8], transport: Transport) {
 }
 
 /// Throughput of n/2 senders -> n/2 receivers: (frames/s, Mbit/s) delivered.
-fn throughput(
-    eps: Vec<Box<dyn Endpoint>>,
-    opts: &BenchOptions,
-) -> (f64, f64) {
+fn throughput(eps: Vec<Box<dyn Endpoint>>, opts: &BenchOptions) -> (f64, f64) {
     let half = eps.len() / 2;
     let mut eps = eps;
     let receivers: Vec<Box<dyn Endpoint>> = eps.split_off(half);
@@ -410,9 +438,17 @@ fn throughput(
         }
     });
     std::thread::sleep(opts.warmup);
-    let (f0, b0, t0) = (frames.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed), Instant::now());
+    let (f0, b0, t0) = (
+        frames.load(Ordering::Relaxed),
+        bytes.load(Ordering::Relaxed),
+        Instant::now(),
+    );
     std::thread::sleep(opts.window);
-    let (f1, b1, t1) = (frames.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed), Instant::now());
+    let (f1, b1, t1) = (
+        frames.load(Ordering::Relaxed),
+        bytes.load(Ordering::Relaxed),
+        Instant::now(),
+    );
     stop.store(true, Ordering::Relaxed);
     let _ = tx.join();
     let _ = rx.join();
@@ -451,21 +487,36 @@ fn latency(mut eps: Vec<Box<dyn Endpoint>>, samples: usize) -> (f64, f64) {
         }
     }
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     (pct(0.50), pct(0.99))
 }
 
 fn ours_switch(tmp: &TempDir) -> Result<SwitchHandle, NetsimError> {
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = tmp.0.join(format!("s{}", N.fetch_add(1, Ordering::Relaxed)));
+    let dir = tmp
+        .0
+        .join(format!("s{}", N.fetch_add(1, Ordering::Relaxed)));
     let mut cfg = SwitchConfig::new(1, dir);
     cfg.queue_frames = 4096;
     Switch::start(cfg)
 }
 
 fn line(case: String, ours: f64, baseline: f64, higher_is_better: bool) -> BenchLine {
-    let ratio = if higher_is_better { ours / baseline } else { baseline / ours };
-    let l = BenchLine { case, ours, baseline, ratio };
+    let ratio = if higher_is_better {
+        ours / baseline
+    } else {
+        baseline / ours
+    };
+    let l = BenchLine {
+        case,
+        ours,
+        baseline,
+        ratio,
+    };
     println!("{l}");
     l
 }
@@ -479,18 +530,45 @@ pub fn run_with(opts: &BenchOptions) -> Result<Vec<BenchLine>, NetsimError> {
             continue;
         }
         let sw = ours_switch(&tmp)?;
-        let (ours_fps, ours_mbps) = throughput(connect(&Target::Ours(&sw), Transport::Vde, n, size)?, opts);
+        let (ours_fps, ours_mbps) =
+            throughput(connect(&Target::Ours(&sw), Transport::Vde, n, size)?, opts);
         drop(sw);
         let vs = VdeSwitch::start(64)?;
-        let (base_fps, base_mbps) = throughput(connect(&Target::Theirs(&vs), Transport::Vde, n, size)?, opts);
+        let (base_fps, base_mbps) = throughput(
+            connect(&Target::Theirs(&vs), Transport::Vde, n, size)?,
+            opts,
+        );
         drop(vs);
         let sw = ours_switch(&tmp)?;
-        let (st_fps, st_mbps) = throughput(connect(&Target::Ours(&sw), Transport::Stream, n, size)?, opts);
+        let (st_fps, st_mbps) = throughput(
+            connect(&Target::Ours(&sw), Transport::Stream, n, size)?,
+            opts,
+        );
         drop(sw);
-        lines.push(line(format!("vde_{n}port_{size}B_fps"), ours_fps, base_fps, true));
-        lines.push(line(format!("vde_{n}port_{size}B_mbps"), ours_mbps, base_mbps, true));
-        lines.push(line(format!("stream_{n}port_{size}B_fps"), st_fps, base_fps, true));
-        lines.push(line(format!("stream_{n}port_{size}B_mbps"), st_mbps, base_mbps, true));
+        lines.push(line(
+            format!("vde_{n}port_{size}B_fps"),
+            ours_fps,
+            base_fps,
+            true,
+        ));
+        lines.push(line(
+            format!("vde_{n}port_{size}B_mbps"),
+            ours_mbps,
+            base_mbps,
+            true,
+        ));
+        lines.push(line(
+            format!("stream_{n}port_{size}B_fps"),
+            st_fps,
+            base_fps,
+            true,
+        ));
+        lines.push(line(
+            format!("stream_{n}port_{size}B_mbps"),
+            st_mbps,
+            base_mbps,
+            true,
+        ));
     }
     // Latency: single frames.
     if opts.wants("latency") {
@@ -549,13 +627,19 @@ fn single(eps: Vec<Box<dyn Endpoint>>, _t: Transport) -> Vec<Box<dyn Endpoint>> 
         }
     }
     let stream = usize::from(_t == Transport::Stream);
-    eps.into_iter().map(|e| Box::new(One(e, stream)) as Box<dyn Endpoint>).collect()
+    eps.into_iter()
+        .map(|e| Box::new(One(e, stream)) as Box<dyn Endpoint>)
+        .collect()
 }
 
 /// RSS growth per connected VDE port, ours (in this process) and vde_switch's.
 fn memory(ports: usize, tmp: &TempDir) -> Result<(f64, f64), NetsimError> {
     let hello = |c: &mut VdeClient, i: usize| {
-        let _ = c.send(&ethernet_frame(BROADCAST, [0x52, 0x54, 0, 0x13, (i >> 8) as u8, i as u8], b"m"));
+        let _ = c.send(&ethernet_frame(
+            BROADCAST,
+            [0x52, 0x54, 0, 0x13, (i >> 8) as u8, i as u8],
+            b"m",
+        ));
     };
     let sw = ours_switch(tmp)?;
     let before = rss_kib("/proc/self/status");

@@ -15,7 +15,11 @@ use crate::sys::{RecvBatch, SendScratch};
 use crate::vde;
 
 fn cerr(what: &str, path: &Path, source: std::io::Error) -> NetsimError {
-    NetsimError::Client { what: what.to_string(), path: path.to_path_buf(), source }
+    NetsimError::Client {
+        what: what.to_string(),
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A client of a stream port (what QEMU's `-netdev stream,server=off` does).
@@ -31,7 +35,8 @@ pub struct StreamClient {
 impl StreamClient {
     /// Connect to the port's socket.
     pub fn connect(path: &Path) -> Result<Self, NetsimError> {
-        let sock = UnixStream::connect(path).map_err(|e| cerr("connecting to stream port", path, e))?;
+        let sock =
+            UnixStream::connect(path).map_err(|e| cerr("connecting to stream port", path, e))?;
         Ok(Self {
             sock,
             path: path.to_path_buf(),
@@ -46,7 +51,9 @@ impl StreamClient {
     pub fn send(&mut self, frame: &[u8]) -> Result<(), NetsimError> {
         self.wbuf.clear();
         crate::framing::encode_into(&mut self.wbuf, frame);
-        self.sock.write_all(&self.wbuf).map_err(|e| cerr("sending a frame", &self.path, e))
+        self.sock
+            .write_all(&self.wbuf)
+            .map_err(|e| cerr("sending a frame", &self.path, e))
     }
 
     /// Send several frames with one write.
@@ -55,12 +62,16 @@ impl StreamClient {
         for f in frames {
             crate::framing::encode_into(&mut self.wbuf, f);
         }
-        self.sock.write_all(&self.wbuf).map_err(|e| cerr("sending frames", &self.path, e))
+        self.sock
+            .write_all(&self.wbuf)
+            .map_err(|e| cerr("sending frames", &self.path, e))
     }
 
     /// Write raw bytes (for malformed-input tests).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), NetsimError> {
-        self.sock.write_all(bytes).map_err(|e| cerr("sending raw bytes", &self.path, e))
+        self.sock
+            .write_all(bytes)
+            .map_err(|e| cerr("sending raw bytes", &self.path, e))
     }
 
     /// Receive one frame, waiting at most `timeout`; `Ok(None)` on timeout.
@@ -120,12 +131,18 @@ impl StreamClient {
                     return Err(cerr(
                         "receiving",
                         &self.path,
-                        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "switch closed the port"),
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "switch closed the port",
+                        ),
                     ))
                 }
                 Ok(k) => self.end += k,
                 Err(e)
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
                     return Ok(0)
                 }
@@ -144,7 +161,12 @@ impl StreamClient {
                 Ok(0) => return true,
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }
             }
         }
     }
@@ -170,16 +192,18 @@ impl VdeClient {
         let own = dir.join(format!(".{:05}-{:05}", std::process::id(), n));
         check_socket_path(&own)?;
         let _ = std::fs::remove_file(&own);
-        let data = UnixDatagram::bind(&own).map_err(|e| cerr("binding the VDE data socket", &own, e))?;
+        let data =
+            UnixDatagram::bind(&own).map_err(|e| cerr("binding the VDE data socket", &own, e))?;
         let result = (|| {
-            let mut ctl =
-                UnixStream::connect(&ctl_path).map_err(|e| cerr("connecting to VDE control", &ctl_path, e))?;
+            let mut ctl = UnixStream::connect(&ctl_path)
+                .map_err(|e| cerr("connecting to VDE control", &ctl_path, e))?;
             ctl.write_all(&vde::encode_request(port, &own, description))
                 .map_err(|e| cerr("sending the VDE request", &ctl_path, e))?;
             ctl.set_read_timeout(Some(Duration::from_secs(5)))
                 .map_err(|e| cerr("setting a timeout", &ctl_path, e))?;
             let mut reply = [0u8; vde::SOCKADDR_UN_LEN];
-            ctl.read_exact(&mut reply).map_err(|e| cerr("reading the VDE reply", &ctl_path, e))?;
+            ctl.read_exact(&mut reply)
+                .map_err(|e| cerr("reading the VDE reply", &ctl_path, e))?;
             let remote = vde::decode_sockaddr_un(&reply).ok_or_else(|| {
                 cerr(
                     "decoding the VDE reply",
@@ -187,7 +211,8 @@ impl VdeClient {
                     std::io::Error::new(std::io::ErrorKind::InvalidData, "not a sockaddr_un"),
                 )
             })?;
-            data.connect(&remote).map_err(|e| cerr("connecting the data socket", &remote, e))?;
+            data.connect(&remote)
+                .map_err(|e| cerr("connecting the data socket", &remote, e))?;
             Ok(ctl)
         })();
         let _ = std::fs::remove_file(&own);
@@ -205,13 +230,19 @@ impl VdeClient {
 
     /// Send one frame (blocks while the switch's queue is full).
     pub fn send(&mut self, frame: &[u8]) -> Result<(), NetsimError> {
-        self.data.send(frame).map(|_| ()).map_err(|e| cerr("sending a frame", &self.dir, e))
+        self.data
+            .send(frame)
+            .map(|_| ())
+            .map_err(|e| cerr("sending a frame", &self.dir, e))
     }
 
     /// Send up to 64 frames with one `sendmmsg` without blocking; returns how many went out
     /// (0 when the switch's queue is full).
     pub fn send_batch(&mut self, frames: &[&[u8]]) -> Result<usize, NetsimError> {
-        match self.send.send(self.data.as_raw_fd(), frames.iter().copied()) {
+        match self
+            .send
+            .send(self.data.as_raw_fd(), frames.iter().copied())
+        {
             Ok(n) => Ok(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
             Err(e) => Err(cerr("sending frames", &self.dir, e)),
@@ -228,7 +259,12 @@ impl VdeClient {
         }
         match self.data.recv(&mut self.buf) {
             Ok(n) => Ok(Some(self.buf[..n].to_vec())),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(cerr("receiving", &self.dir, e)),

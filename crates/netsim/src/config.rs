@@ -119,8 +119,11 @@ impl Impairment {
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
-        for (what, p) in [("loss", self.loss), ("duplicate", self.duplicate), ("reorder", self.reorder)]
-        {
+        for (what, p) in [
+            ("loss", self.loss),
+            ("duplicate", self.duplicate),
+            ("reorder", self.reorder),
+        ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("{what} must be a probability in [0, 1], got {p}"));
             }

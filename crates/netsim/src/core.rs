@@ -69,7 +69,14 @@ pub(crate) struct Limits {
 pub(crate) enum Conn {
     /// `-netdev stream`: outgoing bytes already framed; `out[pos..]` is unsent;
     /// `rbuf[rstart..rend]` is received but not yet forwarded.
-    Stream { sock: UnixStream, out: Vec<u8>, pos: usize, rbuf: Vec<u8>, rstart: usize, rend: usize },
+    Stream {
+        sock: UnixStream,
+        out: Vec<u8>,
+        pos: usize,
+        rbuf: Vec<u8>,
+        rstart: usize,
+        rend: usize,
+    },
     /// VDE: the control stream (EOF = gone) and the data socket; queued frames are
     /// `(offset, len)` into `arena`.
     Dgram {
@@ -252,7 +259,9 @@ impl Core {
     }
 
     pub(crate) fn port(&mut self, i: u32) -> &mut Port {
-        self.ports[i as usize].as_mut().expect("port slots are never removed")
+        self.ports[i as usize]
+            .as_mut()
+            .expect("port slots are never removed")
     }
 
     /// Attach a client; returns its generation.
@@ -271,7 +280,9 @@ impl Core {
     }
 
     pub(crate) fn is_connected(&self, i: u32) -> bool {
-        self.ports[i as usize].as_ref().is_some_and(|p| p.conn.is_some())
+        self.ports[i as usize]
+            .as_ref()
+            .is_some_and(|p| p.conn.is_some())
     }
 
     pub(crate) fn gen_of(&self, i: u32) -> u64 {
@@ -314,8 +325,11 @@ impl Core {
             Ok(p) => p.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        let names: Vec<Option<&str>> =
-            self.ports.iter().map(|p| p.as_ref().map(|p| p.name.as_str())).collect();
+        let names: Vec<Option<&str>> = self
+            .ports
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.name.as_str()))
+            .collect();
         self.compiled = Compiled::build(&policy, &names);
         self.seen_version = v;
         self.ports_changed = false;
@@ -350,7 +364,14 @@ impl Core {
         if self.compiled.any_imp {
             if let Some(imp) = self.compiled.port_imp[si] {
                 let p = self.ports[si].as_mut().expect("port exists");
-                match stage(&mut self.rng, &imp, frame.len(), &mut p.in_clock, now, &mut delay) {
+                match stage(
+                    &mut self.rng,
+                    &imp,
+                    frame.len(),
+                    &mut p.in_clock,
+                    now,
+                    &mut delay,
+                ) {
                     Err(r) => {
                         p.stats.count_drop(r);
                         return;
@@ -360,7 +381,11 @@ impl Core {
                 }
             }
         }
-        let dst = if frame[0] & 1 == 0 { self.macs.get(mac_key(&frame[0..6])) } else { None };
+        let dst = if frame[0] & 1 == 0 {
+            self.macs.get(mac_key(&frame[0..6]))
+        } else {
+            None
+        };
         for _ in 0..copies {
             match dst {
                 Some(d) if d == src => {}
@@ -390,7 +415,14 @@ impl Core {
         if self.compiled.any_imp {
             if let Some(imp) = self.compiled.port_imp[di] {
                 let p = self.ports[di].as_mut().expect("port exists");
-                match stage(&mut self.rng, &imp, frame.len(), &mut p.out_clock, now, &mut delay) {
+                match stage(
+                    &mut self.rng,
+                    &imp,
+                    frame.len(),
+                    &mut p.out_clock,
+                    now,
+                    &mut delay,
+                ) {
                     Err(r) => {
                         p.stats.count_drop(r);
                         return;
@@ -432,7 +464,12 @@ impl Core {
         buf.clear();
         buf.extend_from_slice(frame);
         self.seq += 1;
-        self.delayed.push(Reverse(Delayed { due, seq: self.seq, dst, buf }));
+        self.delayed.push(Reverse(Delayed {
+            due,
+            seq: self.seq,
+            dst,
+            buf,
+        }));
     }
 
     /// When the next delayed frame is due.
@@ -443,7 +480,9 @@ impl Core {
     /// Move every delayed frame due by `now` to its port's queue.
     pub(crate) fn release_due(&mut self, now: Instant) {
         while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
-            let Some(Reverse(d)) = self.delayed.pop() else { break };
+            let Some(Reverse(d)) = self.delayed.pop() else {
+                break;
+            };
             let p = self.port(d.dst);
             p.delayed = p.delayed.saturating_sub(1);
             self.enqueue(d.dst, &d.buf);
@@ -524,7 +563,11 @@ impl Core {
                             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
                         )
                     };
-                    let r = if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) };
+                    let r = if n < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    };
                     match r {
                         Ok(n) => *pos += n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -552,7 +595,9 @@ impl Core {
             Some(Conn::Dgram { sock, arena, q, .. }) => {
                 let fd = sock.as_raw_fd();
                 while !q.is_empty() {
-                    let frames = q.iter().map(|(o, l)| &arena[*o as usize..(*o + *l) as usize]);
+                    let frames = q
+                        .iter()
+                        .map(|(o, l)| &arena[*o as usize..(*o + *l) as usize]);
                     let r = self.send.send(fd, frames);
                     match r {
                         Ok(n) => {
@@ -591,7 +636,12 @@ impl Core {
             p.write_blocked = blocked;
             if let Some(conn) = &p.conn {
                 // Wait for room (EPOLLOUT) only while something is stuck.
-                crate::engine::set_interest(self.epfd, conn.data_fd(), crate::engine::token_data(i, gen, conn), blocked);
+                crate::engine::set_interest(
+                    self.epfd,
+                    conn.data_fd(),
+                    crate::engine::token_data(i, gen, conn),
+                    blocked,
+                );
             }
         }
         if let Some(reason) = failure {

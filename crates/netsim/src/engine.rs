@@ -24,7 +24,11 @@ use crate::vde;
 /// Requests from the handle.
 pub(crate) enum Command {
     /// Start accepting a stream port's client.
-    AddStream { name: String, listener: UnixListener, stats: Arc<PortStats> },
+    AddStream {
+        name: String,
+        listener: UnixListener,
+        stats: Arc<PortStats>,
+    },
     /// Flush the pcap buffer, then acknowledge.
     FlushPcap(std::sync::mpsc::Sender<()>),
     /// Stop the switch.
@@ -47,7 +51,11 @@ impl Commands {
         }
         // SAFETY: fd is a fresh descriptor we own.
         let event = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { queue: Mutex::new(VecDeque::new()), event, stopped: AtomicBool::new(false) })
+        Ok(Self {
+            queue: Mutex::new(VecDeque::new()),
+            event,
+            stopped: AtomicBool::new(false),
+        })
     }
 
     /// Queue a command; false when the switch has stopped.
@@ -68,7 +76,10 @@ impl Commands {
         let mut b = [0u8; 8];
         // SAFETY: reading 8 bytes from our eventfd (non-blocking).
         unsafe { libc::read(self.event.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
-        self.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+        self.queue
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
     }
 }
 
@@ -97,7 +108,13 @@ pub(crate) fn token_data(idx: u32, gen: u64, conn: &Conn) -> u64 {
     }
 }
 
-fn epoll_ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, tok: u64) -> std::io::Result<()> {
+fn epoll_ctl(
+    epfd: RawFd,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    tok: u64,
+) -> std::io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: tok };
     // SAFETY: valid epoll fd and event struct.
     if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
@@ -169,7 +186,11 @@ impl Engine {
         vde_dir: PathBuf,
     ) -> std::io::Result<Self> {
         add(epfd.as_raw_fd(), cmds.event.as_raw_fd(), token(K_CMD, 0, 0))?;
-        add(epfd.as_raw_fd(), vde_listener.as_raw_fd(), token(K_VDE_LISTEN, 0, 0))?;
+        add(
+            epfd.as_raw_fd(),
+            vde_listener.as_raw_fd(),
+            token(K_VDE_LISTEN, 0, 0),
+        )?;
         Ok(Self {
             core,
             epfd,
@@ -199,7 +220,12 @@ impl Engine {
             let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             // SAFETY: `events` is a valid buffer of the given length.
             let n = unsafe {
-                libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, ms)
+                libc::epoll_wait(
+                    self.epfd.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    ms,
+                )
             };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
@@ -237,7 +263,9 @@ impl Engine {
 
     fn dispatch(&mut self, tok: u64, flags: u32) {
         let (kind, idx, gen) = split(tok);
-        let readable = flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32 != 0;
+        let readable = flags
+            & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32
+            != 0;
         let writable = flags & libc::EPOLLOUT as u32 != 0;
         match kind {
             K_CMD => self.commands(),
@@ -267,9 +295,17 @@ impl Engine {
     fn commands(&mut self) {
         for cmd in self.cmds.take() {
             match cmd {
-                Command::AddStream { name, listener, stats } => {
+                Command::AddStream {
+                    name,
+                    listener,
+                    stats,
+                } => {
                     let idx = self.core.add_port(name.clone(), stats);
-                    if let Err(e) = add(self.epfd.as_raw_fd(), listener.as_raw_fd(), token(K_LISTEN, idx, 0)) {
+                    if let Err(e) = add(
+                        self.epfd.as_raw_fd(),
+                        listener.as_raw_fd(),
+                        token(K_LISTEN, idx, 0),
+                    ) {
                         tracing::warn!(port = %name, error = %e, "netsim: cannot watch listener");
                     }
                     self.listeners.push((idx, listener));
@@ -285,7 +321,9 @@ impl Engine {
 
     /// Accept clients of one stream port; a second client while one is connected is refused.
     fn accept_stream(&mut self, idx: u32) {
-        let Some((_, listener)) = self.listeners.iter().find(|(i, _)| *i == idx) else { return };
+        let Some((_, listener)) = self.listeners.iter().find(|(i, _)| *i == idx) else {
+            return;
+        };
         loop {
             let sock = match listener.accept() {
                 Ok((s, _)) => s,
@@ -318,7 +356,8 @@ impl Engine {
             };
             let gen = self.core.connect(idx, conn);
             if let Err(e) = add(self.epfd.as_raw_fd(), fd, token(K_STREAM, idx, gen)) {
-                self.core.close(idx, gen, &format!("cannot watch the connection: {e}"), true);
+                self.core
+                    .close(idx, gen, &format!("cannot watch the connection: {e}"), true);
             }
         }
     }
@@ -326,7 +365,14 @@ impl Engine {
     /// Read what a stream client sent (bounded turn) and forward every whole frame.
     fn read_stream(&mut self, idx: u32, gen: u64) {
         let max_frame = self.core.limits().max_frame;
-        let Some(Conn::Stream { rbuf, rstart, rend, sock, .. }) = &mut self.core.port(idx).conn else {
+        let Some(Conn::Stream {
+            rbuf,
+            rstart,
+            rend,
+            sock,
+            ..
+        }) = &mut self.core.port(idx).conn
+        else {
             return;
         };
         let (mut buf, mut start, mut end) = (std::mem::take(rbuf), *rstart, *rend);
@@ -341,7 +387,9 @@ impl Engine {
             if end == buf.len() {
                 let pending = &buf[start..end];
                 let need = if pending.len() >= HEADER {
-                    HEADER + u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize
+                    HEADER
+                        + u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]])
+                            as usize
                 } else {
                     buf.len() * 2
                 };
@@ -349,10 +397,23 @@ impl Engine {
             }
             let spare = &mut buf[end..];
             // SAFETY: `spare` is valid for writes of its length.
-            let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
             if n == 0 {
                 closed = Some(if end > start {
-                    (format!("truncated frame at end of stream ({} bytes pending)", end - start), true)
+                    (
+                        format!(
+                            "truncated frame at end of stream ({} bytes pending)",
+                            end - start
+                        ),
+                        true,
+                    )
                 } else {
                     ("client disconnected".into(), false)
                 });
@@ -405,7 +466,10 @@ impl Engine {
             buf.truncate(64 * 1024);
             buf.shrink_to_fit();
         }
-        if let Some(Conn::Stream { rbuf, rstart, rend, .. }) = &mut self.core.port(idx).conn {
+        if let Some(Conn::Stream {
+            rbuf, rstart, rend, ..
+        }) = &mut self.core.port(idx).conn
+        {
             *rbuf = buf;
             *rstart = start;
             *rend = end;
@@ -414,7 +478,9 @@ impl Engine {
 
     /// Receive and forward a turn's worth of datagrams, flushing after each batch.
     fn read_dgrams(&mut self, idx: u32) {
-        let Some(mut b) = self.batch.take() else { return };
+        let Some(mut b) = self.batch.take() else {
+            return;
+        };
         let fd = match &self.core.port(idx).conn {
             Some(Conn::Dgram { sock, .. }) => sock.as_raw_fd(),
             _ => {
@@ -443,12 +509,21 @@ impl Engine {
 
     /// The VDE control stream carries nothing after the handshake; EOF closes the port.
     fn read_vde_ctl(&mut self, idx: u32, gen: u64) {
-        let Some(Conn::Dgram { ctl, .. }) = &mut self.core.port(idx).conn else { return };
+        let Some(Conn::Dgram { ctl, .. }) = &mut self.core.port(idx).conn else {
+            return;
+        };
         let mut scratch = [0u8; 256];
         let reason = match ctl.read(&mut scratch) {
             Ok(0) => Some("client closed its VDE control connection".to_string()),
             Ok(_) => None,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => None,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                None
+            }
             Err(e) => Some(format!("control connection failed: {e}")),
         };
         if let Some(r) = reason {
@@ -476,7 +551,13 @@ impl Engine {
                     self.handshakes.len() - 1
                 }
             };
-            if add(self.epfd.as_raw_fd(), sock.as_raw_fd(), token(K_HANDSHAKE, slot as u32, 0)).is_err() {
+            if add(
+                self.epfd.as_raw_fd(),
+                sock.as_raw_fd(),
+                token(K_HANDSHAKE, slot as u32, 0),
+            )
+            .is_err()
+            {
                 continue;
             }
             self.handshakes[slot] = Some(Handshake {
@@ -491,7 +572,10 @@ impl Engine {
     fn expire_handshakes(&mut self, now: Instant) {
         for h in self.handshakes.iter_mut() {
             if h.as_ref().is_some_and(|h| h.deadline <= now) {
-                tracing::warn!(vlan = self.core.shared.vlan, "netsim: VDE client sent no request within 5 s");
+                tracing::warn!(
+                    vlan = self.core.shared.vlan,
+                    "netsim: VDE client sent no request within 5 s"
+                );
                 *h = None;
             }
         }
@@ -499,15 +583,26 @@ impl Engine {
 
     fn handshake(&mut self, slot: usize) {
         let vlan = self.core.shared.vlan;
-        let Some(Some(h)) = self.handshakes.get_mut(slot) else { return };
+        let Some(Some(h)) = self.handshakes.get_mut(slot) else {
+            return;
+        };
         match h.sock.read(&mut h.buf[h.got..]) {
             Ok(0) => {
-                tracing::warn!(vlan, got = h.got, "netsim: VDE client closed before its request");
+                tracing::warn!(
+                    vlan,
+                    got = h.got,
+                    "netsim: VDE client closed before its request"
+                );
                 self.handshakes[slot] = None;
                 return;
             }
             Ok(n) => h.got += n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
                 return
             }
             Err(e) => {
@@ -525,7 +620,9 @@ impl Engine {
                 return;
             }
         };
-        let Some(h) = self.handshakes[slot].take() else { return };
+        let Some(h) = self.handshakes[slot].take() else {
+            return;
+        };
         if let Err(e) = self.attach_vde(h.sock, request) {
             tracing::warn!(vlan, reason = %e, "netsim: VDE client not attached");
         }
@@ -537,16 +634,23 @@ impl Engine {
             request.port
         } else {
             (1u32..)
-                .find(|n| c.port_by_name(&format!("vde{n}")).is_none_or(|i| !c.is_connected(i)))
+                .find(|n| {
+                    c.port_by_name(&format!("vde{n}"))
+                        .is_none_or(|i| !c.is_connected(i))
+                })
                 .unwrap_or(1)
         };
         let name = format!("vde{number}");
         let idx = match c.port_by_name(&name) {
-            Some(i) if c.is_connected(i) => return Err(format!("port {name} requested by a client is in use")),
+            Some(i) if c.is_connected(i) => {
+                return Err(format!("port {name} requested by a client is in use"))
+            }
             Some(i) => {
                 if let Ok(mut reg) = c.shared.registry.lock() {
                     if let Some(e) = reg.iter_mut().find(|e| e.name == name) {
-                        e.kind = PortKind::Vde { description: request.description.clone() };
+                        e.kind = PortKind::Vde {
+                            description: request.description.clone(),
+                        };
                     }
                 }
                 i
@@ -556,7 +660,9 @@ impl Engine {
                 if let Ok(mut reg) = c.shared.registry.lock() {
                     reg.push(RegEntry {
                         name: name.clone(),
-                        kind: PortKind::Vde { description: request.description.clone() },
+                        kind: PortKind::Vde {
+                            description: request.description.clone(),
+                        },
                         stats: stats.clone(),
                     });
                 }
@@ -571,19 +677,33 @@ impl Engine {
             format!("data socket {}: {e}", path.display())
         })?;
         // The reply is 110 bytes on a fresh socket: it fits the send buffer at once.
-        ctl.write_all(&vde::encode_sockaddr_un(&path)).map_err(|e| {
-            let _ = std::fs::remove_file(&path);
-            format!("reply failed: {e}")
-        })?;
+        ctl.write_all(&vde::encode_sockaddr_un(&path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&path);
+                format!("reply failed: {e}")
+            })?;
         let (ctl_fd, data_fd) = (ctl.as_raw_fd(), data.as_raw_fd());
-        let conn = Conn::Dgram { ctl, sock: data, arena: Vec::new(), q: VecDeque::new(), path };
+        let conn = Conn::Dgram {
+            ctl,
+            sock: data,
+            arena: Vec::new(),
+            q: VecDeque::new(),
+            path,
+        };
         let gen = self.core.connect(idx, conn);
         let epfd = self.epfd.as_raw_fd();
         // The ctl socket is already in epoll (as a handshake): retarget it.
-        let r = epoll_ctl(epfd, libc::EPOLL_CTL_MOD, ctl_fd, libc::EPOLLIN as u32, token(K_VDE_CTL, idx, gen))
-            .and_then(|()| add(epfd, data_fd, token(K_VDE_DATA, idx, gen)));
+        let r = epoll_ctl(
+            epfd,
+            libc::EPOLL_CTL_MOD,
+            ctl_fd,
+            libc::EPOLLIN as u32,
+            token(K_VDE_CTL, idx, gen),
+        )
+        .and_then(|()| add(epfd, data_fd, token(K_VDE_DATA, idx, gen)));
         if let Err(e) = r {
-            self.core.close(idx, gen, &format!("cannot watch the connection: {e}"), true);
+            self.core
+                .close(idx, gen, &format!("cannot watch the connection: {e}"), true);
         }
         Ok(())
     }

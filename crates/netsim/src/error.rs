@@ -125,7 +125,10 @@ pub enum NetsimError {
 pub(crate) fn check_socket_path(path: &std::path::Path) -> Result<(), NetsimError> {
     let len = path.as_os_str().len();
     if len >= 108 {
-        return Err(NetsimError::PathTooLong { path: path.to_path_buf(), len });
+        return Err(NetsimError::PathTooLong {
+            path: path.to_path_buf(),
+            len,
+        });
     }
     Ok(())
 }

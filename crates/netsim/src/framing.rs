@@ -60,10 +60,16 @@ mod tests {
         assert_eq!(next_frame(&b[..2], 100), Ok(None));
         assert_eq!(next_frame(&b[..6], 100), Ok(None));
         assert_eq!(next_frame(&b, 100), Ok(Some(3)));
-        assert_eq!(next_frame(&[0, 0, 0, 0], 100), Err(FramingError::ZeroLength));
+        assert_eq!(
+            next_frame(&[0, 0, 0, 0], 100),
+            Err(FramingError::ZeroLength)
+        );
         assert_eq!(
             next_frame(&[0, 1, 0, 0], 100),
-            Err(FramingError::Oversized { len: 65536, max: 100 })
+            Err(FramingError::Oversized {
+                len: 65536,
+                max: 100
+            })
         );
     }
 }

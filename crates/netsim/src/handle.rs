@@ -39,17 +39,20 @@ impl Switch {
     pub fn start(cfg: SwitchConfig) -> Result<SwitchHandle, NetsimError> {
         let vlan = cfg.vlan;
         let vde_dir = cfg.dir.join("vde");
-        std::fs::create_dir_all(&vde_dir)
-            .map_err(|source| NetsimError::CreateDir { path: vde_dir.clone(), source })?;
+        std::fs::create_dir_all(&vde_dir).map_err(|source| NetsimError::CreateDir {
+            path: vde_dir.clone(),
+            source,
+        })?;
         let ctl_path = vde_dir.join("ctl");
         check_socket_path(&ctl_path)?;
         // Data sockets are `<vde_dir>/NNN.M`: make sure those fit too.
         check_socket_path(&vde_dir.join("000.0000000000"))?;
         let ctl = bind_listener(&ctl_path)?;
         let pcap = match &cfg.pcap {
-            Some(p) => Some(
-                PcapWriter::create(p).map_err(|source| NetsimError::Pcap { path: p.clone(), source })?,
-            ),
+            Some(p) => Some(PcapWriter::create(p).map_err(|source| NetsimError::Pcap {
+                path: p.clone(),
+                source,
+            })?),
             None => None,
         };
         let shared = Arc::new(Shared::new(vlan));
@@ -61,8 +64,15 @@ impl Switch {
         let thread_err = |source| NetsimError::Thread { vlan, source };
         let epfd = crate::engine::epoll_create().map_err(thread_err)?;
         let tx = Arc::new(Commands::new().map_err(thread_err)?);
-        let core = Core::new(shared.clone(), limits, cfg.seed, pcap, std::os::fd::AsRawFd::as_raw_fd(&epfd));
-        let engine = Engine::new(core, epfd, tx.clone(), ctl, vde_dir.clone()).map_err(thread_err)?;
+        let core = Core::new(
+            shared.clone(),
+            limits,
+            cfg.seed,
+            pcap,
+            std::os::fd::AsRawFd::as_raw_fd(&epfd),
+        );
+        let engine =
+            Engine::new(core, epfd, tx.clone(), ctl, vde_dir.clone()).map_err(thread_err)?;
         let thread = std::thread::Builder::new()
             .name(format!("netsim-vlan{vlan}"))
             .spawn(move || engine.run())
@@ -87,10 +97,15 @@ fn bind_listener(path: &Path) -> Result<UnixListener, NetsimError> {
             let _ = std::fs::remove_file(path);
         }
     }
-    let l = UnixListener::bind(path)
-        .map_err(|source| NetsimError::Bind { path: path.to_path_buf(), source })?;
+    let l = UnixListener::bind(path).map_err(|source| NetsimError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
     l.set_nonblocking(true)
-        .map_err(|source| NetsimError::Bind { path: path.to_path_buf(), source })?;
+        .map_err(|source| NetsimError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(l)
 }
 
@@ -99,7 +114,12 @@ fn is_vde_name(name: &str) -> bool {
 }
 
 fn check_port_name(name: &str) -> Result<(), NetsimError> {
-    let bad = |why| Err(NetsimError::InvalidPortName { name: name.to_string(), why });
+    let bad = |why| {
+        Err(NetsimError::InvalidPortName {
+            name: name.to_string(),
+            why,
+        })
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -109,7 +129,10 @@ fn check_port_name(name: &str) -> Result<(), NetsimError> {
     if name.starts_with('.') {
         return bad("it starts with a dot");
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return bad("only ASCII letters, digits, '-', '_' and '.' are allowed");
     }
     if is_vde_name(name) {
@@ -139,9 +162,16 @@ impl SwitchHandle {
         let path = self.dir.join(format!("{name}.sock"));
         check_socket_path(&path)?;
         let vlan = self.shared.vlan;
-        let mut reg = self.shared.registry.lock().map_err(|_| NetsimError::Stopped { vlan })?;
+        let mut reg = self
+            .shared
+            .registry
+            .lock()
+            .map_err(|_| NetsimError::Stopped { vlan })?;
         if reg.iter().any(|e| e.name == name) {
-            return Err(NetsimError::DuplicatePort { name: name.to_string(), vlan });
+            return Err(NetsimError::DuplicatePort {
+                name: name.to_string(),
+                vlan,
+            });
         }
         let listener = bind_listener(&path)?;
         let stats = Arc::new(PortStats::default());
@@ -153,7 +183,11 @@ impl SwitchHandle {
         drop(reg);
         // The switch thread creates the port slot; policy set meanwhile applies once it exists.
         self.tx
-            .send(Command::AddStream { name: name.to_string(), listener, stats })
+            .send(Command::AddStream {
+                name: name.to_string(),
+                listener,
+                stats,
+            })
             .then_some(())
             .ok_or(NetsimError::Stopped { vlan })?;
         if let Ok(mut p) = self.stream_paths.lock() {
@@ -274,11 +308,13 @@ impl SwitchHandle {
                 self.require(b)?;
             }
         }
-        impairment.validate().map_err(|why| NetsimError::InvalidImpairment {
-            target: target.to_string(),
-            vlan: self.shared.vlan,
-            why,
-        })?;
+        impairment
+            .validate()
+            .map_err(|why| NetsimError::InvalidImpairment {
+                target: target.to_string(),
+                vlan: self.shared.vlan,
+                why,
+            })?;
         tracing::info!(vlan = self.shared.vlan, %target, %impairment, "netsim: impairment");
         self.update(|p| {
             if impairment.is_none() {
@@ -300,16 +336,25 @@ impl SwitchHandle {
         self.shared
             .registry
             .lock()
-            .map(|r| r.iter().map(|e| e.stats.snapshot(&e.name, &e.kind)).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|e| e.stats.snapshot(&e.name, &e.kind))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// The counters of one port.
     pub fn port_counters(&self, name: &str) -> Result<PortCounters, NetsimError> {
         self.require(name)?;
-        self.counters().into_iter().find(|c| c.name == name).ok_or_else(|| {
-            NetsimError::UnknownPort { name: name.into(), vlan: self.shared.vlan, known: String::new() }
-        })
+        self.counters()
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| NetsimError::UnknownPort {
+                name: name.into(),
+                vlan: self.shared.vlan,
+                known: String::new(),
+            })
     }
 
     /// Learned MAC addresses as `(mac, port)`, e.g. `("52:54:00:12:01:02", "server")`
@@ -318,7 +363,11 @@ impl SwitchHandle {
         self.shared
             .macs
             .lock()
-            .map(|m| m.iter().map(|(k, p)| (crate::mac::format_mac(*k), p.clone())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, p)| (crate::mac::format_mac(*k), p.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -345,7 +394,11 @@ impl SwitchHandle {
         }
         let vlan = self.shared.vlan;
         let deadline = Instant::now() + timeout;
-        let mut reg = self.shared.registry.lock().map_err(|_| NetsimError::Stopped { vlan })?;
+        let mut reg = self
+            .shared
+            .registry
+            .lock()
+            .map_err(|_| NetsimError::Stopped { vlan })?;
         loop {
             let connected = reg
                 .iter()
@@ -379,11 +432,13 @@ impl SwitchHandle {
         if !self.tx.send(Command::FlushPcap(ack_tx)) {
             return Err(NetsimError::Stopped { vlan });
         }
-        ack_rx.recv_timeout(SHUTDOWN_TIMEOUT).map_err(|_| NetsimError::Timeout {
-            vlan,
-            what: "the pcap flush".into(),
-            timeout: SHUTDOWN_TIMEOUT,
-        })
+        ack_rx
+            .recv_timeout(SHUTDOWN_TIMEOUT)
+            .map_err(|_| NetsimError::Timeout {
+                vlan,
+                what: "the pcap flush".into(),
+                timeout: SHUTDOWN_TIMEOUT,
+            })
     }
 
     /// Stop the switch: close every client, flush the pcap, remove the socket files.
@@ -399,7 +454,10 @@ impl SwitchHandle {
         if thread.is_finished() {
             let _ = thread.join();
         } else {
-            tracing::warn!(vlan = self.shared.vlan, "netsim: switch thread did not stop within 5 s");
+            tracing::warn!(
+                vlan = self.shared.vlan,
+                "netsim: switch thread did not stop within 5 s"
+            );
         }
         if let Ok(paths) = self.stream_paths.lock() {
             for p in paths.iter() {

@@ -15,7 +15,10 @@ pub(crate) fn mac_key(bytes: &[u8]) -> u64 {
 /// Format a packed MAC as `52:54:00:12:01:01`.
 pub(crate) fn format_mac(k: u64) -> String {
     let b = k.to_be_bytes();
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[2], b[3], b[4], b[5], b[6], b[7])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[2], b[3], b[4], b[5], b[6], b[7]
+    )
 }
 
 /// Multiplicative hash for u64 keys: the table is tiny and its keys are not attacker-chosen

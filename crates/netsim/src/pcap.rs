@@ -23,7 +23,12 @@ impl PcapWriter {
         let mut out = BufWriter::with_capacity(256 * 1024, file);
         out.write_all(&global_header())?;
         out.flush()?;
-        Ok(Self { path: path.to_path_buf(), out, dirty: false, failed: false })
+        Ok(Self {
+            path: path.to_path_buf(),
+            out,
+            dirty: false,
+            failed: false,
+        })
     }
 
     /// Append one frame, timestamped now.
@@ -31,7 +36,9 @@ impl PcapWriter {
         if self.failed {
             return;
         }
-        let ts = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let ts = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         let incl = (frame.len() as u32).min(SNAPLEN);
         let mut hdr = [0u8; 16];
         hdr[0..4].copy_from_slice(&(ts.as_secs() as u32).to_ne_bytes());

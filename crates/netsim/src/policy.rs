@@ -25,7 +25,10 @@ impl Policy {
             ));
         }
         if let Some(groups) = &self.groups {
-            let g: Vec<String> = groups.iter().map(|g| format!("[{}]", g.join(", "))).collect();
+            let g: Vec<String> = groups
+                .iter()
+                .map(|g| format!("[{}]", g.join(", ")))
+                .collect();
             out.push(format!("partition: {} (others together)", g.join(" | ")));
         }
         for (t, i) in &self.impairments {
@@ -118,8 +121,12 @@ mod tests {
         let mut p = Policy::default();
         p.blocked.insert("b".into());
         p.groups = Some(vec![vec!["a".into()], vec!["c".into()]]);
-        p.impairments.insert(Target::Pair("c".into(), "a".into()), Impairment::none().loss(0.5));
-        p.impairments.insert(Target::Port("zz".into()), Impairment::none().loss(0.5));
+        p.impairments.insert(
+            Target::Pair("c".into(), "a".into()),
+            Impairment::none().loss(0.5),
+        );
+        p.impairments
+            .insert(Target::Port("zz".into()), Impairment::none().loss(0.5));
         let c = Compiled::build(&p, &[Some("a"), Some("b"), None, Some("c"), Some("d")]);
         assert_eq!(c.blocked, [false, true, false, false, false]);
         assert_eq!(c.group, [1, 0, 0, 2, 0]);

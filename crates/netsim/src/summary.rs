@@ -31,13 +31,21 @@ pub(crate) fn render(
             PortKind::Stream { .. } => "stream",
             PortKind::Vde { .. } => "vde",
         };
-        let state = if p.connected { "connected" } else { "disconnected" };
+        let state = if p.connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
         let drops: Vec<String> = DropReason::ALL
             .iter()
             .filter(|r| p.drops.get(**r) > 0)
             .map(|r| format!("{}={}", r.name(), p.drops.get(*r)))
             .collect();
-        let drops = if drops.is_empty() { "-".to_string() } else { drops.join(" ") };
+        let drops = if drops.is_empty() {
+            "-".to_string()
+        } else {
+            drops.join(" ")
+        };
         let _ = writeln!(
             s,
             "  {:<16} {:<6} {:<12} {:>9} {:>11} {:>10} {:>11}  {}",
@@ -70,7 +78,9 @@ mod tests {
         let ports = vec![
             PortCounters {
                 name: "client".into(),
-                kind: PortKind::Stream { path: "/run/sw/client.sock".into() },
+                kind: PortKind::Stream {
+                    path: "/run/sw/client.sock".into(),
+                },
                 connected: true,
                 connections: 1,
                 frames_in: 10,
@@ -82,7 +92,9 @@ mod tests {
             },
             PortCounters {
                 name: "vde1".into(),
-                kind: PortKind::Vde { description: "QEMU".into() },
+                kind: PortKind::Vde {
+                    description: "QEMU".into(),
+                },
                 connected: false,
                 connections: 2,
                 frames_in: 0,

@@ -37,7 +37,12 @@ impl RecvBatch {
                 h
             })
             .collect();
-        Self { bufs, iov, hdrs, got: 0 }
+        Self {
+            bufs,
+            iov,
+            hdrs,
+            got: 0,
+        }
     }
 
     /// Receive up to the batch size without blocking; `WouldBlock` when nothing is there.
@@ -91,7 +96,10 @@ impl SendScratch {
         self.iov.clear();
         self.hdrs.clear();
         for f in frames.take(SEND_BATCH) {
-            self.iov.push(libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() });
+            self.iov.push(libc::iovec {
+                iov_base: f.as_ptr() as *mut _,
+                iov_len: f.len(),
+            });
         }
         if self.iov.is_empty() {
             return Ok(0);
@@ -107,7 +115,12 @@ impl SendScratch {
         }
         // SAFETY: hdrs/iov and the frames they point to outlive the call.
         let n = unsafe {
-            libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), self.hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT)
+            libc::sendmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
         };
         if n < 0 {
             return Err(io::Error::last_os_error());

@@ -44,14 +44,22 @@ pub(crate) fn parse_request(b: &[u8]) -> Result<VdeRequest, String> {
     }
     let version = u32_at(b, 4);
     if version != VERSION {
-        return Err(format!("unsupported VDE request version {version} (only 3 is supported)"));
+        return Err(format!(
+            "unsupported VDE request version {version} (only 3 is supported)"
+        ));
     }
     if b.len() < FIXED_LEN {
-        return Err(format!("request too short ({} bytes, need {FIXED_LEN})", b.len()));
+        return Err(format!(
+            "request too short ({} bytes, need {FIXED_LEN})",
+            b.len()
+        ));
     }
     let typ = u32_at(b, 8);
     if typ & 0xff != 0 {
-        return Err(format!("unsupported request type {} (only REQ_NEW_CONTROL)", typ & 0xff));
+        return Err(format!(
+            "unsupported request type {} (only REQ_NEW_CONTROL)",
+            typ & 0xff
+        ));
     }
     let family = u16::from_ne_bytes([b[12], b[13]]);
     if family != libc::AF_UNIX as u16 {

@@ -18,7 +18,9 @@ fn run_loss(seed: u64, n: usize, imp: Impairment) -> (usize, u64) {
     c[1].send(&hello).unwrap();
     expect(&mut c[0], &hello);
     sw.set_impairment("b", imp).unwrap();
-    let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(mac(2), 1, &format!("frame {i}"))).collect();
+    let frames: Vec<Vec<u8>> = (0..n)
+        .map(|i| frame(mac(2), 1, &format!("frame {i}")))
+        .collect();
     for chunk in frames.chunks(50) {
         let refs: Vec<&[u8]> = chunk.iter().map(|f| f.as_slice()).collect();
         c[0].send_batch(&refs).unwrap();
@@ -33,7 +35,10 @@ fn run_loss(seed: u64, n: usize, imp: Impairment) -> (usize, u64) {
 fn loss_follows_the_probability_and_the_seed() {
     let (got, lost) = run_loss(42, 5000, Impairment::none().loss(0.3));
     assert_eq!(got as u64 + lost, 5000);
-    assert!((3300..=3700).contains(&got), "30% loss of 5000 delivered {got}");
+    assert!(
+        (3300..=3700).contains(&got),
+        "30% loss of 5000 delivered {got}"
+    );
     // Same seed, same traffic: the same decisions.
     let (got2, _) = run_loss(42, 5000, Impairment::none().loss(0.3));
     assert_eq!(got, got2);
@@ -44,7 +49,10 @@ fn loss_follows_the_probability_and_the_seed() {
 #[test]
 fn duplication_delivers_twice() {
     let (got, _) = run_loss(7, 2000, Impairment::none().duplicate(0.5));
-    assert!((2850..=3150).contains(&got), "50% duplication of 2000 delivered {got}");
+    assert!(
+        (2850..=3150).contains(&got),
+        "50% duplication of 2000 delivered {got}"
+    );
 }
 
 #[test]
@@ -54,15 +62,22 @@ fn latency_and_jitter_stay_in_bounds() {
     let mut c = clients(&sw, &["a", "b"]);
     let lat = Duration::from_millis(40);
     let jit = Duration::from_millis(10);
-    sw.set_impairment(("a", "b"), Impairment::none().latency(lat).jitter(jit)).unwrap();
+    sw.set_impairment(("a", "b"), Impairment::none().latency(lat).jitter(jit))
+        .unwrap();
     for i in 0..10 {
         let f = frame(BROADCAST, 1, &format!("ping {i}"));
         let t0 = Instant::now();
         c[0].send(&f).unwrap();
         expect(&mut c[1], &f);
         let dt = t0.elapsed();
-        assert!(dt >= lat - jit, "frame {i} arrived after {dt:?}, before latency-jitter");
-        assert!(dt < lat + jit + Duration::from_millis(200), "frame {i} took {dt:?}");
+        assert!(
+            dt >= lat - jit,
+            "frame {i} arrived after {dt:?}, before latency-jitter"
+        );
+        assert!(
+            dt < lat + jit + Duration::from_millis(200),
+            "frame {i} took {dt:?}"
+        );
     }
     // Effective from the next frame: remove it and frames are fast again.
     sw.set_impairment(("b", "a"), Impairment::none()).unwrap();
@@ -70,7 +85,11 @@ fn latency_and_jitter_stay_in_bounds() {
     let t0 = Instant::now();
     c[0].send(&f).unwrap();
     expect(&mut c[1], &f);
-    assert!(t0.elapsed() < Duration::from_millis(30), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(30),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
@@ -79,7 +98,8 @@ fn rate_limit_spreads_frames_out() {
     let sw = switch(&dir, 5);
     let mut c = clients(&sw, &["a", "b"]);
     // 1 Mbit/s: 20 frames of 1000 bytes = 160 ms of serialisation.
-    sw.set_impairment("a", Impairment::none().rate_bps(1_000_000)).unwrap();
+    sw.set_impairment("a", Impairment::none().rate_bps(1_000_000))
+        .unwrap();
     let f = frame(BROADCAST, 1, &"r".repeat(986));
     assert_eq!(f.len(), 1000);
     let t0 = Instant::now();
@@ -90,14 +110,21 @@ fn rate_limit_spreads_frames_out() {
         expect(&mut c[1], &f);
     }
     let dt = t0.elapsed();
-    assert!(dt >= Duration::from_millis(150), "20 kB at 1 Mbit/s took only {dt:?}");
+    assert!(
+        dt >= Duration::from_millis(150),
+        "20 kB at 1 Mbit/s took only {dt:?}"
+    );
     assert!(dt < Duration::from_millis(1000), "{dt:?}");
     // A burst beyond the backlog (64 KiB of serialisation, 524 ms) is dropped, counted as `rate`.
     for _ in 0..100 {
         c[0].send(&f).unwrap();
     }
     let mut got = 0;
-    while c[1].recv_with(Duration::from_millis(300), usize::MAX, |_| got += 1).unwrap() > 0 {}
+    while c[1]
+        .recv_with(Duration::from_millis(300), usize::MAX, |_| got += 1)
+        .unwrap()
+        > 0
+    {}
     let rate_drops = sw.port_counters("a").unwrap().drops.get(DropReason::Rate);
     assert_eq!(got as u64 + rate_drops, 100);
     assert!((20..=50).contains(&rate_drops), "{rate_drops}");
@@ -108,7 +135,8 @@ fn reordering_lets_later_frames_overtake() {
     let dir = tmpdir();
     let sw = switch(&dir, 11);
     let mut c = clients(&sw, &["a", "b"]);
-    sw.set_impairment("b", Impairment::none().reorder(0.3)).unwrap();
+    sw.set_impairment("b", Impairment::none().reorder(0.3))
+        .unwrap();
     for i in 0..200u32 {
         c[0].send(&frame(BROADCAST, 1, &format!("{i:05}"))).unwrap();
     }
@@ -139,7 +167,9 @@ fn bad_impairments_are_rejected() {
     let dir = tmpdir();
     let sw = switch(&dir, 1);
     sw.add_stream_port("a").unwrap();
-    let e = sw.set_impairment("a", Impairment::none().loss(1.5)).unwrap_err();
+    let e = sw
+        .set_impairment("a", Impairment::none().loss(1.5))
+        .unwrap_err();
     assert!(matches!(e, NetsimError::InvalidImpairment { .. }), "{e}");
     assert!(e.to_string().contains("loss"));
     assert!(matches!(

@@ -20,7 +20,10 @@ fn have(tool: &str) -> bool {
 
 #[test]
 fn pcap_is_readable_by_tcpdump() {
-    assert!(have("tcpdump"), "tcpdump not found: install the Debian package tcpdump");
+    assert!(
+        have("tcpdump"),
+        "tcpdump not found: install the Debian package tcpdump"
+    );
     let dir = tmpdir();
     let sw = switch(&dir, 1);
     let mut c = clients(&sw, &["a", "b"]);
@@ -42,20 +45,34 @@ fn pcap_is_readable_by_tcpdump() {
     expect(&mut c[1], &tagged);
     sw.flush_pcap().unwrap();
     let pcap = sw.pcap_path().unwrap().to_path_buf();
-    let out = Command::new("tcpdump").args(["-n", "-e", "-r"]).arg(&pcap).output().unwrap();
+    let out = Command::new("tcpdump")
+        .args(["-n", "-e", "-r"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "tcpdump failed: {err}");
     assert!(err.contains("link-type EN10MB"), "{err}");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines[0].contains("52:54:00:12:01:01 > ff:ff:ff:ff:ff:ff"), "{text}");
-    assert!(lines[0].contains("Request who-has 192.168.1.2 tell 192.168.1.1"), "{text}");
+    assert!(
+        lines[0].contains("52:54:00:12:01:01 > ff:ff:ff:ff:ff:ff"),
+        "{text}"
+    );
+    assert!(
+        lines[0].contains("Request who-has 192.168.1.2 tell 192.168.1.1"),
+        "{text}"
+    );
     assert!(lines[1].contains("vlan 7"), "{text}");
     // Also complete after shutdown.
     drop(c);
     sw.shutdown();
-    let out = Command::new("tcpdump").args(["-n", "-r"]).arg(&pcap).output().unwrap();
+    let out = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
 }
 
@@ -63,7 +80,10 @@ fn pcap_is_readable_by_tcpdump() {
 /// (vdeplug4 stream format: 2-byte big-endian length + frame).
 #[test]
 fn vde_plug_joins_and_exchanges_frames() {
-    assert!(have("vde_plug"), "vde_plug not found: install the Debian package vdeplug");
+    assert!(
+        have("vde_plug"),
+        "vde_plug not found: install the Debian package vdeplug"
+    );
     let dir = tmpdir();
     let sw = switch(&dir, 1);
     let mut c = clients(&sw, &["a"]);
@@ -151,7 +171,11 @@ fn vde_clients_and_stream_clients_share_the_lan() {
     junk.write_all(&[0u8; 200]).unwrap();
     junk.set_read_timeout(Some(T)).unwrap();
     let mut b = [0u8; 10];
-    assert_eq!(junk.read(&mut b).unwrap_or(0), 0, "switch closes a bad VDE client");
+    assert_eq!(
+        junk.read(&mut b).unwrap_or(0),
+        0,
+        "switch closes a bad VDE client"
+    );
     let h = frame(BROADCAST, 1, "still here");
     a.send(&h).unwrap();
     assert_eq!(v5.recv(T).unwrap().unwrap(), h);
@@ -163,7 +187,10 @@ fn vde_clients_and_stream_clients_share_the_lan() {
     v1.send(&ok).unwrap();
     expect(&mut a, &ok);
     assert_eq!(
-        sw.port_counters("vde1").unwrap().drops.get(machinist_netsim::DropReason::Malformed),
+        sw.port_counters("vde1")
+            .unwrap()
+            .drops
+            .get(machinist_netsim::DropReason::Malformed),
         1
     );
     let _ = StreamClient::connect; // keep the import used on all paths

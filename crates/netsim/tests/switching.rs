@@ -59,11 +59,20 @@ fn vlan_tagged_and_odd_frames_pass_byte_for_byte() {
     c[0].send(&tagged).unwrap();
     expect(&mut c[1], &tagged);
     // A jumbo frame (stream ports carry up to 65535 bytes) and a minimal 14-byte frame.
-    let jumbo: Vec<u8> =
-        BROADCAST.iter().chain(mac(1).iter()).copied().chain((0..9000u32).map(|i| i as u8)).collect();
+    let jumbo: Vec<u8> = BROADCAST
+        .iter()
+        .chain(mac(1).iter())
+        .copied()
+        .chain((0..9000u32).map(|i| i as u8))
+        .collect();
     c[0].send(&jumbo).unwrap();
     expect(&mut c[1], &jumbo);
-    let tiny: Vec<u8> = BROADCAST.iter().chain(mac(1).iter()).copied().chain([0x88, 0xb5]).collect();
+    let tiny: Vec<u8> = BROADCAST
+        .iter()
+        .chain(mac(1).iter())
+        .copied()
+        .chain([0x88, 0xb5])
+        .collect();
     c[0].send(&tiny).unwrap();
     expect(&mut c[1], &tiny);
 }
@@ -91,7 +100,10 @@ fn block_is_silent_and_reversible() {
     expect(&mut c[0], &ba);
     c[0].send(&ab).unwrap();
     expect(&mut c[1], &ab);
-    assert!(matches!(sw.block("nope"), Err(NetsimError::UnknownPort { .. })));
+    assert!(matches!(
+        sw.block("nope"),
+        Err(NetsimError::UnknownPort { .. })
+    ));
 }
 
 #[test]
@@ -111,7 +123,13 @@ fn partition_and_heal() {
     expect_nothing(&mut c[0]);
     expect_nothing(&mut c[1]);
     expect_nothing(&mut c[3]);
-    assert_eq!(sw.port_counters("a").unwrap().drops.get(DropReason::Partition), 1);
+    assert_eq!(
+        sw.port_counters("a")
+            .unwrap()
+            .drops
+            .get(DropReason::Partition),
+        1
+    );
     assert!(matches!(
         sw.partition([vec!["a"], vec!["a"]]),
         Err(NetsimError::InvalidPartition { .. })
@@ -159,7 +177,13 @@ fn malformed_input_closes_only_that_port() {
     assert!(zero.last_close.unwrap().contains("zero-length"));
     let big = sw.port_counters("big").unwrap();
     assert!(big.last_close.unwrap().contains("exceeds"));
-    assert_eq!(sw.port_counters("a").unwrap().drops.get(DropReason::Malformed), 1);
+    assert_eq!(
+        sw.port_counters("a")
+            .unwrap()
+            .drops
+            .get(DropReason::Malformed),
+        1
+    );
     // The listener stays: a new client (a restarted QEMU) can join the closed port.
     let mut again = StreamClient::connect(&dir.path().join("sw/zero.sock")).unwrap();
     sw.wait_connected("zero", T).unwrap();
@@ -223,15 +247,33 @@ fn paths_and_names_are_checked() {
     let _ = std::fs::remove_dir_all(&long);
     let dir = tmpdir();
     let sw = switch(&dir, 1);
-    assert!(matches!(sw.add_stream_port("a/b"), Err(NetsimError::InvalidPortName { .. })));
-    assert!(matches!(sw.add_stream_port("vde3"), Err(NetsimError::InvalidPortName { .. })));
+    assert!(matches!(
+        sw.add_stream_port("a/b"),
+        Err(NetsimError::InvalidPortName { .. })
+    ));
+    assert!(matches!(
+        sw.add_stream_port("vde3"),
+        Err(NetsimError::InvalidPortName { .. })
+    ));
     sw.add_stream_port("a").unwrap();
-    assert!(matches!(sw.add_stream_port("a"), Err(NetsimError::DuplicatePort { .. })));
+    assert!(matches!(
+        sw.add_stream_port("a"),
+        Err(NetsimError::DuplicatePort { .. })
+    ));
     let name = "n".repeat(60);
-    let deep = tempfile::Builder::new().prefix(&"p".repeat(45)).tempdir_in("/tmp").unwrap();
+    let deep = tempfile::Builder::new()
+        .prefix(&"p".repeat(45))
+        .tempdir_in("/tmp")
+        .unwrap();
     let sw2 = Switch::start(SwitchConfig::new(2, deep.path())).unwrap();
-    assert!(matches!(sw2.add_stream_port(&name), Err(NetsimError::PathTooLong { .. })));
-    assert!(matches!(sw.wait_connected("a", Duration::from_millis(50)), Err(NetsimError::Timeout { .. })));
+    assert!(matches!(
+        sw2.add_stream_port(&name),
+        Err(NetsimError::PathTooLong { .. })
+    ));
+    assert!(matches!(
+        sw.wait_connected("a", Duration::from_millis(50)),
+        Err(NetsimError::Timeout { .. })
+    ));
 }
 
 #[test]

@@ -10,12 +10,17 @@ pub const T: Duration = Duration::from_secs(2);
 pub const QUIET: Duration = Duration::from_millis(150);
 
 pub fn tmpdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("ns").tempdir_in("/tmp").expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("ns")
+        .tempdir_in("/tmp")
+        .expect("tempdir")
 }
 
 pub fn switch(dir: &tempfile::TempDir, seed: u64) -> SwitchHandle {
     Switch::start(
-        SwitchConfig::new(1, dir.path().join("sw")).with_pcap(dir.path().join("vlan1.pcap")).with_seed(seed),
+        SwitchConfig::new(1, dir.path().join("sw"))
+            .with_pcap(dir.path().join("vlan1.pcap"))
+            .with_seed(seed),
     )
     .expect("switch starts")
 }
