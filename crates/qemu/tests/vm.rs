@@ -309,6 +309,16 @@ async fn vm_boot_serial_qmp_screendump_reset_quit() {
     assert_eq!(qmp.query_status().await.unwrap().status, "paused");
     qmp.cont().await.unwrap();
 
+    // Keys and the ACPI power button are accepted (busybox init ignores the button).
+    qmp.send_key(&["shift", "a"], Some(20)).await.unwrap();
+    let err = qmp.send_key(&["no-such-key"], None).await.unwrap_err();
+    assert!(matches!(err, QmpError::Command { .. }), "{err}");
+    let mut events = qmp.subscribe();
+    qmp.system_powerdown().await.unwrap();
+    wait_event(&mut events, "POWERDOWN", Duration::from_secs(10))
+        .await
+        .unwrap();
+
     // system_reset produces a RESET event, and the guest boots again.
     let mut events = qmp.subscribe();
     let before = serial.line_count();
