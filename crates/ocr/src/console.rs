@@ -12,31 +12,87 @@ use std::sync::OnceLock;
 use image::{Rgb, RgbImage};
 
 use crate::tsv::{WordBox, Words};
+use crate::OcrError;
+
+fn psf1_table(t: &[u8], count: usize) -> Vec<Vec<char>> {
+    let mut out = vec![Vec::new(); count];
+    let (mut g, mut in_seq) = (0, false);
+    for pair in t.chunks_exact(2) {
+        if g >= count {
+            break;
+        }
+        match u16::from_le_bytes([pair[0], pair[1]]) {
+            0xffff => {
+                g += 1;
+                in_seq = false;
+            }
+            0xfffe => in_seq = true,
+            u if !in_seq => out[g].extend(char::from_u32(u32::from(u))),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn psf2_table(t: &[u8], count: usize) -> Vec<Vec<char>> {
+    let mut out = vec![Vec::new(); count];
+    let mut g = 0;
+    for entry in t.split(|&b| b == 0xff) {
+        if g >= count {
+            break;
+        }
+        // Single code points come first; 0xfe starts combining sequences (ignored).
+        let singles = entry.split(|&b| b == 0xfe).next().unwrap_or_default();
+        out[g].extend(
+            String::from_utf8_lossy(singles)
+                .chars()
+                .filter(|c| *c != '\u{fffd}'),
+        );
+        g += 1;
+    }
+    out
+}
 
 const SHEET_PNG: &[u8] = include_bytes!("../fonts/vga-8x16.png");
 const SHEET_TXT: &str = include_str!("../fonts/vga-8x16.txt");
 const GLYPH_W: u32 = 8;
+/// Height of the learned VGA font; PSF fonts may be 1..=16 rows tall.
 const GLYPH_H: u32 = 16;
 
-/// Cell layouts tried, as (cell width, cell height, horizontal and vertical glyph scale):
-/// 80 columns with 9- or 8-dot cells, 40-column modes (doubled width), and double-height fonts.
-const GEOMETRIES: [Geometry; 7] = [
-    (9, 16, 1, 1),
-    (8, 16, 1, 1),
-    (18, 16, 2, 1),
-    (16, 16, 2, 1),
-    (16, 32, 2, 2),
-    (9, 32, 1, 2),
-    (8, 32, 1, 2),
-];
+/// Cell layouts tried for a font `h` rows tall, as (cell width, cell height, horizontal and
+/// vertical glyph scale): 80 columns with 9- or 8-dot cells, 40-column modes (doubled width),
+/// and double-height fonts.
+fn geometries(h: u32) -> [Geometry; 7] {
+    [
+        (9, h, 1, 1),
+        (8, h, 1, 1),
+        (18, h, 2, 1),
+        (16, h, 2, 1),
+        (16, 2 * h, 2, 2),
+        (9, 2 * h, 1, 2),
+        (8, 2 * h, 1, 2),
+    ]
+}
+
+/// The bits of a glyph `h` rows tall.
+fn area(h: u32) -> u128 {
+    if h * GLYPH_W >= 128 {
+        !0
+    } else {
+        (1u128 << (h * GLYPH_W)) - 1
+    }
+}
 
 /// A cell may differ from its glyph only in the bottom three glyph rows, where the text-mode
 /// cursor (an underline) is drawn; any other difference means "not this glyph".
-const CURSOR_ROWS: u128 = !0u128 << (13 * GLYPH_W);
+fn cursor_rows(h: u32) -> u128 {
+    area(h) & !area(h.saturating_sub(3))
+}
 
-/// A bitmap font: 8x16 glyph masks (bit `y * 8 + x` set = foreground).
-#[derive(Debug, Clone)]
+/// A bitmap font: 8-pixel-wide glyph masks up to 16 rows (bit `y * 8 + x` set = foreground).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConsoleFont {
+    height: u32,
     glyphs: Vec<(char, u128)>,
 }
 
@@ -66,13 +122,126 @@ impl ConsoleFont {
                 if x0 + cell_w > sheet.width() || y0 + GLYPH_H > sheet.height() {
                     continue;
                 }
-                let mask = cell_mask(sheet, x0, y0, 1, 1).0;
+                let mask = cell_mask(sheet, x0, y0, 1, 1, GLYPH_H).0;
                 if mask != 0 && !glyphs.iter().any(|(_, m)| *m == mask) {
                     glyphs.push((ch, mask));
                 }
             }
         }
-        ConsoleFont { glyphs }
+        ConsoleFont {
+            height: GLYPH_H,
+            glyphs,
+        }
+    }
+
+    /// Loads a Linux console font (PSF1 or PSF2, uncompressed: `gunzip` Debian's `.psf.gz`
+    /// first) with its Unicode table, e.g. the font a guest sets with `setfont`. Glyphs must be
+    /// 8 pixels wide (what VGA text mode can show) and at most 16 rows tall.
+    pub fn from_psf(bytes: &[u8]) -> Result<ConsoleFont, OcrError> {
+        let bad = |detail: String| OcrError::BadFont { detail };
+        let u32_at = |o: usize| -> Result<u32, OcrError> {
+            bytes
+                .get(o..o + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .ok_or_else(|| bad(format!("truncated header at byte {o}")))
+        };
+        // (glyph count, height, width, bytes per glyph, glyph data offset, unicode table)
+        let (count, height, width, charsize, offset, table): (
+            usize,
+            u32,
+            u32,
+            usize,
+            usize,
+            Vec<Vec<char>>,
+        );
+        if bytes.starts_with(&[0x36, 0x04]) && bytes.len() >= 4 {
+            let mode = bytes[2];
+            height = u32::from(bytes[3]);
+            width = 8;
+            count = if mode & 1 != 0 { 512 } else { 256 };
+            charsize = height as usize;
+            offset = 4;
+            let end = offset + count * charsize;
+            table = if mode & 0x06 != 0 {
+                psf1_table(
+                    bytes
+                        .get(end..)
+                        .ok_or_else(|| bad("truncated glyphs".into()))?,
+                    count,
+                )
+            } else {
+                Vec::new()
+            };
+        } else if bytes.starts_with(&[0x72, 0xb5, 0x4a, 0x86]) {
+            let header = u32_at(8)? as usize;
+            let flags = u32_at(12)?;
+            count = u32_at(16)? as usize;
+            charsize = u32_at(20)? as usize;
+            height = u32_at(24)?;
+            width = u32_at(28)?;
+            offset = header;
+            let end = offset + count * charsize;
+            table = if flags & 1 != 0 {
+                psf2_table(
+                    bytes
+                        .get(end..)
+                        .ok_or_else(|| bad("truncated glyphs".into()))?,
+                    count,
+                )
+            } else {
+                Vec::new()
+            };
+        } else {
+            return Err(bad(
+                "not a PSF1 or PSF2 font (gunzip .psf.gz files first)".into()
+            ));
+        }
+        if width != 8 || height == 0 || height > GLYPH_H {
+            return Err(bad(format!(
+                "{width}x{height} glyphs; only 8-pixel-wide fonts up to 16 rows are supported                  (VGA text mode shows 8-wide glyphs)"
+            )));
+        }
+        let stride = (width as usize).div_ceil(8);
+        let mut glyphs: Vec<(char, u128)> = vec![(' ', 0)];
+        for g in 0..count {
+            let data = bytes
+                .get(offset + g * charsize..offset + (g + 1) * charsize)
+                .ok_or_else(|| bad(format!("truncated at glyph {g}")))?;
+            let mut mask = 0u128;
+            for y in 0..height as usize {
+                let row = data[y * stride];
+                for x in 0..8 {
+                    if row & (0x80 >> x) != 0 {
+                        mask |= 1u128 << (y * 8 + x);
+                    }
+                }
+            }
+            let chars = table.get(g).cloned().unwrap_or_default();
+            // Without a table, glyph positions are Latin-1/ASCII-compatible.
+            let ch = chars
+                .iter()
+                .copied()
+                .find(char::is_ascii)
+                .or_else(|| chars.first().copied())
+                .or_else(|| {
+                    if table.is_empty() {
+                        char::from_u32(g as u32)
+                    } else {
+                        None
+                    }
+                });
+            if let Some(ch) = ch {
+                if mask != 0 && !ch.is_control() && !glyphs.iter().any(|(_, m)| *m == mask) {
+                    glyphs.push((ch, mask));
+                }
+            }
+        }
+        Ok(ConsoleFont { height, glyphs })
+    }
+
+    /// Glyph height in pixels.
+    pub fn height(&self) -> u32 {
+        self.height
     }
 
     /// How many glyphs the font knows.
@@ -87,13 +256,14 @@ impl ConsoleFont {
 
     /// The glyph that matches the cell exactly, or up to a cursor in its bottom rows.
     fn best(&self, mask: u128) -> Option<char> {
-        let inv = !mask;
+        let inv = !mask & area(self.height);
+        let not_cursor = !cursor_rows(self.height);
         let mut near = None;
         for &(ch, g) in &self.glyphs {
             if g == mask || g == inv {
                 return Some(ch);
             }
-            if near.is_none() && ((g ^ mask) & !CURSOR_ROWS == 0 || (g ^ inv) & !CURSOR_ROWS == 0) {
+            if near.is_none() && ((g ^ mask) & not_cursor == 0 || (g ^ inv) & not_cursor == 0) {
                 near = Some(ch);
             }
         }
@@ -104,11 +274,11 @@ impl ConsoleFont {
 /// The foreground mask of one cell: pixels that differ from the cell's most common colour,
 /// sampled at the centre of each (scaled) glyph pixel. Also returns how many colours the cell
 /// has (capped at 3; a text-mode cell has at most 2).
-fn cell_mask(img: &RgbImage, x0: u32, y0: u32, sx: u32, sy: u32) -> (u128, usize) {
+fn cell_mask(img: &RgbImage, x0: u32, y0: u32, sx: u32, sy: u32, h: u32) -> (u128, usize) {
     // The background is the most common of the (at most a few) colours in the cell.
     let mut colors: [(Rgb<u8>, u32); 4] = [(Rgb([0, 0, 0]), 0); 4];
     let mut n = 0;
-    for gy in 0..GLYPH_H {
+    for gy in 0..h {
         for gx in 0..GLYPH_W {
             let p = *img.get_pixel(x0 + gx * sx + sx / 2, y0 + gy * sy + sy / 2);
             if let Some(slot) = colors[..n].iter_mut().find(|(c, _)| *c == p) {
@@ -125,7 +295,7 @@ fn cell_mask(img: &RgbImage, x0: u32, y0: u32, sx: u32, sy: u32) -> (u128, usize
         .map(|(c, _)| *c)
         .unwrap_or(Rgb([0, 0, 0]));
     let mut mask = 0u128;
-    for gy in 0..GLYPH_H {
+    for gy in 0..h {
         for gx in 0..GLYPH_W {
             if *img.get_pixel(x0 + gx * sx + sx / 2, y0 + gy * sy + sy / 2) != bg {
                 mask |= 1u128 << (gy * GLYPH_W + gx);
@@ -157,7 +327,7 @@ pub struct ConsoleRead {
 /// than `max_unknown` of the inked cells match no glyph): not a text console in this font.
 pub fn read_console(img: &RgbImage, font: &ConsoleFont, max_unknown: f32) -> Option<ConsoleRead> {
     let mut best: Option<(f32, Grid, Geometry)> = None;
-    for g @ (cw, ch, sx, sy) in GEOMETRIES {
+    for g @ (cw, ch, sx, sy) in geometries(font.height) {
         if img.width() % cw != 0 || img.height() % ch != 0 || img.width() < cw || img.height() < ch
         {
             continue;
@@ -168,7 +338,7 @@ pub fn read_console(img: &RgbImage, font: &ConsoleFont, max_unknown: f32) -> Opt
         for r in 0..rows {
             let mut line = Vec::with_capacity(cols as usize);
             for c in 0..cols {
-                let (mask, colors) = cell_mask(img, c * cw, r * ch, sx, sy);
+                let (mask, colors) = cell_mask(img, c * cw, r * ch, sx, sy, font.height);
                 if colors < 2 || mask == 0 {
                     line.push((' ', true));
                     continue;
@@ -297,5 +467,67 @@ mod tests {
             Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
         });
         assert!(read_console(&img, ConsoleFont::vga(), 0.1).is_none());
+    }
+
+    fn synthetic_psf1() -> Vec<u8> {
+        // 256 glyphs of 8x8; glyph 1 = a diagonal, mapped to 'Z'; glyph 2 = a box, mapped to 'o'.
+        let mut f = vec![0x36, 0x04, 0x02, 8];
+        let mut glyphs = vec![0u8; 256 * 8];
+        for y in 0..8 {
+            glyphs[8 + y] = 0x80 >> y;
+        }
+        glyphs[16..24].copy_from_slice(&[0, 0x3c, 0x42, 0x42, 0x42, 0x42, 0x3c, 0]);
+        f.extend(glyphs);
+        for g in 0..256u16 {
+            let cp: u16 = match g {
+                1 => 'Z' as u16,
+                2 => 'o' as u16,
+                _ => 0x2400 + g,
+            };
+            f.extend(cp.to_le_bytes());
+            f.extend(0xffffu16.to_le_bytes());
+        }
+        f
+    }
+
+    #[test]
+    fn psf1_font_reads_a_screen_drawn_with_it() {
+        let font = ConsoleFont::from_psf(&synthetic_psf1()).unwrap();
+        assert_eq!(font.height(), 8);
+        // Draw "oZ" in 9x8 cells, light gray on blue.
+        let mut img = RgbImage::from_pixel(9 * 80, 8 * 50, Rgb([0, 0, 170]));
+        for (col, glyph) in [(0u32, 2usize), (1, 1)] {
+            let rows = &synthetic_psf1()[4 + glyph * 8..4 + glyph * 8 + 8];
+            for (y, row) in rows.iter().enumerate() {
+                for x in 0..8 {
+                    if row & (0x80 >> x) != 0 {
+                        img.put_pixel(col * 9 + x, y as u32, Rgb([170, 170, 170]));
+                    }
+                }
+            }
+        }
+        let read = read_console(&img, &font, 0.0).unwrap();
+        assert_eq!(read.words.text, "oZ\n");
+        assert_eq!(read.grid, (80, 50));
+    }
+
+    #[test]
+    fn psf2_header_and_table_are_parsed() {
+        let mut f = vec![0x72, 0xb5, 0x4a, 0x86];
+        for v in [0u32, 32, 1, 2, 16, 16, 8] {
+            f.extend(v.to_le_bytes());
+        }
+        f.extend([0u8; 16]); // glyph 0: blank
+        f.extend([0x18u8; 16]); // glyph 1: a vertical bar
+        f.extend(b"\xff|\xfe\x41\xcc\x88\xff"); // glyph 1 = '|' (+ a sequence, ignored)
+        let font = ConsoleFont::from_psf(&f).unwrap();
+        assert_eq!(
+            font.best(0x1818_1818_1818_1818_1818_1818_1818_1818),
+            Some('|')
+        );
+        assert!(ConsoleFont::from_psf(b"\x1f\x8b gzip")
+            .unwrap_err()
+            .to_string()
+            .contains("gunzip"));
     }
 }

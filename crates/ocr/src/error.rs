@@ -91,6 +91,12 @@ pub enum OcrError {
         #[source]
         source: Box<regex::Error>,
     },
+    /// A console font could not be loaded.
+    #[error("cannot load console font: {detail}")]
+    BadFont {
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The screen source (e.g. QMP screendump) failed.
     #[error("taking a screenshot failed: {0}")]
     Screenshot(String),

@@ -29,6 +29,9 @@ pub struct OcrConfig {
     /// Console reader: the largest fraction of inked cells that may match no glyph before the
     /// screen is declared "not a text console in a known font".
     pub console_max_unknown: f32,
+    /// Fonts the console reader tries, in order (default: the VGA BIOS font of our guests; add
+    /// a guest's `setfont` font with [`ConsoleFont::from_psf`]).
+    pub console_fonts: Vec<ConsoleFont>,
     /// `wait_for_text`/`find_text`: when the console reader read every cell exactly and the
     /// pattern is not there, skip the tesseract variants for that screenshot.
     pub trust_exact_console: bool,
@@ -43,6 +46,7 @@ impl Default for OcrConfig {
             retry_initial: std::time::Duration::from_millis(100),
             retry_max: std::time::Duration::from_secs(1),
             console_max_unknown: 0.05,
+            console_fonts: vec![ConsoleFont::vga().clone()],
             trust_exact_console: true,
         }
     }
@@ -112,7 +116,12 @@ impl Ocr {
         cancel: &Canceller,
     ) -> Result<Option<VariantText>, OcrError> {
         if variant.reader == Reader::ConsoleFont {
-            let read = read_console(img, ConsoleFont::vga(), self.config.console_max_unknown);
+            let max_unknown = self.config.console_max_unknown;
+            let read = self
+                .config
+                .console_fonts
+                .iter()
+                .find_map(|f| read_console(img, f, max_unknown));
             return Ok(Some(match read {
                 Some(r) => VariantText {
                     variant: variant.name.clone(),

@@ -177,3 +177,45 @@ fn missing_tesseract_names_the_debian_package() {
     let err = Ocr::new(cfg).unwrap_err().to_string();
     assert!(err.contains("tesseract-ocr"), "{err}");
 }
+
+/// The `huge` screen uses Lat15-VGA16 (console-setup) with doubled rows, which the default VGA
+/// font does not cover; given that font as PSF, the console reader reads it exactly. Runs when
+/// the font is on this machine (console-setup installed, or generate.sh's download cache).
+#[test]
+fn a_guest_font_given_as_psf_is_read_exactly() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let candidates = [
+        "/usr/share/consolefonts/Lat15-VGA16.psf.gz".to_string(),
+        format!(
+            "{home}/.cache/machinist/ocr-corpus/root/usr/share/consolefonts/Lat15-VGA16.psf.gz"
+        ),
+    ];
+    let Some(path) = candidates.iter().find(|p| std::path::Path::new(p).exists()) else {
+        eprintln!("skipped: Lat15-VGA16.psf.gz not found (install console-setup-linux)");
+        return;
+    };
+    let psf = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .unwrap()
+        .stdout;
+    let mut cfg = OcrConfig::default();
+    cfg.console_fonts
+        .push(machinist_ocr::ConsoleFont::from_psf(&psf).unwrap());
+    let ocr = Ocr::new(cfg).unwrap();
+    let huge = load_corpus(&default_corpus_dir())
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == "huge")
+        .unwrap();
+    let best = ocr.read_best(&huge.image).unwrap();
+    assert_eq!(best.variant, "console");
+    assert!(best.exact);
+    assert_eq!(
+        word_recall(&huge.truth, best.text()),
+        (18, 18),
+        "{}",
+        best.text()
+    );
+}
