@@ -36,11 +36,7 @@ fn psf1_table(t: &[u8], count: usize) -> Vec<Vec<char>> {
 
 fn psf2_table(t: &[u8], count: usize) -> Vec<Vec<char>> {
     let mut out = vec![Vec::new(); count];
-    let mut g = 0;
-    for entry in t.split(|&b| b == 0xff) {
-        if g >= count {
-            break;
-        }
+    for (g, entry) in t.split(|&b| b == 0xff).take(count).enumerate() {
         // Single code points come first; 0xfe starts combining sequences (ignored).
         let singles = entry.split(|&b| b == 0xfe).next().unwrap_or_default();
         out[g].extend(
@@ -48,7 +44,6 @@ fn psf2_table(t: &[u8], count: usize) -> Vec<Vec<char>> {
                 .chars()
                 .filter(|c| *c != '\u{fffd}'),
         );
-        g += 1;
     }
     out
 }
