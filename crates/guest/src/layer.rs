@@ -59,12 +59,17 @@ struct NodeJson<'a> {
 
 impl NodeLayer {
     /// Render the layer of node `name`. Fails (naming node and field) if `name` is not in `plan`.
-    pub fn render(name: &str, cfg: &NodeConfig, plan: &NetworkPlan) -> Result<NodeLayer, GuestError> {
+    pub fn render(
+        name: &str,
+        cfg: &NodeConfig,
+        plan: &NetworkPlan,
+    ) -> Result<NodeLayer, GuestError> {
         let planned = plan.node(name).ok_or_else(|| {
             GuestError::Invalid(vec![FieldError {
                 node: name.to_string(),
                 field: "name".into(),
-                message: "node is not part of the network plan (build the plan from all nodes)".into(),
+                message: "node is not part of the network plan (build the plan from all nodes)"
+                    .into(),
             }])
         })?;
         let mut l = NodeLayer {
@@ -74,7 +79,11 @@ impl NodeLayer {
         let mut owners = String::new();
         let mut start_units: Vec<String> = Vec::new();
 
-        l.text("root/etc/hostname", 0o644, format!("{}\n", planned.hostname));
+        l.text(
+            "root/etc/hostname",
+            0o644,
+            format!("{}\n", planned.hostname),
+        );
         l.text("root/etc/hosts", 0o644, plan.hosts_file(name));
         let json = NodeJson {
             name,
@@ -87,17 +96,37 @@ impl NodeLayer {
         // Network.
         for iface in &planned.interfaces {
             let stem = format!("root/etc/systemd/network/10-machinist-{}", iface.name);
-            l.text(format!("{stem}.link"), 0o644, units::link_file(&iface.name, &iface.mac));
-            l.text(format!("{stem}.network"), 0o644, units::vlan_network_file(iface));
+            l.text(
+                format!("{stem}.link"),
+                0o644,
+                units::link_file(&iface.name, &iface.mac),
+            );
+            l.text(
+                format!("{stem}.network"),
+                0o644,
+                units::vlan_network_file(iface),
+            );
         }
         if let Some(u) = &planned.user_interface {
             let stem = format!("root/etc/systemd/network/10-machinist-{}", u.name);
-            l.text(format!("{stem}.link"), 0o644, units::link_file(&u.name, &u.mac));
-            l.text(format!("{stem}.network"), 0o644, units::user_network_file(u));
+            l.text(
+                format!("{stem}.link"),
+                0o644,
+                units::link_file(&u.name, &u.mac),
+            );
+            l.text(
+                format!("{stem}.network"),
+                0o644,
+                units::user_network_file(u),
+            );
         }
 
         // Firewall.
-        l.text("root/etc/nftables.conf", 0o755, units::nftables(&cfg.firewall));
+        l.text(
+            "root/etc/nftables.conf",
+            0o755,
+            units::nftables(&cfg.firewall),
+        );
         if cfg.firewall.enable {
             l.text(
                 format!("root/etc/systemd/system/{}", units::FIREWALL_UNIT),
@@ -105,7 +134,10 @@ impl NodeLayer {
                 units::firewall_unit(),
             );
             l.link(
-                format!("root/etc/systemd/system/sysinit.target.wants/{}", units::FIREWALL_UNIT),
+                format!(
+                    "root/etc/systemd/system/sysinit.target.wants/{}",
+                    units::FIREWALL_UNIT
+                ),
                 format!("/etc/systemd/system/{}", units::FIREWALL_UNIT),
             );
             // Load the netfilter modules in one systemd-modules-load process (libkmod, no fork
@@ -125,13 +157,21 @@ impl NodeLayer {
                 units::sysusers(&cfg.users, &cfg.groups),
             );
         }
-        l.text("root/etc/tmpfiles.d/machinist.conf", 0o644, units::tmpfiles(&cfg.users));
+        l.text(
+            "root/etc/tmpfiles.d/machinist.conf",
+            0o644,
+            units::tmpfiles(&cfg.users),
+        );
 
         // Files.
         for f in &cfg.files {
             let contents = match &f.source {
                 Some(host) => std::fs::read(host).map_err(|e| {
-                    GuestError::io(format!("node {name}: reading the host file for {}", f.path), host, e)
+                    GuestError::io(
+                        format!("node {name}: reading the host file for {}", f.path),
+                        host,
+                        e,
+                    )
                 })?,
                 None => f.contents.clone().into_bytes(),
             };
@@ -206,7 +246,8 @@ impl NodeLayer {
     }
 
     fn bytes(&mut self, path: impl Into<String>, mode: u32, contents: Vec<u8>) {
-        self.entries.insert(path.into(), LayerEntry::File { contents, mode });
+        self.entries
+            .insert(path.into(), LayerEntry::File { contents, mode });
     }
 
     fn link(&mut self, path: impl Into<String>, target: impl Into<String>) {
@@ -250,7 +291,9 @@ impl NodeLayer {
                 w.dir_all(parent).map_err(err)?;
             }
             match entry {
-                LayerEntry::File { contents, mode } => w.file(&full, *mode, contents).map_err(err)?,
+                LayerEntry::File { contents, mode } => {
+                    w.file(&full, *mode, contents).map_err(err)?
+                }
                 LayerEntry::Symlink { target } => w.symlink(&full, target).map_err(err)?,
             }
         }
