@@ -9,8 +9,14 @@ use machinist_guest::{ImageCache, ImageSpec, NetworkPlan, NodeLayer, Profile, Pr
 
 fn main() {
     let stock = std::env::args().any(|a| a == "stock");
-    let spec = if stock { ImageSpec::base().profile(Profile::Stock) } else { ImageSpec::base() };
-    let image = ImageCache::from_env().ensure(&spec, Progress::Lines).expect("image");
+    let spec = if stock {
+        ImageSpec::base().profile(Profile::Stock)
+    } else {
+        ImageSpec::base()
+    };
+    let image = ImageCache::from_env()
+        .ensure(&spec, Progress::Lines)
+        .expect("image");
     let cfg = machinist_guest::bench::bench_node();
     let plan = NetworkPlan::new(&[("bench", &cfg)]);
     let layer = NodeLayer::render("bench", &cfg, &plan).expect("layer");
@@ -22,13 +28,21 @@ fn main() {
     }
     let sw = dir.path().join("sw.sock");
     let _l = std::os::unix::net::UnixListener::bind(&sw).expect("bind");
-    boot.nics.push(machinist_qemu::Nic::stream("nic-vlan1", machinist_guest::mac_for(1, 1), &sw));
+    boot.nics.push(machinist_qemu::Nic::stream(
+        "nic-vlan1",
+        machinist_guest::mac_for(1, 1),
+        &sw,
+    ));
     let t = std::time::Instant::now();
     let mut vm = TestVm::boot(&image, Some(&layer), &boot).expect("boot");
     println!("greeting after {:.2} s", vm.greeting_after.as_secs_f64());
     let (_, up) = vm.run("cat /proc/uptime", Duration::from_secs(10)).unwrap();
     println!("uptime at greeting: {up}");
-    vm.run("until systemctl is-active -q multi-user.target; do sleep 0.05; done", Duration::from_secs(120)).unwrap();
+    vm.run(
+        "until systemctl is-active -q multi-user.target; do sleep 0.05; done",
+        Duration::from_secs(120),
+    )
+    .unwrap();
     println!("multi-user after {:.2} s", t.elapsed().as_secs_f64());
     for cmd in [
         "systemd-analyze time",

@@ -131,14 +131,21 @@ struct Boot {
     ready_uptime_s: f64,
 }
 
-fn boot_once(image: &Image, layer: &NodeLayer, base_initrd: Option<&Path>, dir: &Path, name: &str) -> Result<Boot, GuestError> {
+fn boot_once(
+    image: &Image,
+    layer: &NodeLayer,
+    base_initrd: Option<&Path>,
+    dir: &Path,
+    name: &str,
+) -> Result<Boot, GuestError> {
     // A dummy switch port: QEMU connects its VLAN NIC here.
     let sw = dir.join(format!("{name}-vlan1.sock"));
     let _ = std::fs::remove_file(&sw);
     let listener = UnixListener::bind(&sw).map_err(|e| GuestError::io("binding", &sw, e))?;
     let mut spec = BootSpec::new(name, dir);
     spec.base_initrd = base_initrd.map(Path::to_path_buf);
-    spec.nics.push(Nic::stream("nic-vlan1", crate::mac_for(1, 1), &sw));
+    spec.nics
+        .push(Nic::stream("nic-vlan1", crate::mac_for(1, 1), &sw));
     let t0 = Instant::now();
     let mut vm = TestVm::boot(image, Some(layer), &spec)?;
     let greeting_s = vm.greeting_after.as_secs_f64();
@@ -177,12 +184,19 @@ fn initrd_marks(serial: &[String]) -> (f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(f64::NAN)
     };
-    (find("machinist-initrd: start at "), find("machinist-initrd: switch_root at "))
+    (
+        find("machinist-initrd: start at "),
+        find("machinist-initrd: switch_root at "),
+    )
 }
 
 /// Run the boot benchmark: `runs` interleaved cold boots of ours and the baseline (builds the
 /// images first if needed), holding the VM lock while booting.
-pub fn run_boot_bench(cache: &ImageCache, runs: usize, progress: Progress) -> Result<BootBenchReport, GuestError> {
+pub fn run_boot_bench(
+    cache: &ImageCache,
+    runs: usize,
+    progress: Progress,
+) -> Result<BootBenchReport, GuestError> {
     let ours_spec = ImageSpec::base();
     let base_spec = ImageSpec::base().profile(Profile::Stock);
     let ours = cache.ensure(&ours_spec, progress)?;
@@ -190,10 +204,13 @@ pub fn run_boot_bench(cache: &ImageCache, runs: usize, progress: Progress) -> Re
     let t = Instant::now();
     let _ = cache.ensure(&ours_spec, progress)?;
     let build_warm_s = t.elapsed().as_secs_f64();
-    let deb_initrd = baseline.debian_initrd.clone().ok_or_else(|| GuestError::BadImage {
-        image: base_spec.name(),
-        what: "no Debian initramfs in the stock image".into(),
-    })?;
+    let deb_initrd = baseline
+        .debian_initrd
+        .clone()
+        .ok_or_else(|| GuestError::BadImage {
+            image: base_spec.name(),
+            what: "no Debian initramfs in the stock image".into(),
+        })?;
 
     let cfg = bench_node();
     let plan = NetworkPlan::new(&[("bench", &cfg)]);
@@ -220,11 +237,21 @@ pub fn run_boot_bench(cache: &ImageCache, runs: usize, progress: Progress) -> Re
             systemd_to_greeting_s: s.uptime_at_greeting_s - switch,
             greeting_to_ready_s: boot.ready_uptime_s - s.uptime_at_greeting_s,
         });
-        progress.line(&format!("bench boot: run {} ours greeting {:.2} s ready {:.2} s", i + 1, s.greeting_s, s.ready_s));
+        progress.line(&format!(
+            "bench boot: run {} ours greeting {:.2} s ready {:.2} s",
+            i + 1,
+            s.greeting_s,
+            s.ready_s
+        ));
         o.push(s);
         let boot = boot_once(&baseline, &layer, Some(&deb_initrd), &dir, "bench")?;
         let s = boot.sample;
-        progress.line(&format!("bench boot: run {} baseline greeting {:.2} s ready {:.2} s", i + 1, s.greeting_s, s.ready_s));
+        progress.line(&format!(
+            "bench boot: run {} baseline greeting {:.2} s ready {:.2} s",
+            i + 1,
+            s.greeting_s,
+            s.ready_s
+        ));
         b.push(s);
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -174,8 +174,7 @@ impl NodeConfig {
         self
     }
 
-    /// Mask a systemd unit (or disable a generator by giving its path under
-    /// `/etc/systemd/system-generators/`... use [`NodeConfig::file`] for that).
+    /// Mask a systemd unit (the layer links `/etc/systemd/system/<unit>` to /dev/null).
     pub fn mask_unit(mut self, unit: impl Into<String>) -> Self {
         self.masked_units.push(unit.into());
         self
@@ -578,7 +577,7 @@ impl FirstBootScript {
 }
 
 /// A user created with systemd-sysusers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserSpec {
     /// Login name.
@@ -595,20 +594,6 @@ pub struct UserSpec {
     pub shell: Option<String>,
     /// GECOS field.
     pub description: Option<String>,
-}
-
-impl Default for UserSpec {
-    fn default() -> Self {
-        UserSpec {
-            name: String::new(),
-            uid: None,
-            group: None,
-            extra_groups: Vec::new(),
-            home: None,
-            shell: None,
-            description: None,
-        }
-    }
 }
 
 impl UserSpec {

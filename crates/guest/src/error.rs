@@ -106,7 +106,11 @@ pub enum GuestError {
 
 impl GuestError {
     /// Wrap an io error with context and path.
-    pub fn io(context: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(
+        context: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         GuestError::Io {
             context: context.into(),
             path: path.into(),

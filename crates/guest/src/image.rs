@@ -148,7 +148,10 @@ impl ImageSpec {
     }
 
     fn base_package_list(&self) -> Vec<String> {
-        let mut v: Vec<String> = tuning::BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+        let mut v: Vec<String> = tuning::BASE_PACKAGES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if self.profile == Profile::Stock {
             v.extend(tuning::STOCK_EXTRA_PACKAGES.iter().map(|s| s.to_string()));
         }
@@ -156,7 +159,10 @@ impl ImageSpec {
     }
 
     fn mirrors(&self) -> Vec<String> {
-        MIRRORS.iter().map(|m| m.replace("{suite}", &self.suite)).collect()
+        MIRRORS
+            .iter()
+            .map(|m| m.replace("{suite}", &self.suite))
+            .collect()
     }
 
     /// The hash of the mmdebstrap output alone (suite, mirrors, options, packages): the
@@ -340,6 +346,45 @@ impl ImageCache {
         self
     }
 
+    /// Remove cache entries (images and bootstrap trees) that none of `keep` uses, e.g. left
+    /// behind by older guest scripts. Returns the removed directories. Entries being built
+    /// (locked) are skipped; VMs already running on a removed image keep working (open files).
+    pub fn prune_except(&self, keep: &[ImageSpec]) -> Result<Vec<PathBuf>, GuestError> {
+        let mut names = BTreeSet::new();
+        for spec in keep {
+            names.insert(spec.hash()?);
+            names.insert(spec.base_spec().hash()?);
+            names.insert(format!("bootstrap-{}", spec.bootstrap_hash()));
+        }
+        let images = self.images_dir();
+        let mut removed = Vec::new();
+        let Ok(rd) = fs::read_dir(&images) else {
+            return Ok(removed);
+        };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with('.') || names.contains(&n) || !e.path().is_dir() {
+                continue;
+            }
+            let lock = images.join(format!(".{n}.lock"));
+            let Ok(f) = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock)
+            else {
+                continue;
+            };
+            if let Ok(_l) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            {
+                safe_remove_dir_all(&e.path());
+                let _ = fs::remove_file(&lock);
+                removed.push(e.path());
+            }
+        }
+        Ok(removed)
+    }
+
     /// `<cache>/images`.
     pub fn images_dir(&self) -> PathBuf {
         self.root.join("images")
@@ -374,7 +419,8 @@ impl ImageCache {
             }
         }
         let images = self.images_dir();
-        fs::create_dir_all(&images).map_err(|e| GuestError::io("creating cache directory", &images, e))?;
+        fs::create_dir_all(&images)
+            .map_err(|e| GuestError::io("creating cache directory", &images, e))?;
         let _lock = lock_image(&images, &hash, &spec.name(), progress)?;
         if !self.rebuild {
             if let Some(img) = self.read_manifest(&dir) {
@@ -406,7 +452,10 @@ impl ImageCache {
             disk: dir.join("rootfs.img"),
             kernel: dir.join("vmlinuz"),
             initrd: dir.join("initrd.img"),
-            debian_initrd: tmp.join("initrd-debian.img").exists().then(|| dir.join("initrd-debian.img")),
+            debian_initrd: tmp
+                .join("initrd-debian.img")
+                .exists()
+                .then(|| dir.join("initrd-debian.img")),
             kernel_version,
             build_seconds: start.elapsed().as_secs_f64(),
         };
@@ -415,7 +464,8 @@ impl ImageCache {
         write_synced(&tmp.join(MANIFEST), &manifest)?;
         if dir.exists() {
             let old = images.join(format!(".old-{hash}-{}", std::process::id()));
-            fs::rename(&dir, &old).map_err(|e| GuestError::io("moving old image aside", &dir, e))?;
+            fs::rename(&dir, &old)
+                .map_err(|e| GuestError::io("moving old image aside", &dir, e))?;
             safe_remove_dir_all(&old);
         }
         fs::rename(&tmp, &dir).map_err(|e| GuestError::io("publishing image", &dir, e))?;
@@ -435,7 +485,11 @@ impl ImageCache {
     }
 
     /// The cached mmdebstrap output for `spec`'s base (built if missing): `<cache>/images/bootstrap-<hash>/tree`.
-    fn ensure_bootstrap(&self, spec: &ImageSpec, progress: Progress) -> Result<PathBuf, GuestError> {
+    fn ensure_bootstrap(
+        &self,
+        spec: &ImageSpec,
+        progress: Progress,
+    ) -> Result<PathBuf, GuestError> {
         let bhash = spec.bootstrap_hash();
         let images = self.images_dir();
         let key = format!("bootstrap-{bhash}");
@@ -475,7 +529,13 @@ impl ImageCache {
         Ok(dir.join("tree"))
     }
 
-    fn copy_bootstrap(&self, spec: &ImageSpec, tree: &Path, log: &Path, progress: Progress) -> Result<(), GuestError> {
+    fn copy_bootstrap(
+        &self,
+        spec: &ImageSpec,
+        tree: &Path,
+        log: &Path,
+        progress: Progress,
+    ) -> Result<(), GuestError> {
         let bootstrap = self.ensure_bootstrap(spec, progress)?;
         let phase = progress.phase(&spec.name(), "copy bootstrap tree");
         let mut cmd = Command::new("cp");
@@ -501,12 +561,24 @@ impl ImageCache {
 
         let phase = progress.phase(&name, "customize");
         let machine_id = &hash[..32];
-        apply_steps(&tree, &tuning::steps(spec.profile, &backdoor_files(), machine_id), &name)?;
+        apply_steps(
+            &tree,
+            &tuning::steps(spec.profile, &backdoor_files(), machine_id),
+            &name,
+        )?;
         set_empty_root_password(&tree, &name)?;
         if spec.profile == Profile::Stock {
             let mut cmd = Command::new("unshare");
-            cmd.args(["--mount", "--propagation", "private", "sh", "-c", STOCK_INITRAMFS_RECIPE, "sh"])
-                .arg(&tree);
+            cmd.args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                STOCK_INITRAMFS_RECIPE,
+                "sh",
+            ])
+            .arg(&tree);
             run_logged(&mut cmd, &log, &name, "update-initramfs", &tree)?;
         }
         phase.finish();
@@ -531,7 +603,8 @@ impl ImageCache {
         let kv = crate::initrd::kernel_version(tree, &name)?;
         let boot = tree.join("boot");
         let vmlinuz = boot.join(format!("vmlinuz-{kv}"));
-        fs::copy(&vmlinuz, tmp.join("vmlinuz")).map_err(|e| GuestError::io("copying kernel", &vmlinuz, e))?;
+        fs::copy(&vmlinuz, tmp.join("vmlinuz"))
+            .map_err(|e| GuestError::io("copying kernel", &vmlinuz, e))?;
         let deb_initrd = boot.join(format!("initrd.img-{kv}"));
         if deb_initrd.exists() {
             fs::copy(&deb_initrd, tmp.join("initrd-debian.img"))
@@ -562,17 +635,30 @@ impl ImageCache {
         let phase = progress.phase(&name, "apt-get install");
         let resolv = tree.join("etc/resolv.conf");
         let _ = fs::remove_file(&resolv);
-        fs::copy("/etc/resolv.conf", &resolv).map_err(|e| GuestError::io("copying", "/etc/resolv.conf", e))?;
+        fs::copy("/etc/resolv.conf", &resolv)
+            .map_err(|e| GuestError::io("copying", "/etc/resolv.conf", e))?;
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c", DERIVED_RECIPE, "sh"])
-            .arg(&tree)
-            .args(&spec.packages);
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            DERIVED_RECIPE,
+            "sh",
+        ])
+        .arg(&tree)
+        .args(&spec.packages);
         run_logged(&mut cmd, &log, &name, "apt-get install", &tree)?;
         phase.finish();
 
         let phase = progress.phase(&name, "customize");
         let machine_id = &base.hash[..32];
-        apply_steps(&tree, &tuning::steps(spec.profile, &backdoor_files(), machine_id), &name)?;
+        apply_steps(
+            &tree,
+            &tuning::steps(spec.profile, &backdoor_files(), machine_id),
+            &name,
+        )?;
         set_empty_root_password(&tree, &name)?;
         phase.finish();
         let kv = self.export_boot_files(spec, &tree, tmp, progress)?;
@@ -596,7 +682,9 @@ impl Drop for TmpGuard {
 /// Remove a build directory, but never through a mount point: if anything is still mounted
 /// below it (a killed chroot step), lazily unmount it first and skip the removal if that fails.
 fn safe_remove_dir_all(dir: &Path) {
-    let Ok(canon) = fs::canonicalize(dir) else { return };
+    let Ok(canon) = fs::canonicalize(dir) else {
+        return;
+    };
     let prefix = canon.to_string_lossy().into_owned();
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut under: Vec<String> = mounts
@@ -607,7 +695,11 @@ fn safe_remove_dir_all(dir: &Path) {
         .collect();
     under.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in &under {
-        let ok = Command::new("umount").args(["-l", m]).status().map(|s| s.success()).unwrap_or(false);
+        let ok = Command::new("umount")
+            .args(["-l", m])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         if !ok {
             tracing::warn!("not removing {}: {m} is still mounted", dir.display());
             return;
@@ -628,7 +720,12 @@ fn remove_stale(images: &Path, hash: &str) {
 
 struct LockGuard(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
-fn lock_image(images: &Path, hash: &str, name: &str, progress: Progress) -> Result<LockGuard, GuestError> {
+fn lock_image(
+    images: &Path,
+    hash: &str,
+    name: &str,
+    progress: Progress,
+) -> Result<LockGuard, GuestError> {
     let path = images.join(format!(".{hash}.lock"));
     let deadline = Instant::now() + STEP_DEADLINE * 2;
     let mut said = false;
@@ -643,7 +740,9 @@ fn lock_image(images: &Path, hash: &str, name: &str, progress: Progress) -> Resu
             Ok(l) => return Ok(LockGuard(l)),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                 if !said {
-                    progress.line(&format!("image {name}: waiting for another build of it to finish"));
+                    progress.line(&format!(
+                        "image {name}: waiting for another build of it to finish"
+                    ));
                     said = true;
                 }
                 if Instant::now() > deadline {
@@ -721,7 +820,13 @@ fn map_write_err(path: &Path, e: std::io::Error) -> GuestError {
 }
 
 /// Run `cmd` with output appended to `log`, with a deadline; map apt/disk errors.
-fn run_logged(cmd: &mut Command, log: &Path, image: &str, step: &str, workdir: &Path) -> Result<(), GuestError> {
+fn run_logged(
+    cmd: &mut Command,
+    log: &Path,
+    image: &str,
+    step: &str,
+    workdir: &Path,
+) -> Result<(), GuestError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let start_len = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     let logf = fs::OpenOptions::new()
@@ -729,7 +834,9 @@ fn run_logged(cmd: &mut Command, log: &Path, image: &str, step: &str, workdir: &
         .append(true)
         .open(log)
         .map_err(|e| GuestError::io("opening build log", log, e))?;
-    let logf2 = logf.try_clone().map_err(|e| GuestError::io("opening build log", log, e))?;
+    let logf2 = logf
+        .try_clone()
+        .map_err(|e| GuestError::io("opening build log", log, e))?;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(logf)
@@ -757,11 +864,23 @@ fn run_logged(cmd: &mut Command, log: &Path, image: &str, step: &str, workdir: &
     }
     let text = fs::read(log).unwrap_or_default();
     let text = String::from_utf8_lossy(&text[(start_len as usize).min(text.len())..]).into_owned();
-    Err(classify_failure(&text, image, step, &status.to_string(), workdir))
+    Err(classify_failure(
+        &text,
+        image,
+        step,
+        &status.to_string(),
+        workdir,
+    ))
 }
 
 /// Turn a failed step's output into the most helpful error.
-pub fn classify_failure(output: &str, image: &str, step: &str, status: &str, workdir: &Path) -> GuestError {
+pub fn classify_failure(
+    output: &str,
+    image: &str,
+    step: &str,
+    status: &str,
+    workdir: &Path,
+) -> GuestError {
     for line in output.lines() {
         let l = line.trim();
         let pkg = l
@@ -781,7 +900,10 @@ pub fn classify_failure(output: &str, image: &str, step: &str, status: &str, wor
             };
         }
     }
-    if let Some(l) = output.lines().find(|l| l.contains("No space left on device")) {
+    if let Some(l) = output
+        .lines()
+        .find(|l| l.contains("No space left on device"))
+    {
         return GuestError::DiskFull {
             image: image.into(),
             path: workdir.to_path_buf(),
@@ -802,10 +924,15 @@ pub fn classify_failure(output: &str, image: &str, step: &str, status: &str, wor
 fn apply_steps(tree: &Path, steps: &[Step], image: &str) -> Result<(), GuestError> {
     for step in steps {
         match step {
-            Step::File { path, contents, mode } => {
+            Step::File {
+                path,
+                contents,
+                mode,
+            } => {
                 let p = tree.join(path.trim_start_matches('/'));
                 if let Some(parent) = p.parent() {
-                    fs::create_dir_all(parent).map_err(|e| GuestError::io("creating", parent, e))?;
+                    fs::create_dir_all(parent)
+                        .map_err(|e| GuestError::io("creating", parent, e))?;
                 }
                 let _ = fs::remove_file(&p);
                 fs::write(&p, contents).map_err(|e| map_write_err(&p, e))?;
@@ -815,15 +942,19 @@ fn apply_steps(tree: &Path, steps: &[Step], image: &str) -> Result<(), GuestErro
             Step::Symlink { path, target } => {
                 let p = tree.join(path.trim_start_matches('/'));
                 if let Some(parent) = p.parent() {
-                    fs::create_dir_all(parent).map_err(|e| GuestError::io("creating", parent, e))?;
+                    fs::create_dir_all(parent)
+                        .map_err(|e| GuestError::io("creating", parent, e))?;
                 }
                 let _ = fs::remove_file(&p);
-                std::os::unix::fs::symlink(target, &p).map_err(|e| GuestError::io("symlink", &p, e))?;
+                std::os::unix::fs::symlink(target, &p)
+                    .map_err(|e| GuestError::io("symlink", &p, e))?;
             }
             Step::Remove { path } => {
                 let p = tree.join(path.trim_start_matches('/'));
                 match fs::symlink_metadata(&p) {
-                    Ok(m) if m.is_dir() => fs::remove_dir_all(&p).map_err(|e| GuestError::io("removing", &p, e))?,
+                    Ok(m) if m.is_dir() => {
+                        fs::remove_dir_all(&p).map_err(|e| GuestError::io("removing", &p, e))?
+                    }
                     Ok(_) => fs::remove_file(&p).map_err(|e| GuestError::io("removing", &p, e))?,
                     Err(_) => {}
                 }
@@ -877,7 +1008,13 @@ fn tree_bytes(dir: &Path) -> u64 {
     total
 }
 
-fn make_ext4(tree: &Path, img: &Path, log: &Path, image: &str, progress: Progress) -> Result<(), GuestError> {
+fn make_ext4(
+    tree: &Path,
+    img: &Path,
+    log: &Path,
+    image: &str,
+    progress: Progress,
+) -> Result<(), GuestError> {
     let phase = progress.phase(image, "mkfs.ext4 -d");
     let used = tree_bytes(tree);
     // Room for the test's own writes (they land in the qcow2 overlay, but need free blocks).

@@ -8,12 +8,7 @@ use crate::error::GuestError;
 use crate::tuning::INITRD_INIT_SCRIPT;
 
 /// Modules loaded by the tiny initrd (dependencies are added from `modules.dep`).
-pub const INITRD_MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_console",
-    "virtio_net",
-];
+pub const INITRD_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_console", "virtio_net"];
 
 /// Host path of the static busybox (Debian package busybox-static).
 pub const HOST_BUSYBOX: &str = "/bin/busybox";
@@ -38,7 +33,9 @@ pub fn kernel_version(root: &Path, image: &str) -> Result<String, GuestError> {
 pub fn resolve_modules(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>, String> {
     let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for line in modules_dep.lines() {
-        let Some((path, rest)) = line.split_once(':') else { continue };
+        let Some((path, rest)) = line.split_once(':') else {
+            continue;
+        };
         let name = module_name(path);
         deps.insert(
             name,
@@ -107,8 +104,8 @@ pub fn build(root: &Path, image: &str) -> Result<Vec<u8>, GuestError> {
     let kv = kernel_version(root, image)?;
     let moddir: PathBuf = root.join("lib/modules").join(&kv);
     let dep_path = moddir.join("modules.dep");
-    let dep = std::fs::read_to_string(&dep_path)
-        .map_err(|e| GuestError::io("reading", &dep_path, e))?;
+    let dep =
+        std::fs::read_to_string(&dep_path).map_err(|e| GuestError::io("reading", &dep_path, e))?;
     let order = resolve_modules(&dep, INITRD_MODULES).map_err(|what| GuestError::BadImage {
         image: image.into(),
         what,
@@ -132,7 +129,8 @@ pub fn build(root: &Path, image: &str) -> Result<Vec<u8>, GuestError> {
     w.char_device("dev/console", 0o600, 5, 1).map_err(err)?;
     w.file("bin/busybox", 0o755, &busybox).map_err(err)?;
     w.symlink("bin/sh", "busybox").map_err(err)?;
-    w.file("init", 0o755, INITRD_INIT_SCRIPT.as_bytes()).map_err(err)?;
+    w.file("init", 0o755, INITRD_INIT_SCRIPT.as_bytes())
+        .map_err(err)?;
     let mut listing = String::new();
     for rel in &order {
         let p = moddir.join(rel);
@@ -142,6 +140,7 @@ pub fn build(root: &Path, image: &str) -> Result<Vec<u8>, GuestError> {
         listing.push_str(name);
         listing.push('\n');
     }
-    w.file("lib/modules.order", 0o644, listing.as_bytes()).map_err(err)?;
+    w.file("lib/modules.order", 0o644, listing.as_bytes())
+        .map_err(err)?;
     w.finish().map_err(err)
 }

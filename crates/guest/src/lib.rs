@@ -9,7 +9,6 @@
 
 mod backdoor_files;
 pub mod bench;
-pub mod testvm;
 mod config;
 mod error;
 mod image;
@@ -17,6 +16,7 @@ pub mod initrd;
 mod layer;
 mod network;
 mod progress;
+pub mod testvm;
 pub mod tuning;
 pub mod units;
 mod validate;

@@ -118,9 +118,8 @@ impl NetworkPlan {
 
     /// /etc/hosts for `for_node`: localhost, then every node on every VLAN (IPv4 and IPv6).
     pub fn hosts_file(&self, for_node: &str) -> String {
-        let mut out = String::from(
-            "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
-        );
+        let mut out =
+            String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n");
         if let Some(me) = self.nodes.get(for_node) {
             if me.interfaces.is_empty() {
                 out.push_str(&format!("127.0.1.1 {}\n", me.hostname));

@@ -30,9 +30,9 @@ impl Progress {
         let bar = match self {
             Progress::Bar if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
                 let b = indicatif::ProgressBar::new_spinner();
-                if let Ok(style) =
-                    indicatif::ProgressStyle::with_template("{spinner} image {prefix}: {msg} ({elapsed})")
-                {
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{spinner} image {prefix}: {msg} ({elapsed})",
+                ) {
                     b.set_style(style);
                 }
                 b.set_prefix(image.to_string());

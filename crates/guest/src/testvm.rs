@@ -71,7 +71,12 @@ pub struct TestVm {
     buf: Vec<u8>,
 }
 
-fn accept_within(l: &UnixListener, deadline: Instant, what: &str, qemu: &QemuProcess) -> Result<UnixStream, GuestError> {
+fn accept_within(
+    l: &UnixListener,
+    deadline: Instant,
+    what: &str,
+    qemu: &QemuProcess,
+) -> Result<UnixStream, GuestError> {
     l.set_nonblocking(true)
         .map_err(|e| GuestError::io("set_nonblocking", what, e))?;
     loop {
@@ -105,17 +110,25 @@ fn accept_within(l: &UnixListener, deadline: Instant, what: &str, qemu: &QemuPro
 
 impl TestVm {
     /// Boot `image` with `layer` appended to its initrd; returns once the greeting arrived.
-    pub fn boot(image: &Image, layer: Option<&NodeLayer>, spec: &BootSpec) -> Result<TestVm, GuestError> {
+    pub fn boot(
+        image: &Image,
+        layer: Option<&NodeLayer>,
+        spec: &BootSpec,
+    ) -> Result<TestVm, GuestError> {
         let dir = &spec.dir;
         let overlay = dir.join(format!("{}.qcow2", spec.name));
         let _ = std::fs::remove_file(&overlay);
         image.create_overlay(&overlay)?;
-        let base_initrd = spec.base_initrd.clone().unwrap_or_else(|| image.initrd.clone());
+        let base_initrd = spec
+            .base_initrd
+            .clone()
+            .unwrap_or_else(|| image.initrd.clone());
         let initrd = dir.join(format!("{}-initrd.img", spec.name));
         match layer {
             Some(l) => image.write_initrd_with(&base_initrd, l, &initrd)?,
             None => {
-                std::fs::copy(&base_initrd, &initrd).map_err(|e| GuestError::io("copying", &base_initrd, e))?;
+                std::fs::copy(&base_initrd, &initrd)
+                    .map_err(|e| GuestError::io("copying", &base_initrd, e))?;
             }
         }
         let sock = |n: &str| dir.join(format!("{}-{n}.sock", spec.name));
@@ -192,7 +205,11 @@ impl TestVm {
                     ))
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => return Err(GuestError::io("reading backdoor", self.qemu.name(), e)),
             }
         }
@@ -203,9 +220,8 @@ impl TestVm {
     pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String), GuestError> {
         self.counter += 1;
         let marker = format!("__MACHINIST_GUEST_DONE_{}__", self.counter);
-        let wrapped = format!(
-            "( {command}\n) </dev/null 2>&1; printf '\\n{marker} %s\\n' \"$?\"\n"
-        );
+        let wrapped =
+            format!("( {command}\n) </dev/null 2>&1; printf '\\n{marker} %s\\n' \"$?\"\n");
         self.shell
             .write_all(wrapped.as_bytes())
             .map_err(|e| GuestError::io("writing backdoor", self.qemu.name(), e))?;

@@ -7,7 +7,9 @@ use crate::backdoor_files::BackdoorInstall;
 use crate::layer::APPLY_LAYER_PATH;
 
 /// How much boot-time pruning an image gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
     /// Pruned for fast boots under TCG (the default).
@@ -77,10 +79,19 @@ pub const INITRD_INIT_SCRIPT: &str = include_str!("scripts/init.sh");
 
 /// Units masked in tuned images (symlinked to /dev/null), with the reason.
 pub const MASKED_UNITS: &[(&str, &str)] = &[
-    ("systemd-firstboot.service", "would prompt on the console; machine-id is set at build time"),
+    (
+        "systemd-firstboot.service",
+        "would prompt on the console; machine-id is set at build time",
+    ),
     ("getty-static.service", "gettys on tty2-6 are never used"),
-    ("serial-getty@ttyS0.service", "ttyS0 carries the boot log and backdoor stderr"),
-    ("systemd-random-seed.service", "throw-away VM; one process spawn (~0.1 s under TCG)"),
+    (
+        "serial-getty@ttyS0.service",
+        "ttyS0 carries the boot log and backdoor stderr",
+    ),
+    (
+        "systemd-random-seed.service",
+        "throw-away VM; one process spawn (~0.1 s under TCG)",
+    ),
     ("systemd-journal-flush.service", "journal is volatile"),
     ("systemd-update-utmp.service", "no utmp readers"),
     ("systemd-update-utmp-runlevel.service", "no utmp readers"),
@@ -99,22 +110,46 @@ pub const MASKED_UNITS: &[(&str, &str)] = &[
     ("systemd-pcrphase-sysinit.service", "no TPM"),
     ("systemd-repart.service", "fixed disk layout"),
     ("systemd-ask-password-wall.path", "no passwords to ask for"),
-    ("systemd-ask-password-console.path", "no passwords to ask for"),
+    (
+        "systemd-ask-password-console.path",
+        "no passwords to ask for",
+    ),
     ("systemd-tmpfiles-clean.timer", "VMs live minutes"),
-    ("systemd-remount-fs.service", "the initramfs mounts / rw,noatime"),
-    ("systemd-sysusers.service", "the node layer runs sysusers in the initramfs; packages create their users at build time"),
+    (
+        "systemd-remount-fs.service",
+        "the initramfs mounts / rw,noatime",
+    ),
+    (
+        "systemd-sysusers.service",
+        "the node layer runs sysusers in the initramfs; packages create their users at build time",
+    ),
     ("systemd-pstore.service", "no pstore"),
-    ("systemd-logind.service", "no dbus in the image, no logins to track; tests use the backdoor"),
-    ("kmod-static-nodes.service", "static /dev nodes for modules we never load"),
-    ("systemd-tmpfiles-setup-dev.service", "devtmpfs already has the nodes; it delays udevd (and so networkd) by ~0.5 s under TCG"),
-    ("systemd-machine-id-commit.service", "machine-id is a regular file"),
+    (
+        "systemd-logind.service",
+        "no dbus in the image, no logins to track; tests use the backdoor",
+    ),
+    (
+        "kmod-static-nodes.service",
+        "static /dev nodes for modules we never load",
+    ),
+    (
+        "systemd-tmpfiles-setup-dev.service",
+        "devtmpfs already has the nodes; it delays udevd (and so networkd) by ~0.5 s under TCG",
+    ),
+    (
+        "systemd-machine-id-commit.service",
+        "machine-id is a regular file",
+    ),
     ("apt-daily.timer", "no package updates in a test VM"),
     ("apt-daily-upgrade.timer", "no package updates in a test VM"),
     ("dpkg-db-backup.timer", "no backups in a test VM"),
     ("e2scrub_all.timer", "no fs maintenance in a test VM"),
     ("e2scrub_reap.service", "no fs maintenance in a test VM"),
     ("fstrim.timer", "no fs maintenance in a test VM"),
-    ("systemd-networkd-wait-online.service", "nothing waits for network-online; tests wait for what they need"),
+    (
+        "systemd-networkd-wait-online.service",
+        "nothing waits for network-online; tests wait for what they need",
+    ),
 ];
 
 /// Generators disabled in tuned images (each costs 0.1-0.25 s of CPU under TCG).
@@ -138,9 +173,18 @@ pub const BLACKLIST: &str = "blacklist kvm\nblacklist kvm_amd\nblacklist kvm_int
 
 /// Files removed from tuned images.
 pub const REMOVED_PATHS: &[(&str, &str)] = &[
-    ("/etc/resolv.conf", "copied from the build host; guests have no DNS"),
-    ("/var/cache/apt", "package cache (rebuilt by apt when needed)"),
-    ("/var/lib/apt/lists", "package lists (derived builds run apt-get update)"),
+    (
+        "/etc/resolv.conf",
+        "copied from the build host; guests have no DNS",
+    ),
+    (
+        "/var/cache/apt",
+        "package cache (rebuilt by apt when needed)",
+    ),
+    (
+        "/var/lib/apt/lists",
+        "package lists (derived builds run apt-get update)",
+    ),
     ("/var/log/apt", "build logs"),
     ("/var/log/dpkg.log", "build logs"),
 ];
@@ -150,7 +194,11 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
     let mut s = Vec::new();
     // Common to both profiles.
     s.push(file("/etc/hostname", "machinist\n", 0o644));
-    s.push(file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n", 0o644));
+    s.push(file(
+        "/etc/hosts",
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+        0o644,
+    ));
     s.push(file("/etc/fstab", FSTAB, 0o644));
     s.push(file("/etc/machine-id", format!("{machine_id}\n"), 0o444));
     s.push(file(APPLY_LAYER_PATH, APPLY_LAYER_SCRIPT, 0o755));
@@ -170,7 +218,9 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
         "/lib/systemd/system/systemd-networkd.socket",
     ));
     for (path, _) in REMOVED_PATHS {
-        s.push(Step::Remove { path: (*path).into() });
+        s.push(Step::Remove {
+            path: (*path).into(),
+        });
     }
     match profile {
         Profile::Stock => {
@@ -182,12 +232,18 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
             ));
         }
         Profile::Tuned => {
-            s.push(link("/etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target"));
+            s.push(link(
+                "/etc/systemd/system/default.target",
+                "/lib/systemd/system/multi-user.target",
+            ));
             for (unit, _) in MASKED_UNITS {
                 s.push(link(&format!("/etc/systemd/system/{unit}"), "/dev/null"));
             }
             for g in DISABLED_GENERATORS {
-                s.push(link(&format!("/etc/systemd/system-generators/{g}"), "/dev/null"));
+                s.push(link(
+                    &format!("/etc/systemd/system-generators/{g}"),
+                    "/dev/null",
+                ));
             }
             s.push(Step::Remove {
                 path: "/etc/systemd/system/timers.target.wants".into(),
@@ -216,7 +272,8 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
 
 /// /etc/fstab: empty, because the initramfs already mounted / rw,noatime (an entry would make
 /// systemd wait for udev to announce dev-vda.device and run fsck/remount units).
-pub const FSTAB: &str = "# / is mounted rw,noatime by the initramfs (root=/dev/vda rw); nothing else to mount.\n";
+pub const FSTAB: &str =
+    "# / is mounted rw,noatime by the initramfs (root=/dev/vda rw); nothing else to mount.\n";
 
 /// Packages every image has.
 pub const BASE_PACKAGES: &[&str] = &[
@@ -245,4 +302,3 @@ if [ -d /machinist-layer ]; then
 	sh "${rootmnt}/usr/lib/machinist/apply-layer" --root "${rootmnt}" /machinist-layer || echo "machinist: apply-layer failed"
 fi
 "#;
-

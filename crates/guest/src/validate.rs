@@ -29,7 +29,8 @@ pub fn is_valid_hostname(s: &str) -> bool {
         && s.len() <= 63
         && !s.starts_with('-')
         && !s.ends_with('-')
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Is `s` a valid user or group name (`[a-z_][a-z0-9_-]*`, at most 31 characters)?
@@ -56,7 +57,8 @@ fn valid_path(p: &str) -> bool {
         && !p.ends_with('/')
         && !p.split('/').any(|c| c == ".." || c == ".")
         && !p.contains("//")
-        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/@+:=,%-".contains(&b))
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/@+:=,%-".contains(&b))
 }
 
 /// Check every node; return all problems at once, each naming the node and the field.
@@ -106,11 +108,17 @@ fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.')
             });
         if !ok {
-            e.push("packages", format!("{p:?} is not a valid Debian package name"));
+            e.push(
+                "packages",
+                format!("{p:?} is not a valid Debian package name"),
+            );
         }
     }
     if cfg.memory_mib < 128 {
-        e.push("memory_mib", format!("{} MiB is too small (min 128)", cfg.memory_mib));
+        e.push(
+            "memory_mib",
+            format!("{} MiB is too small (min 128)", cfg.memory_mib),
+        );
     }
     if cfg.cores == 0 || cfg.cores > 64 {
         e.push("cores", format!("{} is out of range 1..=64", cfg.cores));
@@ -143,15 +151,24 @@ fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
         if !is_valid_account_name(&g.name) {
             e.push(
                 format!("groups[{i}].name"),
-                format!("{:?} is not a valid group name ([a-z_][a-z0-9_-]*, max 31)", g.name),
+                format!(
+                    "{:?} is not a valid group name ([a-z_][a-z0-9_-]*, max 31)",
+                    g.name
+                ),
             );
         }
         if groups.insert(&g.name, i).is_some() {
-            e.push(format!("groups[{i}].name"), format!("group {:?} defined twice", g.name));
+            e.push(
+                format!("groups[{i}].name"),
+                format!("group {:?} defined twice", g.name),
+            );
         }
         if let Some(gid) = g.gid {
             if gid == 0 || gid >= 60000 {
-                e.push(format!("groups[{i}].gid"), format!("gid {gid} is out of range 1..60000"));
+                e.push(
+                    format!("groups[{i}].gid"),
+                    format!("gid {gid} is out of range 1..60000"),
+                );
             }
         }
     }
@@ -160,23 +177,35 @@ fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
         if !is_valid_account_name(&u.name) {
             e.push(
                 format!("users[{i}].name"),
-                format!("{:?} is not a valid user name ([a-z_][a-z0-9_-]*, max 31)", u.name),
+                format!(
+                    "{:?} is not a valid user name ([a-z_][a-z0-9_-]*, max 31)",
+                    u.name
+                ),
             );
         }
         if u.name == "root" {
             e.push(format!("users[{i}].name"), "root already exists");
         }
         if !users.insert(u.name.as_str()) {
-            e.push(format!("users[{i}].name"), format!("user {:?} defined twice", u.name));
+            e.push(
+                format!("users[{i}].name"),
+                format!("user {:?} defined twice", u.name),
+            );
         }
         if let Some(uid) = u.uid {
             if uid == 0 || uid >= 60000 {
-                e.push(format!("users[{i}].uid"), format!("uid {uid} is out of range 1..60000"));
+                e.push(
+                    format!("users[{i}].uid"),
+                    format!("uid {uid} is out of range 1..60000"),
+                );
             }
         }
         if let Some(h) = &u.home {
             if !valid_path(h) {
-                e.push(format!("users[{i}].home"), format!("{h:?} is not an absolute path"));
+                e.push(
+                    format!("users[{i}].home"),
+                    format!("{h:?} is not an absolute path"),
+                );
             }
         }
     }
@@ -185,57 +214,110 @@ fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
     for (i, f) in cfg.files.iter().enumerate() {
         let field = format!("files[{i}].path");
         if !valid_path(&f.path) {
-            e.push(&field, format!("{:?} must be an absolute normalised path of letters, digits and ._/@+:=,%-", f.path));
+            e.push(
+                &field,
+                format!(
+                    "{:?} must be an absolute normalised path of letters, digits and ._/@+:=,%-",
+                    f.path
+                ),
+            );
         }
         if RESERVED_PATHS.contains(&f.path.as_str()) {
-            e.push(&field, format!("{} is written by the node layer; use the config field instead", f.path));
+            e.push(
+                &field,
+                format!(
+                    "{} is written by the node layer; use the config field instead",
+                    f.path
+                ),
+            );
         }
         if let Some(prev) = paths.insert(&f.path, field.clone()) {
             e.push(&field, format!("two files at {}: also {prev}", f.path));
         }
         if f.mode > 0o7777 {
-            e.push(format!("files[{i}].mode"), format!("{:o} is not a permission mode", f.mode));
+            e.push(
+                format!("files[{i}].mode"),
+                format!("{:o} is not a permission mode", f.mode),
+            );
         }
         if !is_valid_account_name(&f.owner) {
-            e.push(format!("files[{i}].owner"), format!("{:?} is not a user name", f.owner));
+            e.push(
+                format!("files[{i}].owner"),
+                format!("{:?} is not a user name", f.owner),
+            );
         }
         if !is_valid_account_name(&f.group) {
-            e.push(format!("files[{i}].group"), format!("{:?} is not a group name", f.group));
+            e.push(
+                format!("files[{i}].group"),
+                format!("{:?} is not a group name", f.group),
+            );
         }
     }
     // Units.
     let mut units = BTreeSet::new();
     for (i, s) in cfg.services.iter().enumerate() {
         if !is_valid_unit_stem(&s.name) {
-            e.push(format!("services[{i}].name"), format!("{:?} is not a valid unit name", s.name));
+            e.push(
+                format!("services[{i}].name"),
+                format!("{:?} is not a valid unit name", s.name),
+            );
         }
         if !units.insert(s.unit_name()) {
-            e.push(format!("services[{i}].name"), format!("service {:?} defined twice", s.name));
+            e.push(
+                format!("services[{i}].name"),
+                format!("service {:?} defined twice", s.name),
+            );
         }
         match (&s.exec_start, &s.script) {
             (None, None) => e.push(format!("services[{i}]"), "needs exec_start or script"),
-            (Some(_), Some(_)) => e.push(format!("services[{i}]"), "set exec_start or script, not both"),
+            (Some(_), Some(_)) => e.push(
+                format!("services[{i}]"),
+                "set exec_start or script, not both",
+            ),
             _ => {}
         }
         let unit_path = format!("/etc/systemd/system/{}", s.unit_name());
         if let Some(prev) = paths.get(unit_path.as_str()) {
-            e.push(format!("services[{i}].name"), format!("two files at {unit_path}: also {prev}"));
+            e.push(
+                format!("services[{i}].name"),
+                format!("two files at {unit_path}: also {prev}"),
+            );
         }
         for key in s.environment.keys() {
             if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                e.push(format!("services[{i}].environment"), format!("{key:?} is not a variable name"));
+                e.push(
+                    format!("services[{i}].environment"),
+                    format!("{key:?} is not a variable name"),
+                );
             }
+        }
+    }
+    for (i, m) in cfg.masked_units.iter().enumerate() {
+        if !is_valid_unit_stem(m) || !m.contains('.') {
+            e.push(
+                format!("masked_units[{i}]"),
+                format!("{m:?} is not a unit name with a suffix (e.g. foo.service)"),
+            );
         }
     }
     for (i, f) in cfg.first_boot.iter().enumerate() {
         if !is_valid_unit_stem(&f.name) {
-            e.push(format!("first_boot[{i}].name"), format!("{:?} is not a valid unit name", f.name));
+            e.push(
+                format!("first_boot[{i}].name"),
+                format!("{:?} is not a valid unit name", f.name),
+            );
         }
         if !units.insert(f.unit_name()) {
-            e.push(format!("first_boot[{i}].name"), format!("first-boot script {:?} defined twice", f.name));
+            e.push(
+                format!("first_boot[{i}].name"),
+                format!("first-boot script {:?} defined twice", f.name),
+            );
         }
         if !is_valid_account_name(&f.user) {
-            e.push(format!("first_boot[{i}].user"), format!("{:?} is not a user name", f.user));
+            e.push(
+                format!("first_boot[{i}].user"),
+                format!("{:?} is not a user name", f.user),
+            );
         }
     }
 }

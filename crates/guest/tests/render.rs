@@ -11,9 +11,13 @@ fn server() -> NodeConfig {
         .user(UserSpec::new("authenticator").uid(1100))
         .group(GroupSpec::new("web").member("authenticator"))
         .file(
-            FileSpec::from_template("/etc/postgrest.conf", "postgrest.conf.in", "db-uri = \"postgres://authenticator@localhost/postgres\"\nserver-port = 3000\n")
-                .mode(0o640)
-                .owner("authenticator", "web"),
+            FileSpec::from_template(
+                "/etc/postgrest.conf",
+                "postgrest.conf.in",
+                "db-uri = \"postgres://authenticator@localhost/postgres\"\nserver-port = 3000\n",
+            )
+            .mode(0o640)
+            .owner("authenticator", "web"),
         )
         .service(
             ServiceSpec::new("postgrest", "/usr/local/bin/postgrest /etc/postgrest.conf")
@@ -40,7 +44,10 @@ fn server() -> NodeConfig {
 }
 
 fn client() -> NodeConfig {
-    NodeConfig::new().package("curl").vlans([1, 2]).user_net(true)
+    NodeConfig::new()
+        .package("curl")
+        .vlans([1, 2])
+        .user_net(true)
 }
 
 #[test]
@@ -77,10 +84,15 @@ fn client_layer_render() {
 fn layer_cpio_contains_parents_before_children() {
     let s = server();
     let plan = NetworkPlan::new(&[("server", &s)]);
-    let cpio = NodeLayer::render("server", &s, &plan).unwrap().to_cpio().unwrap();
+    let cpio = NodeLayer::render("server", &s, &plan)
+        .unwrap()
+        .to_cpio()
+        .unwrap();
     let text = String::from_utf8_lossy(&cpio);
     let dir = text.find("machinist-layer/root/etc/systemd\0").unwrap();
-    let unit = text.find("machinist-layer/root/etc/systemd/system/postgrest.service\0").unwrap();
+    let unit = text
+        .find("machinist-layer/root/etc/systemd/system/postgrest.service\0")
+        .unwrap();
     assert!(dir < unit);
     assert!(text.contains("TRAILER!!!"));
 }
@@ -89,9 +101,18 @@ fn layer_cpio_contains_parents_before_children() {
 fn live_apply_script_is_valid_bash() {
     let s = server();
     let plan = NetworkPlan::new(&[("server", &s)]);
-    let script = NodeLayer::render("server", &s, &plan).unwrap().live_apply_script("/run/machinist-layer");
-    let out = std::process::Command::new("bash").args(["-n", "-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = NodeLayer::render("server", &s, &plan)
+        .unwrap()
+        .live_apply_script("/run/machinist-layer");
+    let out = std::process::Command::new("bash")
+        .args(["-n", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(script.ends_with("sh /usr/lib/machinist/apply-layer --live /run/machinist-layer\n"));
 }
 
@@ -101,19 +122,36 @@ fn apply_layer_script_is_posix_sh() {
         .args(["-n", "-c", machinist_guest::tuning::APPLY_LAYER_SCRIPT])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = std::process::Command::new("busybox")
-        .args(["sh", "-n", "-c", machinist_guest::tuning::INITRD_INIT_SCRIPT])
+        .args([
+            "sh",
+            "-n",
+            "-c",
+            machinist_guest::tuning::INITRD_INIT_SCRIPT,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// apply-layer runs against a scratch root with the host's busybox (as in the initrd):
 /// files land with their modes, existing directories keep theirs, owners are resolved by name.
 #[test]
 fn apply_layer_installs_files_into_a_root() {
-    let s = NodeConfig::new().file(FileSpec::new("/etc/app/conf", "x=1\n").mode(0o600).owner("daemon", "daemon"));
+    let s = NodeConfig::new().file(
+        FileSpec::new("/etc/app/conf", "x=1\n")
+            .mode(0o600)
+            .owner("daemon", "daemon"),
+    );
     let plan = NetworkPlan::new(&[("n", &s)]);
     let layer = NodeLayer::render("n", &s, &plan).unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -122,7 +160,11 @@ fn apply_layer_installs_files_into_a_root() {
     std::fs::create_dir_all(root.join("etc")).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(root.join("etc"), std::fs::Permissions::from_mode(0o750)).unwrap();
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\ndaemon:x:1:1::/:/bin/sh\n").unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\ndaemon:x:1:1::/:/bin/sh\n",
+    )
+    .unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\ndaemon:x:1:\n").unwrap();
     for f in layer.files() {
         let p = ldir.join(&f.path);
@@ -132,7 +174,9 @@ fn apply_layer_installs_files_into_a_root() {
                 std::fs::write(&p, contents).unwrap();
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
             }
-            machinist_guest::LayerEntry::Symlink { target } => std::os::unix::fs::symlink(target, &p).unwrap(),
+            machinist_guest::LayerEntry::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &p).unwrap()
+            }
         }
     }
     let script = tmp.path().join("apply-layer");
@@ -140,7 +184,9 @@ fn apply_layer_installs_files_into_a_root() {
     // Only busybox applets on PATH, as in the initramfs.
     let bin = tmp.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    for applet in ["sh", "find", "tar", "awk", "rm", "cat", "chown", "chroot", "mkdir"] {
+    for applet in [
+        "sh", "find", "tar", "awk", "rm", "cat", "chown", "chroot", "mkdir",
+    ] {
         std::os::unix::fs::symlink("/bin/busybox", bin.join(applet)).unwrap();
     }
     let out = std::process::Command::new(bin.join("sh"))
@@ -151,14 +197,29 @@ fn apply_layer_installs_files_into_a_root() {
         .env("PATH", &bin)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata(root.join("etc/app/conf")).unwrap();
     assert_eq!(m.mode() & 0o7777, 0o600);
     assert_eq!((m.uid(), m.gid()), (1, 1));
-    assert_eq!(std::fs::metadata(root.join("etc")).unwrap().mode() & 0o7777, 0o750);
-    assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "n\n");
-    assert!(std::fs::symlink_metadata(root.join("etc/systemd/system/sysinit.target.wants/machinist-firewall.service")).unwrap().file_type().is_symlink());
+    assert_eq!(
+        std::fs::metadata(root.join("etc")).unwrap().mode() & 0o7777,
+        0o750
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
+        "n\n"
+    );
+    assert!(std::fs::symlink_metadata(
+        root.join("etc/systemd/system/sysinit.target.wants/machinist-firewall.service")
+    )
+    .unwrap()
+    .file_type()
+    .is_symlink());
 }
 
 fn invalid(nodes: &[(&str, &NodeConfig)]) -> String {
@@ -181,7 +242,12 @@ fn validation_errors_name_node_and_field() {
         .file(FileSpec::new("relative/path", "3"))
         .service(ServiceSpec::default())
         .vlans([0]);
-    let msg = invalid(&[("good", &ok), ("Bad_Name", &ok), ("good", &ok), ("web", &bad)]);
+    let msg = invalid(&[
+        ("good", &ok),
+        ("Bad_Name", &ok),
+        ("good", &ok),
+        ("web", &bad),
+    ]);
     insta::assert_snapshot!("validation_errors", msg);
 }
 
@@ -212,7 +278,10 @@ fn image_hash_depends_on_packages_not_order() {
     assert_ne!(ImageSpec::base().hash().unwrap(), c.hash().unwrap());
     assert_ne!(
         ImageSpec::base().hash().unwrap(),
-        ImageSpec::base().profile(machinist_guest::Profile::Stock).hash().unwrap()
+        ImageSpec::base()
+            .profile(machinist_guest::Profile::Stock)
+            .hash()
+            .unwrap()
     );
     assert_eq!(a.name(), "bookworm+curl+postgresql");
 }
@@ -220,11 +289,26 @@ fn image_hash_depends_on_packages_not_order() {
 #[test]
 fn apt_errors_are_classified() {
     let out = "I: installing\nE: Unable to locate package postgresqll\nE: failed\n";
-    let e = machinist_guest::classify_failure(out, "img", "apt-get install", "exit status: 100", std::path::Path::new("/tmp"));
-    assert!(matches!(&e, GuestError::UnknownPackage { package, .. } if package == "postgresqll"), "{e}");
+    let e = machinist_guest::classify_failure(
+        out,
+        "img",
+        "apt-get install",
+        "exit status: 100",
+        std::path::Path::new("/tmp"),
+    );
+    assert!(
+        matches!(&e, GuestError::UnknownPackage { package, .. } if package == "postgresqll"),
+        "{e}"
+    );
     assert!(e.to_string().contains("postgresqll"));
     let out = "tar: write error: No space left on device\n";
-    let e = machinist_guest::classify_failure(out, "img", "cp", "exit status: 1", std::path::Path::new("/tmp"));
+    let e = machinist_guest::classify_failure(
+        out,
+        "img",
+        "cp",
+        "exit status: 1",
+        std::path::Path::new("/tmp"),
+    );
     assert!(matches!(e, GuestError::DiskFull { .. }), "{e}");
 }
 
@@ -232,6 +316,18 @@ fn apt_errors_are_classified() {
 fn modules_resolve_dependencies_first() {
     let dep = "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\nkernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\nkernel/net/core/failover.ko:\nkernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\nkernel/drivers/virtio/virtio_ring.ko:\n";
     let order = machinist_guest::initrd::resolve_modules(dep, &["virtio_net"]).unwrap();
-    let names: Vec<&str> = order.iter().map(|p| p.rsplit('/').next().unwrap()).collect();
-    assert_eq!(names, ["virtio_ring.ko", "virtio.ko", "failover.ko", "net_failover.ko", "virtio_net.ko"]);
+    let names: Vec<&str> = order
+        .iter()
+        .map(|p| p.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "virtio_ring.ko",
+            "virtio.ko",
+            "failover.ko",
+            "net_failover.ko",
+            "virtio_net.ko"
+        ]
+    );
 }

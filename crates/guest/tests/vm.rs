@@ -20,7 +20,10 @@ fn node_config() -> NodeConfig {
                 .owner("alice", "devs"),
         )
         .service(
-            ServiceSpec::script("hello-web", "echo \"starting with $GREETING\"\nexec nc -lk 8080")
+            ServiceSpec::script(
+                "hello-web",
+                "echo \"starting with $GREETING\"\nexec nc -lk 8080",
+            )
             .user("alice")
             .env("GREETING", "hi there"),
         )
@@ -52,11 +55,16 @@ fn vm_boots_node_with_user_group_file_service_and_port() {
     let id = vm.succeed("id alice").unwrap();
     assert!(id.contains("uid=1500(alice)"), "{id}");
     assert!(id.contains("(devs)"), "{id}");
-    assert!(vm.succeed("getent group devs").unwrap().starts_with("devs:x:2001:"));
+    assert!(vm
+        .succeed("getent group devs")
+        .unwrap()
+        .starts_with("devs:x:2001:"));
     assert_eq!(vm.succeed("stat -c %a /home/alice").unwrap().trim(), "700");
     // file, owner and mode
     assert_eq!(
-        vm.succeed("stat -c '%U %G %a' /srv/app/hello.txt").unwrap().trim(),
+        vm.succeed("stat -c '%U %G %a' /srv/app/hello.txt")
+            .unwrap()
+            .trim(),
         "alice devs 640"
     );
     assert_eq!(
@@ -67,24 +75,32 @@ fn vm_boots_node_with_user_group_file_service_and_port() {
     vm.succeed("until systemctl is-active -q hello-web.service; do sleep 0.1; done")
         .unwrap();
     assert_eq!(
-        vm.succeed("systemctl show -p User --value hello-web.service").unwrap().trim(),
+        vm.succeed("systemctl show -p User --value hello-web.service")
+            .unwrap()
+            .trim(),
         "alice"
     );
     let env = vm
-        .succeed("tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value hello-web.service)/environ")
+        .succeed(
+            "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value hello-web.service)/environ",
+        )
         .unwrap();
     assert!(env.contains("GREETING=hi there"), "{env}");
     // port open in the firewall, others filtered
     let rules = vm.succeed("nft list ruleset").unwrap();
     assert!(rules.contains("tcp dport 8080 accept"), "{rules}");
-    vm.succeed("until nc -z 127.0.0.1 8080; do sleep 0.1; done").unwrap();
+    vm.succeed("until nc -z 127.0.0.1 8080; do sleep 0.1; done")
+        .unwrap();
     // network: static addresses by MAC (no NIC attached here: the interface does not exist, so
     // only the rendered files are checked; the two-node test covers traffic)
     assert!(vm
         .succeed("cat /etc/systemd/network/10-machinist-vlan1.network")
         .unwrap()
         .contains("192.168.1.1/24"));
-    assert!(vm.succeed("cat /etc/hosts").unwrap().contains("192.168.1.1 machine"));
+    assert!(vm
+        .succeed("cat /etc/hosts")
+        .unwrap()
+        .contains("192.168.1.1 machine"));
     // no apply-layer error on the console
     let serial = vm.qemu.serial().lines().join("\n");
     assert!(!serial.contains("apply-layer failed"), "{serial}");
@@ -99,8 +115,15 @@ fn vm_cached_image_is_not_written_by_a_run() {
         .expect("base image");
     let before = std::fs::metadata(&image.disk).unwrap().modified().unwrap();
     let sum = |p: &std::path::Path| {
-        let out = std::process::Command::new("sha256sum").arg(p).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).split(' ').next().unwrap().to_string()
+        let out = std::process::Command::new("sha256sum")
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
     };
     let hash_before = sum(&image.disk);
     let cfg = NodeConfig::new();
@@ -108,10 +131,14 @@ fn vm_cached_image_is_not_written_by_a_run() {
     let layer = NodeLayer::render("writer", &cfg, &plan).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut vm = TestVm::boot(&image, Some(&layer), &BootSpec::new("writer", dir.path())).unwrap();
-    vm.succeed("dd if=/dev/urandom of=/var/tmp/junk bs=1M count=8 && sync").unwrap();
+    vm.succeed("dd if=/dev/urandom of=/var/tmp/junk bs=1M count=8 && sync")
+        .unwrap();
     drop(vm);
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(std::fs::metadata(&image.disk).unwrap().modified().unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&image.disk).unwrap().modified().unwrap(),
+        before
+    );
     assert_eq!(sum(&image.disk), hash_before);
 }
 
@@ -140,10 +167,16 @@ fn vm_two_nodes_resolve_ping_and_firewall() {
         let port = switch.add_stream_port(name).unwrap();
         let iface = plan.node(name).unwrap().interfaces[0].clone();
         let mut spec = BootSpec::new(name, dir.path());
-        spec.nics.push(machinist_qemu::Nic::stream(iface.qemu_id(), iface.mac, port));
+        spec.nics.push(machinist_qemu::Nic::stream(
+            iface.qemu_id(),
+            iface.mac,
+            port,
+        ));
         spec.boot_timeout = Duration::from_secs(240);
         let image = image.clone();
-        handles.push(std::thread::spawn(move || TestVm::boot(&image, Some(&layer), &spec)));
+        handles.push(std::thread::spawn(move || {
+            TestVm::boot(&image, Some(&layer), &spec)
+        }));
     }
     let mut vms: Vec<TestVm> = handles
         .into_iter()
@@ -151,7 +184,10 @@ fn vm_two_nodes_resolve_ping_and_firewall() {
         .collect();
     let mut beta_vm = vms.pop().unwrap();
     let mut alpha_vm = vms.pop().unwrap();
-    for (vm, ip) in [(&mut alpha_vm, "192.168.1.1"), (&mut beta_vm, "192.168.1.2")] {
+    for (vm, ip) in [
+        (&mut alpha_vm, "192.168.1.1"),
+        (&mut beta_vm, "192.168.1.2"),
+    ] {
         vm.succeed(&format!(
             "until ip -4 addr show dev vlan1 | grep -q {ip}/24; do sleep 0.1; done; ip -6 addr show dev vlan1"
         ))
@@ -161,17 +197,29 @@ fn vm_two_nodes_resolve_ping_and_firewall() {
         .succeed("until systemctl is-active -q open-listener closed-listener; do sleep 0.1; done")
         .unwrap();
     assert_eq!(
-        alpha_vm.succeed("getent ahostsv4 beta | head -1").unwrap().split_whitespace().next(),
+        alpha_vm
+            .succeed("getent ahostsv4 beta | head -1")
+            .unwrap()
+            .split_whitespace()
+            .next(),
         Some("192.168.1.2")
     );
-    assert!(alpha_vm.succeed("getent ahostsv6 beta").unwrap().contains("2001:db8:1::2"));
+    assert!(alpha_vm
+        .succeed("getent ahostsv6 beta")
+        .unwrap()
+        .contains("2001:db8:1::2"));
     alpha_vm.succeed("ping -c1 -W5 beta").unwrap();
     alpha_vm.succeed("ping -6 -c1 -W5 2001:db8:1::2").unwrap();
     beta_vm.succeed("ping -c1 -W5 alpha").unwrap();
     // No default route: the outside is unreachable.
-    assert!(!alpha_vm.succeed("ip route; ip -6 route").unwrap().contains("default"));
+    assert!(!alpha_vm
+        .succeed("ip route; ip -6 route")
+        .unwrap()
+        .contains("default"));
     alpha_vm.succeed("nc -z -w5 beta 8080").unwrap();
-    let (code, out) = alpha_vm.run("nc -z -v -w5 beta 9090", Duration::from_secs(30)).unwrap();
+    let (code, out) = alpha_vm
+        .run("nc -z -v -w5 beta 9090", Duration::from_secs(30))
+        .unwrap();
     assert_ne!(code, 0, "port 9090 must be closed by the firewall: {out}");
     assert!(out.contains("refused"), "{out}");
     // From beta itself (loopback) the closed port works: it is the firewall, not the service.
