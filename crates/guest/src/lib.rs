@@ -15,6 +15,7 @@ mod image;
 pub mod initrd;
 mod layer;
 mod network;
+pub mod presets;
 mod progress;
 pub mod testvm;
 pub mod tuning;

@@ -225,3 +225,39 @@ fn vm_two_nodes_resolve_ping_and_firewall() {
     // From beta itself (loopback) the closed port works: it is the firewall, not the service.
     beta_vm.succeed("nc -z -w5 127.0.0.1 9090").unwrap();
 }
+
+/// The server image (+postgresql) with PostgreSQL started directly: ready, durable (fsync on).
+#[test]
+fn vm_postgresql_direct_service() {
+    let _lock = VmTestLock::acquire().expect("VM lock");
+    let cfg = machinist_guest::presets::postgresql_direct(NodeConfig::new(), 15).first_boot(
+        machinist_guest::FirstBootScript::new("setup", "psql -v ON_ERROR_STOP=1 -c 'create table t (x int)'")
+            .user("postgres")
+            .after("postgresql.service"),
+    );
+    machinist_guest::validate(&[("server", &cfg)]).unwrap();
+    let image = ImageCache::from_env()
+        .ensure(&ImageSpec::for_node(&cfg), Progress::Lines)
+        .expect("server image");
+    let plan = NetworkPlan::new(&[("server", &cfg)]);
+    let layer = NodeLayer::render("server", &cfg, &plan).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = TestVm::boot(&image, Some(&layer), &BootSpec::new("server", dir.path())).unwrap();
+    let t = std::time::Instant::now();
+    vm.succeed("until systemctl is-active -q machinist-first-boot-setup.service; do sleep 0.1; systemctl is-failed -q machinist-first-boot-setup.service && { systemctl status --no-pager postgresql machinist-first-boot-setup; journalctl -b --no-pager -u postgresql -u machinist-first-boot-setup | tail -30; exit 1; }; done; systemctl is-active machinist-first-boot-setup.service")
+        .unwrap();
+    eprintln!("first-boot done {:.2} s after the greeting", t.elapsed().as_secs_f64());
+    assert_eq!(
+        vm.succeed("runuser -u postgres -- psql -tAc 'show fsync'").unwrap().trim(),
+        "on"
+    );
+    assert_eq!(
+        vm.succeed("runuser -u postgres -- psql -tAc \"select count(*) from pg_tables where tablename = 't'\"").unwrap().trim(),
+        "1"
+    );
+    assert_eq!(
+        vm.succeed("systemctl show -p Type --value postgresql.service").unwrap().trim(),
+        "notify"
+    );
+    assert!(vm.succeed("test -e /var/lib/machinist/first-boot/setup.done && echo yes").unwrap().contains("yes"));
+}
