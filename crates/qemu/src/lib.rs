@@ -23,6 +23,7 @@ mod command;
 pub mod cpio;
 mod error;
 pub mod kernel;
+pub mod keys;
 mod lock;
 pub mod overlay;
 mod process;

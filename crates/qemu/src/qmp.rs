@@ -407,6 +407,43 @@ impl Qmp {
         self.exec_default("send-key", args).await.map(drop)
     }
 
+    /// `send-key` for an HMP-style combo, as NixOS's `send_key`: `ctrl-alt-delete`, `shift-a`,
+    /// `ret`, `shift-0x02`.
+    pub async fn send_key_combo(&self, combo: &str) -> Result<(), QmpError> {
+        let keys = crate::keys::parse_combo(combo).map_err(|desc| QmpError::Command {
+            command: "send-key".into(),
+            class: "InvalidKey".into(),
+            desc,
+        })?;
+        let keys: Vec<Value> = keys.iter().map(crate::keys::Key::to_json).collect();
+        self.exec_default("send-key", json!({ "keys": keys }))
+            .await
+            .map(drop)
+    }
+
+    /// Types `text` on the keyboard (US layout), one `send-key` per character with `delay`
+    /// after each, as NixOS's `send_chars`. Characters without a key are an error (nothing is
+    /// typed).
+    pub async fn send_chars(&self, text: &str, delay: Duration) -> Result<(), QmpError> {
+        let combos: Vec<String> = text
+            .chars()
+            .map(|c| {
+                crate::keys::char_to_combo(c).ok_or_else(|| QmpError::Command {
+                    command: "send-key".into(),
+                    class: "InvalidKey".into(),
+                    desc: format!("no key for character {c:?} on a US layout"),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for combo in combos {
+            self.send_key_combo(&combo).await?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Ok(())
+    }
+
     /// `set_link`: plug (`up = true`) or unplug a NIC by device id (e.g. `nic-vlan1`).
     pub async fn set_link(&self, name: &str, up: bool) -> Result<(), QmpError> {
         self.exec_default("set_link", json!({ "name": name, "up": up }))

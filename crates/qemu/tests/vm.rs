@@ -93,6 +93,8 @@ async fn vm_boot_serial_qmp_screendump_reset_quit() {
     let initrd = dir.path().join("initrd.cpio");
     TinyInitramfs::new(MARKER)
         .modules(VIRTIO_CONSOLE_MODULES)
+        // A second shell on the VGA console (tty1) reads the emulated keyboard.
+        .script("setsid sh -c 'exec sh </dev/tty1 >/dev/tty1 2>&1' &")
         .after(AfterMarker::Shell)
         .write(&kernel, &initrd)
         .unwrap();
@@ -308,6 +310,26 @@ async fn vm_boot_serial_qmp_screendump_reset_quit() {
     qmp.stop().await.unwrap();
     assert_eq!(qmp.query_status().await.unwrap().status, "paused");
     qmp.cont().await.unwrap();
+
+    // Typing on the keyboard reaches the shell on tty1, which writes to ttyS0.
+    let from = serial.line_count();
+    qmp.send_chars(
+        "echo \"Typed: $((6*7))!\" >/dev/ttyS0\n",
+        Duration::from_millis(5),
+    )
+    .await
+    .unwrap();
+    serial
+        .wait_for(
+            from,
+            "typed echo",
+            |l| l.ends_with("Typed: 42!"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(qmp.send_chars("é", Duration::ZERO).await.is_err());
+    qmp.send_key_combo("ctrl-alt-delete").await.unwrap();
 
     // Keys and the ACPI power button are accepted (busybox init ignores the button).
     qmp.send_key(&["shift", "a"], Some(20)).await.unwrap();
