@@ -29,6 +29,8 @@ pub(crate) struct Ctx {
     pub(crate) abort_tx: watch::Sender<Option<Abort>>,
     pub(crate) polling: Registry,
     pub(crate) keep_state: bool,
+    /// Every machine of the run (for boot settling).
+    pub(crate) machines: std::sync::Mutex<Vec<std::sync::Weak<crate::machine::Machine>>>,
 }
 
 impl Ctx {

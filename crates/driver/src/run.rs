@@ -306,6 +306,7 @@ impl TestRun {
             return Err(Error::Invalid(format!("a machine named `{name}` already exists")));
         }
         let m = self.adhoc_machine(name, config)?;
+        self.ctx.machines.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&m));
         self.extra.lock().unwrap_or_else(|p| p.into_inner()).push(m.clone());
         Ok(m)
     }

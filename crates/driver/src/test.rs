@@ -235,6 +235,7 @@ impl<'a> Test<'a> {
             abort_tx,
             polling: Registry::new(),
             keep_state: self.keep_state,
+            machines: std::sync::Mutex::new(Vec::new()),
         });
         let global_timeout = scale.apply(self.global_timeout);
         let mut run = TestRun {
@@ -347,6 +348,7 @@ impl TestRun {
             let layer = NodeLayer::render(name, cfg, &plan).map_err(|e| Error::Invalid(e.to_string()))?;
             let m = build_machine(&ctx, name, cfg, &planned, &img, &layer, &self.vlans)?;
             self.nodes.insert(name.to_string(), Node { name: name.to_string(), config: (*cfg).clone(), plan: planned });
+            ctx.machines.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&m));
             self.machines.insert(name.to_string(), m);
         }
         Ok(())

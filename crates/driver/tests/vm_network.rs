@@ -14,7 +14,7 @@ fn vm_two_machines() {
     let host = tempfile::tempdir().unwrap();
     Test::new("vm-network")
         .node("alpha", NodeConfig::new())
-        .node("beta", NodeConfig::new())
+        .node("beta", NodeConfig::new().open_tcp_port(5555))
         .output_dir(&out)
         .serial_stdout(false)
         .script(|t| {
@@ -40,7 +40,7 @@ fn vm_two_machines() {
                 std::fs::write(host.path().join("payload"), "payload 123\n").unwrap();
                 a.copy_from_host(host.path().join("payload"), "/root/payload")?;
                 // alpha -> beta over the VLAN, then back to the host.
-                b.succeed("systemd-run --unit=recv bash -c 'nc -l -p 5555 -q 1 > /root/received'")?;
+                b.succeed("systemd-run --unit=recv bash -c 'nc -lk -p 5555 > /root/received'")?;
                 b.wait_for_open_port(5555, 30)?;
                 a.succeed("nc -q 1 beta 5555 < /root/payload")?;
                 b.wait_until_succeeds("test -s /root/received", 30)?;

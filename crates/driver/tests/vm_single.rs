@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use machinist::{Error, NodeConfig, Test, WaitForUnit};
@@ -13,7 +13,7 @@ fn vm_single_machine_methods() {
     let out = common::out_dir("vm_single");
     let host_dir = tempfile::tempdir().unwrap();
     let report = Test::new("vm-single")
-        .node("machine", NodeConfig::new().user_net(true))
+        .node("machine", NodeConfig::new().user_net(true).open_tcp_port(8080))
         .output_dir(&out)
         .serial_stdout(false)
         .script(|t| {
@@ -166,18 +166,27 @@ fn vm_single_machine_methods() {
             m.wait_until_succeeds("test \"$(cat /sys/class/net/vlan1/carrier)\" = 1", 20)?;
 
             // forward_port through the user-mode NIC.
-            m.succeed("systemd-run --unit=fwd bash -c 'while :; do echo forwarded | nc -l -p 8080 -q 0; done'")?;
+            m.succeed("systemd-run --unit=fwd bash -c 'while :; do echo forwarded | nc -l -p 8080 -q 1; done'")?;
             m.wait_for_open_port(8080, 30)?;
             let host_port = {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 l.local_addr().unwrap().port()
             };
             m.forward_port(host_port, 8080)?;
+            // Retry: slirp connects to the guest asynchronously.
             let mut got = String::new();
-            let mut c = std::net::TcpStream::connect(("127.0.0.1", host_port)).unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let _ = c.write_all(b"x\n");
-            let _ = c.read_to_string(&mut got);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                got.clear();
+                if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", host_port)) {
+                    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let _ = c.read_to_string(&mut got);
+                }
+                if got == "forwarded\n" {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
             assert_eq!(got, "forwarded\n");
 
             // A background process holding stdout is reported, not a hang.

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::scripts::{self, quote};
@@ -101,7 +102,7 @@ impl Machine {
         let what = if want_success { "success" } else { "failure" };
         self.nested(&format!("waiting for {what}: {command}"), || {
             // The boot wait must not eat into `t`: connect first (a no-op once connected).
-            self.ensure_up()?;
+            self.settle_boots()?;
             let deadline = Deadline::new(t);
             let script = scripts::wait_until(command, want_success, t.as_micros());
             let (code, out) = self.guest_loop(&script, t)?;
@@ -126,6 +127,65 @@ impl Machine {
             return Ok(());
         }
         self.run_command("true", None).map(drop)
+    }
+
+    /// Before a timed wait starts its clock, every machine that is still booting (this one
+    /// included) finishes booting: its backdoor greets us and systemd finishes starting up
+    /// (`systemctl is-system-running --wait`, at most 60 s (scaled) within the boot deadline).
+    /// So `client.wait_until_succeeds("curl server", 7)` right after `start_all()` means seven
+    /// seconds of trying once both machines have booted, even under TCG on a loaded host (NixOS
+    /// only gets away with it thanks to KVM). Plain commands (`succeed`, `execute`) only wait for
+    /// their own machine's backdoor. A peer that fails to boot is left for its own commands to
+    /// report.
+    pub(crate) fn settle_boots(&self) -> Result<()> {
+        self.ensure_up()?;
+        if crate::polling::in_check() {
+            return Ok(());
+        }
+        let mut booting: Vec<Arc<Machine>> = self
+            .ctx
+            .machines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .filter(|m| m.is_booting())
+            .collect();
+        if booting.is_empty() {
+            return Ok(());
+        }
+        booting.sort_by(|a, b| a.name().cmp(b.name()));
+        std::thread::scope(|s| {
+            for p in &booting {
+                s.spawn(move || {
+                    if let Err(e) = p.settle() {
+                        p.log_line(&format!("did not finish booting: {e}"));
+                    }
+                });
+            }
+        });
+        self.ctx.before_command()
+    }
+
+    /// Waits for this machine's backdoor and for systemd to finish starting up.
+    fn settle(&self) -> Result<()> {
+        self.ensure_up()?;
+        let Some(run) = self.current() else { return Ok(()) };
+        if run.settled.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let cap = self.ctx.scaled(Duration::from_secs(60));
+        let span = self.ctx.logger.begin(Some(self.name()), "waiting for systemd to finish starting up");
+        let (code, out) = self.run_command("systemctl is-system-running --wait 2>&1 || true", Some(cap))?;
+        let state = String::from_utf8_lossy(&out).trim().to_string();
+        if code == 124 {
+            self.log_line(&format!("systemd is still starting after {} s; going on", cap.as_secs()));
+        } else if state != "running" {
+            self.log_line(&format!("system state: {state} (see `systemctl --failed`)"));
+        }
+        run.settled.store(true, std::sync::atomic::Ordering::Release);
+        span.finish();
+        Ok(())
     }
 
     /// Repeats `command` until it succeeds (NixOS `wait_until_succeeds`); returns its stdout.
@@ -213,7 +273,7 @@ impl Machine {
             None => format!("waiting for unit {unit}"),
         };
         self.nested(&msg, || {
-            self.ensure_up()?;
+            self.settle_boots()?;
             let deadline = Deadline::new(t);
             let u = user.clone();
             let script = scripts::wait_for_unit(unit, &move |q| scripts::systemctl(q, u.as_deref()), opts.tolerate_inactive, t.as_micros());
@@ -269,7 +329,7 @@ impl Machine {
     }
 
     fn wait_loop(&self, probe: &str, want_success: bool, t: Duration, what: &str) -> Result<()> {
-        self.ensure_up()?;
+        self.settle_boots()?;
         let deadline = Deadline::new(t);
         let (code, out) = self.guest_loop(&scripts::wait_until(probe, want_success, t.as_micros()), t)?;
         if code == 0 {

@@ -70,6 +70,8 @@ pub(crate) struct Running {
     boot_from: Mutex<Instant>,
     needs_reconnect: AtomicBool,
     connected: AtomicBool,
+    /// systemd finished starting up since the last (re)boot.
+    pub(crate) settled: AtomicBool,
     serial_task: tokio::task::JoinHandle<()>,
     pub(crate) allow_reboot: bool,
 }
@@ -166,6 +168,13 @@ impl Machine {
     pub fn is_up(&self) -> bool {
         self.current()
             .is_some_and(|r| r.connected.load(Ordering::Acquire) && !r.needs_reconnect.load(Ordering::Acquire))
+    }
+
+    /// QEMU runs but the guest has not finished booting (backdoor greeting, then systemd's
+    /// start-up) since the last (re)boot.
+    pub(crate) fn is_booting(&self) -> bool {
+        self.current()
+            .is_some_and(|r| !r.settled.load(Ordering::Acquire) || !self.is_up())
     }
 
     /// QEMU's pid, if running.
@@ -301,6 +310,7 @@ impl Machine {
             boot_from: Mutex::new(Instant::now()),
             needs_reconnect: AtomicBool::new(false),
             connected: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
             serial_task,
             allow_reboot,
         }))
@@ -569,6 +579,7 @@ impl Machine {
             if run.allow_reboot {
                 *run.boot_from.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 run.needs_reconnect.store(true, Ordering::Release);
+                run.settled.store(false, Ordering::Release);
                 Ok(())
             } else {
                 drop(run);
