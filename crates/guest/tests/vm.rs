@@ -261,3 +261,37 @@ fn vm_postgresql_direct_service() {
     );
     assert!(vm.succeed("test -e /var/lib/machinist/first-boot/setup.done && echo yes").unwrap().contains("yes"));
 }
+
+/// The warm-start path: a running machine gets a different layer through the backdoor
+/// (`live_apply_script` -> `apply-layer --live`): new hostname, user, file, service, port.
+#[test]
+fn vm_live_apply_changes_a_running_machine() {
+    let _lock = VmTestLock::acquire().expect("VM lock");
+    let image = ImageCache::from_env()
+        .ensure(&ImageSpec::base(), Progress::Lines)
+        .expect("base image");
+    let before = NodeConfig::new();
+    let plan = NetworkPlan::new(&[("first", &before)]);
+    let layer = NodeLayer::render("first", &before, &plan).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = TestVm::boot(&image, Some(&layer), &BootSpec::new("live", dir.path())).unwrap();
+    vm.succeed("until systemctl is-active -q multi-user.target; do sleep 0.1; done").unwrap();
+    assert!(!vm.succeed("nft list ruleset").unwrap().contains("7070"));
+
+    let after = NodeConfig::new()
+        .hostname("second")
+        .user(UserSpec::new("carol"))
+        .file(FileSpec::new("/etc/live.conf", "live=1\n").owner("carol", "carol"))
+        .service(ServiceSpec::new("live-listener", "/usr/bin/nc -lk 7070").user("carol"))
+        .open_tcp_port(7070);
+    let plan = NetworkPlan::new(&[("first", &after)]);
+    let layer = NodeLayer::render("first", &after, &plan).unwrap();
+    let out = vm.succeed(&layer.live_apply_script("/run/machinist-layer")).unwrap();
+    eprintln!("{out}");
+    assert_eq!(vm.succeed("hostname").unwrap().trim(), "second");
+    assert!(vm.succeed("id carol").unwrap().contains("carol"));
+    assert_eq!(vm.succeed("stat -c %U /etc/live.conf").unwrap().trim(), "carol");
+    vm.succeed("until systemctl is-active -q live-listener; do sleep 0.1; done").unwrap();
+    assert!(vm.succeed("nft list ruleset").unwrap().contains("tcp dport 7070 accept"));
+    assert_eq!(vm.succeed("stat -c %a /home/carol").unwrap().trim(), "700");
+}
