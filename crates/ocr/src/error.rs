@@ -18,6 +18,20 @@ pub enum OcrError {
         #[source]
         source: std::io::Error,
     },
+    /// tesseract has no model for a configured language.
+    #[error(
+        "tesseract has no `{lang}` language model (installed: {installed}); install the Debian \
+         package tesseract-ocr-{lang} or change TesseractConfig::lang"
+    )]
+    MissingLanguage {
+        /// The missing language code.
+        lang: String,
+        /// What `tesseract --list-langs` shows.
+        installed: String,
+    },
+    /// The configuration cannot work.
+    #[error("invalid OCR configuration: {0}")]
+    Config(String),
     /// tesseract ran but failed (non-zero exit status).
     #[error("tesseract failed on variant `{variant}` ({status}): {stderr}; run `{command}` by hand to see why")]
     TesseractFailed {

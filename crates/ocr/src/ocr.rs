@@ -86,7 +86,7 @@ impl Ocr {
     pub fn new(config: OcrConfig) -> Result<Ocr, OcrError> {
         let version = config.tesseract.check()?;
         if config.variants.is_empty() {
-            return Err(OcrError::Screenshot(
+            return Err(OcrError::Config(
                 "OcrConfig::variants is empty: configure at least one preprocessing variant".into(),
             ));
         }
@@ -106,7 +106,7 @@ impl Ocr {
     /// Reads a screenshot with one variant.
     pub fn read_variant(&self, img: &RgbImage, variant: &Variant) -> Result<VariantText, OcrError> {
         self.read_cancellable(img, variant, &Canceller::new())?
-            .ok_or_else(|| OcrError::Screenshot("OCR cancelled".into()))
+            .ok_or_else(|| OcrError::Config("a fresh OCR call was cancelled".into()))
     }
 
     fn read_cancellable(

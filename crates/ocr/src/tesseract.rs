@@ -102,7 +102,31 @@ impl TesseractConfig {
                 command: format!("{} --version", self.program.display()),
             });
         }
+        self.check_languages()?;
         Ok(text)
+    }
+
+    /// Checks that every language in `lang` is installed (`tesseract --list-langs`).
+    fn check_languages(&self) -> Result<(), OcrError> {
+        let out = Command::new(&self.program)
+            .arg("--list-langs")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| OcrError::TesseractMissing {
+                program: self.program.clone(),
+                source,
+            })?;
+        let listed = String::from_utf8_lossy(&out.stdout);
+        let installed: Vec<&str> = listed.lines().skip(1).map(str::trim).collect();
+        for lang in self.lang.split('+') {
+            if !installed.contains(&lang) {
+                return Err(OcrError::MissingLanguage {
+                    lang: lang.to_string(),
+                    installed: installed.join(" "),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Runs tesseract on an encoded image (PGM/PNG/PPM bytes) and returns its TSV output.

@@ -176,6 +176,16 @@ fn missing_tesseract_names_the_debian_package() {
     cfg.tesseract.program = "/nonexistent/tesseract".into();
     let err = Ocr::new(cfg).unwrap_err().to_string();
     assert!(err.contains("tesseract-ocr"), "{err}");
+    let mut cfg = OcrConfig::default();
+    cfg.tesseract.lang = "eng+xyz".into();
+    let err = Ocr::new(cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("tesseract-ocr-xyz") && err.contains("eng"),
+        "{err}"
+    );
+    let mut cfg = OcrConfig::default();
+    cfg.variants.clear();
+    assert!(matches!(Ocr::new(cfg), Err(OcrError::Config(_))));
 }
 
 /// The `huge` screen uses Lat15-VGA16 (console-setup) with doubled rows, which the default VGA
