@@ -384,6 +384,16 @@ pub fn run(corpus_dir: &Path) -> Result<Vec<Metric>, OcrError> {
         multi_x.push(tess.get_screen_text_variants(&e.image)?.join("\n"));
         multi_t += t.elapsed().as_secs_f64();
     }
+    let (mut wait_t, mut wait_ok) = (0.0, 0u32);
+    for e in &entries {
+        let Some(phrase) = &e.phrase else { continue };
+        let re = compile(phrase)?;
+        let mut source = || -> Result<RgbImage, OcrError> { Ok(e.image.clone()) };
+        let t = Instant::now();
+        let found = tess.wait_for_text(&mut source, &re, timeout, &scratch.join("failures"));
+        wait_t += t.elapsed().as_secs_f64();
+        wait_ok += u32::from(found.is_ok());
+    }
     let baselines = metrics.clone();
     let base = |name: &str| {
         baselines
@@ -410,6 +420,16 @@ pub fn run(corpus_dir: &Path) -> Result<Vec<Metric>, OcrError> {
         "tesseract_only_variants_recall",
         recall_of(&entries, &multi_x),
         base("variants_recall"),
+    ));
+    metrics.push(Metric::lower_is_better(
+        "tesseract_only_wait_for_text_latency_s",
+        wait_t / c,
+        base("wait_for_text_latency_s"),
+    ));
+    metrics.push(Metric::higher_is_better(
+        "tesseract_only_wait_for_text_found",
+        f64::from(wait_ok),
+        base("wait_for_text_found"),
     ));
 
     let _ = std::fs::remove_dir_all(&scratch);

@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 
 use crate::tsv::{WordBox, Words};
 use crate::OcrError;
@@ -270,34 +270,39 @@ impl ConsoleFont {
 /// sampled at the centre of each (scaled) glyph pixel. Also returns how many colours the cell
 /// has (capped at 3; a text-mode cell has at most 2).
 fn cell_mask(img: &RgbImage, x0: u32, y0: u32, sx: u32, sy: u32, h: u32) -> (u128, usize) {
+    let raw = img.as_raw();
+    let stride = img.width() as usize * 3;
+    let mut px = [[0u8; 3]; (GLYPH_W * GLYPH_H) as usize];
+    for gy in 0..h as usize {
+        let row = (y0 as usize + gy * sy as usize + sy as usize / 2) * stride;
+        for gx in 0..GLYPH_W as usize {
+            let i = row + (x0 as usize + gx * sx as usize + sx as usize / 2) * 3;
+            px[gy * GLYPH_W as usize + gx] = [raw[i], raw[i + 1], raw[i + 2]];
+        }
+    }
+    let px = &px[..(h * GLYPH_W) as usize];
     // The background is the most common of the (at most a few) colours in the cell.
-    let mut colors: [(Rgb<u8>, u32); 4] = [(Rgb([0, 0, 0]), 0); 4];
+    let mut colors: [([u8; 3], u32); 3] = [([0; 3], 0); 3];
     let mut n = 0;
-    for gy in 0..h {
-        for gx in 0..GLYPH_W {
-            let p = *img.get_pixel(x0 + gx * sx + sx / 2, y0 + gy * sy + sy / 2);
-            if let Some(slot) = colors[..n].iter_mut().find(|(c, _)| *c == p) {
-                slot.1 += 1;
-            } else if n < colors.len() {
-                colors[n] = (p, 1);
-                n += 1;
-            }
+    for p in px {
+        if let Some(slot) = colors[..n].iter_mut().find(|(c, _)| c == p) {
+            slot.1 += 1;
+        } else if n < colors.len() {
+            colors[n] = (*p, 1);
+            n += 1;
         }
     }
     let bg = colors[..n]
         .iter()
         .max_by_key(|(_, k)| *k)
-        .map(|(c, _)| *c)
-        .unwrap_or(Rgb([0, 0, 0]));
+        .map_or([0; 3], |(c, _)| *c);
     let mut mask = 0u128;
-    for gy in 0..h {
-        for gx in 0..GLYPH_W {
-            if *img.get_pixel(x0 + gx * sx + sx / 2, y0 + gy * sy + sy / 2) != bg {
-                mask |= 1u128 << (gy * GLYPH_W + gx);
-            }
+    for (i, p) in px.iter().enumerate() {
+        if *p != bg {
+            mask |= 1u128 << i;
         }
     }
-    (mask, n.min(3))
+    (mask, n)
 }
 
 /// Per row, per cell: the character and whether it matched a glyph.
@@ -358,8 +363,12 @@ pub fn read_console(img: &RgbImage, font: &ConsoleFont, max_unknown: f32) -> Opt
         } else {
             unknown as f32 / inked as f32
         };
+        let perfect = bad == 0.0 && inked > 0;
         if best.as_ref().is_none_or(|(b, ..)| bad < *b) {
             best = Some((bad, grid, g));
+        }
+        if perfect {
+            break; // every inked cell is a glyph: this is the layout
         }
     }
     let (bad, grid, (cw, ch, ..)) = best?;
@@ -427,6 +436,7 @@ fn to_words(grid: &[Vec<(char, bool)>], cw: u32, ch: u32) -> (Words, usize, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Rgb;
 
     #[test]
     fn the_sheet_teaches_ascii() {
