@@ -67,15 +67,13 @@ pub(crate) struct Limits {
 
 /// A connected client.
 pub(crate) enum Conn {
-    /// `-netdev stream`: outgoing bytes already framed; `out[pos..]` is unsent;
-    /// `rbuf[rstart..rend]` is received but not yet forwarded.
+    /// `-netdev stream`: outgoing bytes already framed; `out[pos..]` is unsent; `carry` holds
+    /// the start of a frame whose end has not arrived yet (reads go to a shared buffer).
     Stream {
         sock: UnixStream,
         out: Vec<u8>,
         pos: usize,
-        rbuf: Vec<u8>,
-        rstart: usize,
-        rend: usize,
+        carry: Vec<u8>,
     },
     /// VDE: the control stream (EOF = gone) and the data socket; queued frames are
     /// `(offset, len)` into `arena`.

@@ -149,6 +149,8 @@ pub(crate) fn epoll_create() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Minimum size of the shared stream read buffer.
+const STREAM_BUF: usize = 128 * 1024;
 /// Reads per readiness event before moving on to other ports.
 const READS_PER_TURN: usize = 16;
 /// A VDE client must send its request within this time.
@@ -174,6 +176,8 @@ pub(crate) struct Engine {
     vde_seq: u64,
     handshakes: Vec<Option<Handshake>>,
     batch: Option<RecvBatch>,
+    /// Read buffer shared by all stream ports.
+    stream_buf: Vec<u8>,
     stop: bool,
 }
 
@@ -201,6 +205,7 @@ impl Engine {
             vde_seq: 0,
             handshakes: Vec::new(),
             batch: Some(RecvBatch::new(32)),
+            stream_buf: Vec::new(),
             stop: false,
         })
     }
@@ -350,9 +355,7 @@ impl Engine {
                 sock,
                 out: Vec::new(),
                 pos: 0,
-                rbuf: vec![0; 64 * 1024],
-                rstart: 0,
-                rend: 0,
+                carry: Vec::new(),
             };
             let gen = self.core.connect(idx, conn);
             if let Err(e) = add(self.epfd.as_raw_fd(), fd, token(K_STREAM, idx, gen)) {
@@ -363,37 +366,33 @@ impl Engine {
     }
 
     /// Read what a stream client sent (bounded turn) and forward every whole frame.
+    ///
+    /// Reads land in one buffer shared by all stream ports (the loop is single-threaded); only
+    /// an incomplete frame is kept per port, so an idle port costs no read buffer.
     fn read_stream(&mut self, idx: u32, gen: u64) {
         let max_frame = self.core.limits().max_frame;
-        let Some(Conn::Stream {
-            rbuf,
-            rstart,
-            rend,
-            sock,
-            ..
-        }) = &mut self.core.port(idx).conn
-        else {
+        let Some(Conn::Stream { carry, sock, .. }) = &mut self.core.port(idx).conn else {
             return;
         };
-        let (mut buf, mut start, mut end) = (std::mem::take(rbuf), *rstart, *rend);
         let fd = sock.as_raw_fd();
+        let mut carry = std::mem::take(carry);
+        let mut buf = std::mem::take(&mut self.stream_buf);
+        let want = (2 * (max_frame + HEADER)).max(STREAM_BUF);
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let (mut start, mut end) = (0usize, carry.len());
+        buf[..end].copy_from_slice(&carry);
         let mut closed: Option<(String, bool)> = None;
         for _ in 0..READS_PER_TURN {
-            if start > 0 && (end == buf.len() || start == end) {
+            // Keep room for at least one whole frame after the pending bytes.
+            if start == end {
+                start = 0;
+                end = 0;
+            } else if buf.len() - end < max_frame + HEADER {
                 buf.copy_within(start..end, 0);
                 end -= start;
                 start = 0;
-            }
-            if end == buf.len() {
-                let pending = &buf[start..end];
-                let need = if pending.len() >= HEADER {
-                    HEADER
-                        + u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]])
-                            as usize
-                } else {
-                    buf.len() * 2
-                };
-                buf.resize(need.clamp(buf.len() + 1, max_frame + HEADER), 0);
             }
             let spare = &mut buf[end..];
             // SAFETY: `spare` is valid for writes of its length.
@@ -449,30 +448,20 @@ impl Engine {
             if closed.is_some() {
                 break;
             }
-            if start == end {
-                start = 0;
-                end = 0;
-            }
         }
         self.core.flush_dirty();
+        carry.clear();
+        carry.extend_from_slice(&buf[start..end]);
+        if carry.capacity() > 16 * 1024 && carry.len() < 4 * 1024 {
+            carry.shrink_to(4 * 1024);
+        }
+        self.stream_buf = buf;
         if let Some((reason, error)) = closed {
             self.core.close(idx, gen, &reason, error);
             return;
         }
-        if buf.len() > 256 * 1024 && end - start < 64 * 1024 {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-            buf.truncate(64 * 1024);
-            buf.shrink_to_fit();
-        }
-        if let Some(Conn::Stream {
-            rbuf, rstart, rend, ..
-        }) = &mut self.core.port(idx).conn
-        {
-            *rbuf = buf;
-            *rstart = start;
-            *rend = end;
+        if let Some(Conn::Stream { carry: c, .. }) = &mut self.core.port(idx).conn {
+            *c = carry;
         }
     }
 
