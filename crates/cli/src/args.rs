@@ -26,6 +26,13 @@ pub enum Command {
         /// The bundled test's name (see `machinist list`).
         test: String,
     },
+    /// Build (or reuse) the guest images the bundled tests need: base, server (+postgresql),
+    /// client (+curl).
+    BuildImages {
+        /// Rebuild them even when the cache has them.
+        #[arg(long)]
+        rebuild: bool,
+    },
     /// Check this host: QEMU, accelerator, tesseract, mmdebstrap, cache directory, free disk.
     Doctor,
 }

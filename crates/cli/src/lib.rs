@@ -22,7 +22,9 @@
 //! Exit codes: 0 pass, 1 test failure (or `doctor` found something missing), 2 usage or setup error.
 
 pub mod args;
+pub mod bundled;
 pub mod doctor;
+pub mod images;
 pub mod python;
 pub mod registry;
 pub mod runner;
@@ -66,6 +68,7 @@ where
     match cli.command {
         Command::List => list(tests),
         Command::Doctor => doctor_cmd(),
+        Command::BuildImages { rebuild } => images::build_bundled(rebuild),
         Command::Run(args) => run(&args, tests),
         Command::Interactive { test } => match registry::find(tests, &test) {
             Err(e) => usage(&e),

@@ -43,7 +43,9 @@ fn unknown_test_exits_2_and_says_so() {
 fn list_exits_0_and_names_the_bundled_tests() {
     let o = machinist(&["list"]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("hello "));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("hello "), "{out}");
+    assert!(out.contains("\npostgrest "), "{out}");
 }
 
 /// May boot the KVM probe guest (when no verdict is cached): a `vm_` test, under the VM lock.
