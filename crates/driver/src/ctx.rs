@@ -81,14 +81,12 @@ impl Ctx {
                 match poll {
                     Some(mut rx) => {
                         rx.borrow_and_update();
-                        loop {
-                            if rx.changed().await.is_err() {
-                                std::future::pending::<()>().await;
-                            }
-                            return Error::PollingCondition {
-                                description: String::new(),
-                                detail: None,
-                            };
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        Error::PollingCondition {
+                            description: String::new(),
+                            detail: None,
                         }
                     }
                     None => std::future::pending().await,
@@ -104,9 +102,9 @@ impl Ctx {
     /// Replaces the placeholder polling error from [`Ctx::interrupted`] with the latched one.
     pub(crate) fn resolve_interrupt(&self, e: Error) -> Error {
         match e {
-            Error::PollingCondition { ref description, .. } if description.is_empty() => {
-                self.polling.latched().unwrap_or(e)
-            }
+            Error::PollingCondition {
+                ref description, ..
+            } if description.is_empty() => self.polling.latched().unwrap_or(e),
             e => e,
         }
     }

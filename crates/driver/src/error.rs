@@ -255,7 +255,10 @@ mod tests {
             code: 1,
             output: String::new(),
         };
-        assert_eq!(e.to_string(), "server: command `false` failed (exit code 1)");
+        assert_eq!(
+            e.to_string(),
+            "server: command `false` failed (exit code 1)"
+        );
         let e = Error::CommandFailed {
             machine: "server".into(),
             command: "seq 20".into(),

@@ -120,7 +120,9 @@ fn install() {
         // signal has the default disposition (respect a host program's own handler/ignore).
         unsafe {
             let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
+                || old.sa_sigaction != libc::SIG_DFL
+            {
                 continue;
             }
             let mut sa: libc::sigaction = std::mem::zeroed();

@@ -169,7 +169,10 @@ impl Registry {
     }
 
     pub(crate) fn push(&self, c: Arc<CondInner>) {
-        self.active.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c);
     }
 
     pub(crate) fn pop(&self, c: &Arc<CondInner>) {

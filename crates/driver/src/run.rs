@@ -74,7 +74,12 @@ impl TestRun {
         }
         Err(Error::NoSuchMachine {
             name: name.to_string(),
-            known: self.all_machines().iter().map(|m| m.name().to_string()).collect::<Vec<_>>().join(", "),
+            known: self
+                .all_machines()
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 
@@ -85,7 +90,13 @@ impl TestRun {
 
     fn all_machines(&self) -> Vec<Arc<Machine>> {
         let mut v = self.machines();
-        v.extend(self.extra.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        v.extend(
+            self.extra
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
         v
     }
 
@@ -162,10 +173,17 @@ impl TestRun {
             });
             match errors.len() {
                 0 => Ok(()),
-                1 => Err(errors.into_iter().next().unwrap_or(Error::Script(String::new()))),
+                1 => Err(errors
+                    .into_iter()
+                    .next()
+                    .unwrap_or(Error::Script(String::new()))),
                 _ => Err(Error::Script(format!(
                     "Failed to start the following machines: {}",
-                    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ))),
             }
         })
@@ -173,12 +191,14 @@ impl TestRun {
 
     /// Waits for every machine to shut down (NixOS `join_all`).
     pub fn join_all(&self) -> Result<()> {
-        self.ctx.logger.nested(None, "wait for all VMs to finish", || {
-            for m in self.all_machines() {
-                m.wait_for_shutdown()?;
-            }
-            Ok(())
-        })
+        self.ctx
+            .logger
+            .nested(None, "wait for all VMs to finish", || {
+                for m in self.all_machines() {
+                    m.wait_for_shutdown()?;
+                }
+                Ok(())
+            })
     }
 
     /// Runs `f` as a subtest: a nested block `subtest: <name>` and a JUnit test case. On error,
@@ -203,7 +223,10 @@ impl TestRun {
             Err(p) => {
                 drop(span);
                 let msg = panic_message(&p);
-                lg.error(None, &format!("Test \"{name}\" failed with error: \"{msg}\""));
+                lg.error(
+                    None,
+                    &format!("Test \"{name}\" failed with error: \"{msg}\""),
+                );
                 lg.junit_end(Some(msg));
                 std::panic::resume_unwind(p)
             }
@@ -212,7 +235,11 @@ impl TestRun {
 
     /// Calls `f(last_try)` about once a second until it succeeds, for at most `timeout` (scaled)
     /// including the time of the attempts, then once more with `last_try = true` (NixOS `retry`).
-    pub fn retry<R: CheckOutcome>(&self, timeout: Duration, mut f: impl FnMut(bool) -> R) -> Result<()> {
+    pub fn retry<R: CheckOutcome>(
+        &self,
+        timeout: Duration,
+        mut f: impl FnMut(bool) -> R,
+    ) -> Result<()> {
         let deadline = Deadline::new(self.ctx.scaled(timeout));
         let mut last = None;
         while !deadline.expired() {
@@ -243,7 +270,12 @@ impl TestRun {
     /// [`TestRun::with_polling`]. `check` returns `bool` or a `Result`; a panic counts as failure.
     /// Commands it runs go through the control channel (so it works during long commands).
     /// NixOS' default interval is 2 s.
-    pub fn polling_condition<F, R>(&self, description: &str, interval: Duration, check: F) -> PollingCondition
+    pub fn polling_condition<F, R>(
+        &self,
+        description: &str,
+        interval: Duration,
+        check: F,
+    ) -> PollingCondition
     where
         F: Fn() -> R + Send + Sync + 'static,
         R: CheckOutcome,
@@ -254,7 +286,11 @@ impl TestRun {
     /// Runs `body` while `cond` is active (NixOS `with cond:`): `cond` is checked before every
     /// command and on a timer; a failure interrupts the running command and `body` fails with
     /// [`Error::PollingCondition`].
-    pub fn with_polling<T>(&self, cond: &PollingCondition, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub fn with_polling<T>(
+        &self,
+        cond: &PollingCondition,
+        body: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         self.ctx.polling.push(cond.inner.clone());
         self.ensure_poller();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
@@ -301,19 +337,36 @@ impl TestRun {
     /// Creates an ad-hoc machine (NixOS `create_machine`) from a node configuration that was not
     /// declared; it gets the next free node number and is attached to the configured VLANs that
     /// exist in this test. It is not started.
-    pub fn create_machine(&self, name: &str, config: machinist_guest::NodeConfig) -> Result<Arc<Machine>> {
+    pub fn create_machine(
+        &self,
+        name: &str,
+        config: machinist_guest::NodeConfig,
+    ) -> Result<Arc<Machine>> {
         if self.get_machine(name).is_ok() {
-            return Err(Error::Invalid(format!("a machine named `{name}` already exists")));
+            return Err(Error::Invalid(format!(
+                "a machine named `{name}` already exists"
+            )));
         }
         let m = self.adhoc_machine(name, config)?;
-        self.ctx.machines.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&m));
-        self.extra.lock().unwrap_or_else(|p| p.into_inner()).push(m.clone());
+        self.ctx
+            .machines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&m));
+        self.extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(m.clone());
         Ok(m)
     }
 
     /// Ad-hoc machines are numbered after every existing machine: the plan is built over keys
     /// that sort in that order, with each node's hostname pinned to its real name.
-    fn adhoc_machine(&self, name: &str, mut config: machinist_guest::NodeConfig) -> Result<Arc<Machine>> {
+    fn adhoc_machine(
+        &self,
+        name: &str,
+        mut config: machinist_guest::NodeConfig,
+    ) -> Result<Arc<Machine>> {
         let mut all: Vec<(String, machinist_guest::NodeConfig)> = Vec::new();
         for (n, c) in &self.plan_nodes {
             all.push((n.clone(), c.clone()));
@@ -337,19 +390,34 @@ impl TestRun {
                 (format!("n{i:04}"), c)
             })
             .collect();
-        let pairs: Vec<(&str, &machinist_guest::NodeConfig)> = keyed.iter().map(|(k, c)| (k.as_str(), c)).collect();
-        machinist_guest::validate(&pairs[pairs.len() - 1..]).map_err(|e| Error::Invalid(e.to_string()))?;
+        let pairs: Vec<(&str, &machinist_guest::NodeConfig)> =
+            keyed.iter().map(|(k, c)| (k.as_str(), c)).collect();
+        machinist_guest::validate(&pairs[pairs.len() - 1..])
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let plan = machinist_guest::NetworkPlan::new(&pairs);
         let key = &keyed[keyed.len() - 1].0;
-        let planned = plan.node(key).cloned().ok_or_else(|| Error::Invalid(format!("cannot plan machine `{name}`")))?;
-        let layer = machinist_guest::NodeLayer::render(key, &keyed[keyed.len() - 1].1, &plan).map_err(|e| Error::Invalid(e.to_string()))?;
+        let planned = plan
+            .node(key)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("cannot plan machine `{name}`")))?;
+        let layer = machinist_guest::NodeLayer::render(key, &keyed[keyed.len() - 1].1, &plan)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let spec = machinist_guest::ImageSpec::for_node(&config);
         let img = self
             .image_cache
             .ensure(&spec, machinist_guest::Progress::Lines)
             .map_err(|e| Error::backend(Some(name), "building the image", e))?;
-        let m = crate::test::build_machine(&self.ctx, name, &config, &planned, &img, &layer, &self.vlans)?;
-        let mut m = Arc::try_unwrap(m).map_err(|_| Error::Invalid("internal: machine shared too early".into()))?;
+        let m = crate::test::build_machine(
+            &self.ctx,
+            name,
+            &config,
+            &planned,
+            &img,
+            &layer,
+            &self.vlans,
+        )?;
+        let mut m = Arc::try_unwrap(m)
+            .map_err(|_| Error::Invalid("internal: machine shared too early".into()))?;
         m.adhoc_config = Some(config);
         Ok(Arc::new(m))
     }

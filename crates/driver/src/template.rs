@@ -298,7 +298,6 @@ pub fn substitute_file(path: impl AsRef<Path>, vars: &Vars) -> Result<String, Te
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vars;
 
     const TUTORIAL_CONF: &str = "db-uri = \"postgres://@user@:mysecretpassword@localhost:5432/postgres\"\ndb-schemas = \"api\"\ndb-anon-role = \"web_anon\"\nserver-port = @port@\n";
 
@@ -337,7 +336,10 @@ mod tests {
     fn placeholder_positions_count_characters() {
         let ps = placeholders("é @x@\n  @y_1@");
         assert_eq!(ps[0].column, 3);
-        assert_eq!((ps[1].line, ps[1].column, ps[1].name.as_str()), (2, 3, "y_1"));
+        assert_eq!(
+            (ps[1].line, ps[1].column, ps[1].name.as_str()),
+            (2, 3, "y_1")
+        );
     }
 
     #[test]
@@ -353,8 +355,8 @@ mod tests {
 
     #[test]
     fn error_only_unused() {
-        let err = substitute_all("port = @port@\n", &vars! { "port" => 1, "extra" => 2 })
-            .unwrap_err();
+        let err =
+            substitute_all("port = @port@\n", &vars! { "port" => 1, "extra" => 2 }).unwrap_err();
         insta::assert_snapshot!(err.to_string());
     }
 
@@ -363,8 +365,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("setup.sql");
         std::fs::write(&path, SETUP_SQL).unwrap();
-        let err = substitute_file(&path, &Vars::new()).unwrap_err().to_string();
-        assert!(err.contains(&format!("{}:5:13: placeholder @user@", path.display())), "{err}");
+        let err = substitute_file(&path, &Vars::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{}:5:13: placeholder @user@", path.display())),
+            "{err}"
+        );
         let out = substitute_file(&path, &vars! { "user" => "u" }).unwrap();
         assert!(out.contains("create role u noinherit"));
         let missing = substitute_file(dir.path().join("nope"), &Vars::new()).unwrap_err();

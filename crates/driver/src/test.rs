@@ -160,7 +160,10 @@ impl<'a> Test<'a> {
     pub fn validate(&self) -> Result<()> {
         let mut problems = self.errors.clone();
         if self.name.is_empty() || self.name.contains('/') {
-            problems.push(format!("test name `{}` must be non-empty and contain no `/`", self.name));
+            problems.push(format!(
+                "test name `{}` must be non-empty and contain no `/`",
+                self.name
+            ));
         }
         if self.nodes.is_empty() {
             problems.push("no nodes: declare at least one with .node(name, NodeConfig)".into());
@@ -175,7 +178,8 @@ impl<'a> Test<'a> {
         if !problems.is_empty() {
             return Err(Error::Invalid(problems.join("; ")));
         }
-        let pairs: Vec<(&str, &NodeConfig)> = self.nodes.iter().map(|(n, c)| (n.as_str(), c)).collect();
+        let pairs: Vec<(&str, &NodeConfig)> =
+            self.nodes.iter().map(|(n, c)| (n.as_str(), c)).collect();
         machinist_guest::validate(&pairs).map_err(|e| Error::Invalid(e.to_string()))?;
         let plan = NetworkPlan::new(&pairs);
         for (n, c) in &pairs {
@@ -206,15 +210,29 @@ impl<'a> Test<'a> {
         let scale = TimeoutScale::from_env()?;
         let logger = self.logger.clone().unwrap_or_else(Logger::stderr);
         logger.set_print_serial(self.print_serial);
-        let out_dir = self.output_dir.clone().unwrap_or_else(|| default_output_dir(&self.name));
-        std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(format!("creating output directory {}", out_dir.display()), e))?;
+        let out_dir = self
+            .output_dir
+            .clone()
+            .unwrap_or_else(|| default_output_dir(&self.name));
+        std::fs::create_dir_all(&out_dir).map_err(|e| {
+            Error::io(
+                format!("creating output directory {}", out_dir.display()),
+                e,
+            )
+        })?;
         remove_stale_artefacts(&out_dir);
         let json_path = out_dir.join("log.jsonl");
         logger
             .write_json_to(&json_path)
             .map_err(|e| Error::io(format!("creating {}", json_path.display()), e))?;
         if !scale.is_identity() {
-            logger.log(None, &format!("timeouts are scaled by {} (MACHINIST_TIMEOUT_SCALE)", scale.factor()));
+            logger.log(
+                None,
+                &format!(
+                    "timeouts are scaled by {} (MACHINIST_TIMEOUT_SCALE)",
+                    scale.factor()
+                ),
+            );
         }
         let run_dir = make_run_dir()?;
         crate::orphans::register_dir(run_dir.clone());
@@ -251,7 +269,10 @@ impl<'a> Test<'a> {
             started: Instant::now(),
             global_timeout,
             plan_nodes: self.nodes.clone(),
-            image_cache: self.image_cache.clone().unwrap_or_else(ImageCache::from_env),
+            image_cache: self
+                .image_cache
+                .clone()
+                .unwrap_or_else(ImageCache::from_env),
             finished: false,
         };
         run.setup()?;
@@ -261,7 +282,13 @@ impl<'a> Test<'a> {
             run.machines.values().cloned().collect(),
             run.extra.clone(),
         ));
-        logger.log(None, &format!("Test will time out and terminate in {} seconds", global_timeout.as_secs()));
+        logger.log(
+            None,
+            &format!(
+                "Test will time out and terminate in {} seconds",
+                global_timeout.as_secs()
+            ),
+        );
         Ok(run)
     }
 }
@@ -271,7 +298,8 @@ fn valid_node_name(n: &str) -> bool {
     !b.is_empty()
         && b.len() <= 32
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 fn default_output_dir(name: &str) -> PathBuf {
@@ -286,7 +314,10 @@ fn remove_stale_artefacts(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with("-console.log") || name.ends_with(".pcap") || name.ends_with("-final.png") {
+            if name.ends_with("-console.log")
+                || name.ends_with(".pcap")
+                || name.ends_with("-final.png")
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -301,24 +332,44 @@ fn make_run_dir() -> Result<PathBuf> {
         PathBuf::from("/tmp")
     };
     let template = base.join("mn-XXXXXX");
-    nix::unistd::mkdtemp(&template).map_err(|e| Error::io(format!("creating run directory {}", template.display()), e.into()))
+    nix::unistd::mkdtemp(&template).map_err(|e| {
+        Error::io(
+            format!("creating run directory {}", template.display()),
+            e.into(),
+        )
+    })
 }
 
 impl TestRun {
     /// Builds the network plan, the switches, the images and the machines (nothing boots).
     fn setup(&mut self) -> Result<()> {
         let ctx = self.ctx.clone();
-        let pairs: Vec<(&str, &NodeConfig)> = self.plan_nodes.iter().map(|(n, c)| (n.as_str(), c)).collect();
+        let pairs: Vec<(&str, &NodeConfig)> = self
+            .plan_nodes
+            .iter()
+            .map(|(n, c)| (n.as_str(), c))
+            .collect();
         let plan = NetworkPlan::new(&pairs);
         // Switches first: they must listen before any QEMU starts.
-        let mut vlan_nrs: Vec<u8> = plan.nodes().flat_map(|n| n.interfaces.iter().map(|i| i.vlan)).collect();
+        let mut vlan_nrs: Vec<u8> = plan
+            .nodes()
+            .flat_map(|n| n.interfaces.iter().map(|i| i.vlan))
+            .collect();
         vlan_nrs.sort_unstable();
         vlan_nrs.dedup();
         for nr in vlan_nrs {
             let cfg = SwitchConfig::new(nr, ctx.run_dir.join(format!("vlan{nr}")))
                 .with_pcap(ctx.out_dir.join(format!("vlan{nr}.pcap")));
-            let sw = Switch::start(cfg).map_err(|e| Error::backend(None, format!("starting the switch of vlan {nr}"), e))?;
-            self.vlans.insert(nr, VLan { nr, switch: Arc::new(sw) });
+            let sw = Switch::start(cfg).map_err(|e| {
+                Error::backend(None, format!("starting the switch of vlan {nr}"), e)
+            })?;
+            self.vlans.insert(
+                nr,
+                VLan {
+                    nr,
+                    switch: Arc::new(sw),
+                },
+            );
         }
         // Images: one per distinct package set, built once and cached.
         let mut images: Vec<(ImageSpec, machinist_guest::Image)> = Vec::new();
@@ -330,25 +381,40 @@ impl TestRun {
         };
         for spec in specs {
             let name = spec.name();
-            let img = ctx.logger.nested(None, &format!("ensuring image {name}"), || {
-                self.image_cache
-                    .ensure(&spec, Progress::Lines)
-                    .map_err(|e| Error::backend(None, format!("building image {name}"), e))
-            })?;
+            let img = ctx
+                .logger
+                .nested(None, &format!("ensuring image {name}"), || {
+                    self.image_cache
+                        .ensure(&spec, Progress::Lines)
+                        .map_err(|e| Error::backend(None, format!("building image {name}"), e))
+                })?;
             images.push((spec, img));
         }
         for (name, cfg) in &pairs {
-            let planned = plan.node(name).cloned().ok_or_else(|| Error::Invalid(format!("node `{name}` missing from the network plan")))?;
+            let planned = plan.node(name).cloned().ok_or_else(|| {
+                Error::Invalid(format!("node `{name}` missing from the network plan"))
+            })?;
             let want = ImageSpec::for_node(cfg);
             let img = images
                 .iter()
                 .find(|(s, _)| *s == want)
                 .map(|(_, i)| i.clone())
                 .ok_or_else(|| Error::Invalid(format!("no image for node `{name}`")))?;
-            let layer = NodeLayer::render(name, cfg, &plan).map_err(|e| Error::Invalid(e.to_string()))?;
+            let layer =
+                NodeLayer::render(name, cfg, &plan).map_err(|e| Error::Invalid(e.to_string()))?;
             let m = build_machine(&ctx, name, cfg, &planned, &img, &layer, &self.vlans)?;
-            self.nodes.insert(name.to_string(), Node { name: name.to_string(), config: (*cfg).clone(), plan: planned });
-            ctx.machines.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&m));
+            self.nodes.insert(
+                name.to_string(),
+                Node {
+                    name: name.to_string(),
+                    config: (*cfg).clone(),
+                    plan: planned,
+                },
+            );
+            ctx.machines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::downgrade(&m));
             self.machines.insert(name.to_string(), m);
         }
         Ok(())
@@ -460,7 +526,10 @@ impl TestRun {
     fn cleanup_run_dir(&self) {
         let dir = &self.ctx.run_dir;
         if self.ctx.keep_state {
-            self.ctx.logger.log(None, &format!("keeping the run directory {}", dir.display()));
+            self.ctx.logger.log(
+                None,
+                &format!("keeping the run directory {}", dir.display()),
+            );
         } else {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -503,15 +572,22 @@ pub(crate) fn build_machine(
     let mut nics = Vec::new();
     let mut machine_vlans = Vec::new();
     for iface in &planned.interfaces {
-        let vlan = vlans
-            .get(&iface.vlan)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("node `{name}`: vlan {} has no switch", iface.vlan)))?;
-        let port = vlan
-            .switch
-            .add_stream_port(name)
-            .map_err(|e| Error::backend(Some(name), format!("adding a port on vlan {}", iface.vlan), e))?;
-        nics.push(NicSpec { vlan: vlan.clone(), id: iface.qemu_id(), mac: iface.mac.clone(), port });
+        let vlan = vlans.get(&iface.vlan).cloned().ok_or_else(|| {
+            Error::Invalid(format!("node `{name}`: vlan {} has no switch", iface.vlan))
+        })?;
+        let port = vlan.switch.add_stream_port(name).map_err(|e| {
+            Error::backend(
+                Some(name),
+                format!("adding a port on vlan {}", iface.vlan),
+                e,
+            )
+        })?;
+        nics.push(NicSpec {
+            vlan: vlan.clone(),
+            id: iface.qemu_id(),
+            mac: iface.mac.clone(),
+            port,
+        });
         machine_vlans.push(vlan);
     }
     let mut append = machinist_guest::KERNEL_CMDLINE.to_string();
@@ -531,8 +607,16 @@ pub(crate) fn build_machine(
         memory_mib: cfg.memory_mib,
         cores: cfg.cores,
         nics,
-        user_nic: planned.user_interface.as_ref().map(|u| ("nic-user0".to_string(), u.mac.clone())),
+        user_nic: planned
+            .user_interface
+            .as_ref()
+            .map(|u| ("nic-user0".to_string(), u.mac.clone())),
         extra_args: cfg.qemu_args.clone(),
     };
-    Ok(Arc::new(Machine::new(name, ctx.clone(), spec, machine_vlans)))
+    Ok(Arc::new(Machine::new(
+        name,
+        ctx.clone(),
+        spec,
+        machine_vlans,
+    )))
 }

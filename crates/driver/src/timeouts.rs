@@ -20,7 +20,9 @@ pub const TIMEOUT_SCALE_ENV: &str = "MACHINIST_TIMEOUT_SCALE";
 
 /// `MACHINIST_TIMEOUT_SCALE` is set to something that is not a positive number.
 #[derive(Debug, thiserror::Error)]
-#[error("{TIMEOUT_SCALE_ENV}={value:?} is not a positive number; set it to e.g. 2 or 0.5, or unset it")]
+#[error(
+    "{TIMEOUT_SCALE_ENV}={value:?} is not a positive number; set it to e.g. 2 or 0.5, or unset it"
+)]
 pub struct TimeoutScaleError {
     /// The offending value.
     pub value: String,
@@ -95,11 +97,15 @@ mod tests {
     #[test]
     fn parse_and_apply() {
         assert_eq!(
-            TimeoutScale::parse("2").unwrap().apply(Duration::from_secs(7)),
+            TimeoutScale::parse("2")
+                .unwrap()
+                .apply(Duration::from_secs(7)),
             Duration::from_secs(14)
         );
         assert_eq!(
-            TimeoutScale::parse(" 0.5 ").unwrap().apply(Duration::from_secs(900)),
+            TimeoutScale::parse(" 0.5 ")
+                .unwrap()
+                .apply(Duration::from_secs(900)),
             Duration::from_secs(450)
         );
         assert!(TimeoutScale::parse("0").is_err());

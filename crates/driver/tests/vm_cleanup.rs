@@ -59,5 +59,8 @@ fn vm_panic_and_global_timeout_leave_nothing() {
     assert!(matches!(e, Error::GlobalTimeout { .. }), "{e}");
     assert!(took < Duration::from_secs(40), "took {took:?}");
     assert!(!common::alive(pid.load(Ordering::SeqCst)));
-    eprintln!("METRIC global timeout 25 s ended the run after {:.2} s", took.as_secs_f64());
+    eprintln!(
+        "METRIC global timeout 25 s ended the run after {:.2} s",
+        took.as_secs_f64()
+    );
 }

@@ -110,7 +110,11 @@ fn vm_two_machines() {
         .run()
         .unwrap_or_else(|e| panic!("test failed: {e}"));
     let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
-    for case in ["block and unblock", "reboot", "crash and restart keeps the disk"] {
+    for case in [
+        "block and unblock",
+        "reboot",
+        "crash and restart keeps the disk",
+    ] {
         assert!(junit.contains(case), "{junit}");
     }
 }

@@ -206,5 +206,7 @@ fn vm_single_machine_methods() {
     let junit = std::fs::read_to_string(&report.junit).unwrap();
     assert!(junit.contains("a subtest"));
     assert!(report.output_dir.join("machine-console.log").exists());
-    assert!(common::qemus_with("machine").iter().all(|&p| !common::alive(p)));
+    assert!(common::qemus_with("machine")
+        .iter()
+        .all(|&p| !common::alive(p)));
 }

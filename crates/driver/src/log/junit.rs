@@ -83,7 +83,9 @@ impl Junit {
     /// Marks the current case failed (the test failed outside any subtest or the subtest failure is
     /// not otherwise recorded).
     pub(crate) fn fail_current(&mut self, message: &str) {
-        self.current().failure.get_or_insert_with(|| message.to_string());
+        self.current()
+            .failure
+            .get_or_insert_with(|| message.to_string());
     }
 
     pub(crate) fn report(&mut self, suite: &str, now: Instant, redact_times: bool) -> Report {
@@ -106,7 +108,11 @@ impl Junit {
             };
             let mut tc = TestCase::new(c.name.as_str(), status);
             tc.set_classname(suite);
-            let t = if redact_times { Duration::ZERO } else { c.elapsed };
+            let t = if redact_times {
+                Duration::ZERO
+            } else {
+                c.elapsed
+            };
             total += t;
             tc.set_time(t);
             if !c.out.is_empty() {

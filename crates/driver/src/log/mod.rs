@@ -183,7 +183,8 @@ impl Logger {
                 t.line(Kind::Serial, Some(machine), line);
             }
         }
-        let record = json!({"time": self.now(), "type": "serial", "machine": machine, "line": line});
+        let record =
+            json!({"time": self.now(), "type": "serial", "machine": machine, "line": line});
         if let Some(j) = st.json.as_mut() {
             j.write(record);
         }

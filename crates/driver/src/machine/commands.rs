@@ -39,7 +39,11 @@ impl Machine {
     }
 
     /// [`Machine::succeed`] with a timeout per command (expired = exit code 124 = failure).
-    pub fn succeed_timeout(&self, commands: impl Commands, timeout: impl IntoTimeout) -> Result<String> {
+    pub fn succeed_timeout(
+        &self,
+        commands: impl Commands,
+        timeout: impl IntoTimeout,
+    ) -> Result<String> {
         let t = timeout.into_timeout().map(|d| self.ctx.scaled(d));
         let mut output = String::new();
         for cmd in commands.commands() {
@@ -69,7 +73,11 @@ impl Machine {
     }
 
     /// [`Machine::fail`] with a timeout per command.
-    pub fn fail_timeout(&self, commands: impl Commands, timeout: impl IntoTimeout) -> Result<String> {
+    pub fn fail_timeout(
+        &self,
+        commands: impl Commands,
+        timeout: impl IntoTimeout,
+    ) -> Result<String> {
         let t = timeout.into_timeout().map(|d| self.ctx.scaled(d));
         let mut output = String::new();
         for cmd in commands.commands() {
@@ -97,7 +105,12 @@ impl Machine {
         Ok((code, String::from_utf8_lossy(&out).into_owned()))
     }
 
-    fn wait_until(&self, command: &str, want_success: bool, timeout: impl IntoTimeout) -> Result<String> {
+    fn wait_until(
+        &self,
+        command: &str,
+        want_success: bool,
+        timeout: impl IntoTimeout,
+    ) -> Result<String> {
         let t = self.timeout_or_default(timeout);
         let what = if want_success { "success" } else { "failure" };
         self.nested(&format!("waiting for {what}: {command}"), || {
@@ -170,20 +183,30 @@ impl Machine {
     /// Waits for this machine's backdoor and for systemd to finish starting up.
     fn settle(&self) -> Result<()> {
         self.ensure_up()?;
-        let Some(run) = self.current() else { return Ok(()) };
+        let Some(run) = self.current() else {
+            return Ok(());
+        };
         if run.settled.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
         let cap = self.ctx.scaled(Duration::from_secs(60));
-        let span = self.ctx.logger.begin(Some(self.name()), "waiting for systemd to finish starting up");
-        let (code, out) = self.run_command("systemctl is-system-running --wait 2>&1 || true", Some(cap))?;
+        let span = self.ctx.logger.begin(
+            Some(self.name()),
+            "waiting for systemd to finish starting up",
+        );
+        let (code, out) =
+            self.run_command("systemctl is-system-running --wait 2>&1 || true", Some(cap))?;
         let state = String::from_utf8_lossy(&out).trim().to_string();
         if code == 124 {
-            self.log_line(&format!("systemd is still starting after {} s; going on", cap.as_secs()));
+            self.log_line(&format!(
+                "systemd is still starting after {} s; going on",
+                cap.as_secs()
+            ));
         } else if state != "running" {
             self.log_line(&format!("system state: {state} (see `systemctl --failed`)"));
         }
-        run.settled.store(true, std::sync::atomic::Ordering::Release);
+        run.settled
+            .store(true, std::sync::atomic::Ordering::Release);
         span.finish();
         Ok(())
     }
@@ -221,7 +244,11 @@ impl Machine {
     }
 
     /// [`Machine::get_unit_info`] for a user unit.
-    pub fn get_unit_info_user(&self, unit: &str, user: Option<&str>) -> Result<BTreeMap<String, String>> {
+    pub fn get_unit_info_user(
+        &self,
+        unit: &str,
+        user: Option<&str>,
+    ) -> Result<BTreeMap<String, String>> {
         let q = format!("--no-pager show {}", quote(unit));
         let (code, out) = self.execute(&scripts::systemctl(&q, user))?;
         if code != 0 {
@@ -229,7 +256,8 @@ impl Machine {
                 machine: self.name().to_string(),
                 message: format!(
                     "retrieving systemctl info for unit \"{unit}\"{} failed with exit code {code}",
-                    user.map(|u| format!(" under user \"{u}\"")).unwrap_or_default()
+                    user.map(|u| format!(" under user \"{u}\""))
+                        .unwrap_or_default()
                 ),
             });
         }
@@ -242,8 +270,17 @@ impl Machine {
     }
 
     /// [`Machine::get_unit_property`] for a user unit.
-    pub fn get_unit_property_user(&self, unit: &str, property: &str, user: Option<&str>) -> Result<String> {
-        let q = format!("--no-pager show {} --property={}", quote(unit), quote(property));
+    pub fn get_unit_property_user(
+        &self,
+        unit: &str,
+        property: &str,
+        user: Option<&str>,
+    ) -> Result<String> {
+        let q = format!(
+            "--no-pager show {} --property={}",
+            quote(unit),
+            quote(property)
+        );
         let (code, out) = self.execute(&scripts::systemctl(&q, user))?;
         if code != 0 {
             return Err(Error::Assertion {
@@ -252,16 +289,27 @@ impl Machine {
             });
         }
         let props = parse_properties(&out);
-        props.get(property).cloned().ok_or_else(|| Error::Assertion {
-            machine: self.name().to_string(),
-            message: format!("systemctl show did not report property \"{property}\" of unit \"{unit}\""),
-        })
+        props
+            .get(property)
+            .cloned()
+            .ok_or_else(|| Error::Assertion {
+                machine: self.name().to_string(),
+                message: format!(
+                    "systemctl show did not report property \"{property}\" of unit \"{unit}\""
+                ),
+            })
     }
 
     /// Waits until `unit` is active (NixOS `wait_for_unit`); fails at once when it is `failed`,
     /// or `inactive` with no pending jobs.
     pub fn wait_for_unit(&self, unit: &str, timeout: impl IntoTimeout) -> Result<()> {
-        self.wait_for_unit_with(unit, WaitForUnit { timeout: timeout.into_timeout(), ..Default::default() })
+        self.wait_for_unit_with(
+            unit,
+            WaitForUnit {
+                timeout: timeout.into_timeout(),
+                ..Default::default()
+            },
+        )
     }
 
     /// [`Machine::wait_for_unit`] with options (user unit, tolerate transient `inactive`).
@@ -276,9 +324,18 @@ impl Machine {
             self.settle_boots()?;
             let deadline = Deadline::new(t);
             let u = user.clone();
-            let script = scripts::wait_for_unit(unit, &move |q| scripts::systemctl(q, u.as_deref()), opts.tolerate_inactive, t.as_micros());
+            let script = scripts::wait_for_unit(
+                unit,
+                &move |q| scripts::systemctl(q, u.as_deref()),
+                opts.tolerate_inactive,
+                t.as_micros(),
+            );
             let (code, out) = self.guest_loop(&script, t)?;
-            let unit_err = |reason: String| Error::Unit { machine: self.name().to_string(), unit: unit.to_string(), reason };
+            let unit_err = |reason: String| Error::Unit {
+                machine: self.name().to_string(),
+                unit: unit.to_string(),
+                reason,
+            };
             match code {
                 0 => Ok(()),
                 3 => Err(unit_err("reached state \"failed\"".into())),
@@ -296,18 +353,21 @@ impl Machine {
 
     /// Fails unless `unit`'s ActiveState is `state` (NixOS `require_unit_state`, default "active").
     pub fn require_unit_state(&self, unit: &str, state: &str) -> Result<()> {
-        self.nested(&format!("checking if unit '{unit}' has reached state '{state}'"), || {
-            let info = self.get_unit_info(unit)?;
-            let actual = info.get("ActiveState").cloned().unwrap_or_default();
-            if actual != state {
-                return Err(Error::Unit {
-                    machine: self.name().to_string(),
-                    unit: unit.to_string(),
-                    reason: format!("is in state \"{actual}\", expected \"{state}\""),
-                });
-            }
-            Ok(())
-        })
+        self.nested(
+            &format!("checking if unit '{unit}' has reached state '{state}'"),
+            || {
+                let info = self.get_unit_info(unit)?;
+                let actual = info.get("ActiveState").cloned().unwrap_or_default();
+                if actual != state {
+                    return Err(Error::Unit {
+                        machine: self.name().to_string(),
+                        unit: unit.to_string(),
+                        reason: format!("is in state \"{actual}\", expected \"{state}\""),
+                    });
+                }
+                Ok(())
+            },
+        )
     }
 
     /// `systemctl start <job>` (NixOS `start_job`); returns (exit code, stdout).
@@ -324,14 +384,20 @@ impl Machine {
     pub fn wait_for_file(&self, path: &str, timeout: impl IntoTimeout) -> Result<()> {
         let t = self.timeout_or_default(timeout);
         self.nested(&format!("waiting for file '{path}'"), || {
-            self.wait_loop(&format!("test -e {}", quote(path)), true, t, &format!("file {path}"))
+            self.wait_loop(
+                &format!("test -e {}", quote(path)),
+                true,
+                t,
+                &format!("file {path}"),
+            )
         })
     }
 
     fn wait_loop(&self, probe: &str, want_success: bool, t: Duration, what: &str) -> Result<()> {
         self.settle_boots()?;
         let deadline = Deadline::new(t);
-        let (code, out) = self.guest_loop(&scripts::wait_until(probe, want_success, t.as_micros()), t)?;
+        let (code, out) =
+            self.guest_loop(&scripts::wait_until(probe, want_success, t.as_micros()), t)?;
         if code == 0 {
             Ok(())
         } else {
@@ -352,10 +418,20 @@ impl Machine {
     }
 
     /// [`Machine::wait_for_open_port`] on another address.
-    pub fn wait_for_open_port_on(&self, addr: &str, port: u16, timeout: impl IntoTimeout) -> Result<()> {
+    pub fn wait_for_open_port_on(
+        &self,
+        addr: &str,
+        port: u16,
+        timeout: impl IntoTimeout,
+    ) -> Result<()> {
         let t = self.timeout_or_default(timeout);
         self.nested(&format!("waiting for TCP port {port} on {addr}"), || {
-            self.wait_loop(&scripts::tcp_probe(addr, port), true, t, &format!("TCP port {port} on {addr} to open"))
+            self.wait_loop(
+                &scripts::tcp_probe(addr, port),
+                true,
+                t,
+                &format!("TCP port {port} on {addr} to open"),
+            )
         })
     }
 
@@ -365,20 +441,43 @@ impl Machine {
     }
 
     /// [`Machine::wait_for_closed_port`] on another address.
-    pub fn wait_for_closed_port_on(&self, addr: &str, port: u16, timeout: impl IntoTimeout) -> Result<()> {
+    pub fn wait_for_closed_port_on(
+        &self,
+        addr: &str,
+        port: u16,
+        timeout: impl IntoTimeout,
+    ) -> Result<()> {
         let t = self.timeout_or_default(timeout);
-        self.nested(&format!("waiting for TCP port {port} on {addr} to be closed"), || {
-            self.wait_loop(&scripts::tcp_probe(addr, port), false, t, &format!("TCP port {port} on {addr} to close"))
-        })
+        self.nested(
+            &format!("waiting for TCP port {port} on {addr} to be closed"),
+            || {
+                self.wait_loop(
+                    &scripts::tcp_probe(addr, port),
+                    false,
+                    t,
+                    &format!("TCP port {port} on {addr} to close"),
+                )
+            },
+        )
     }
 
     /// Waits until the unix socket `path` accepts connections (NixOS
     /// `wait_for_open_unix_socket`; uses `nc -U` or `socat` if the guest has one, else checks
     /// that a socket file exists).
-    pub fn wait_for_open_unix_socket(&self, path: &str, is_datagram: bool, timeout: impl IntoTimeout) -> Result<()> {
+    pub fn wait_for_open_unix_socket(
+        &self,
+        path: &str,
+        is_datagram: bool,
+        timeout: impl IntoTimeout,
+    ) -> Result<()> {
         let t = self.timeout_or_default(timeout);
         self.nested(&format!("waiting for UNIX socket {path}"), || {
-            self.wait_loop(&scripts::unix_probe(path, is_datagram), true, t, &format!("unix socket {path}"))
+            self.wait_loop(
+                &scripts::unix_probe(path, is_datagram),
+                true,
+                t,
+                &format!("unix socket {path}"),
+            )
         })
     }
 
@@ -428,8 +527,17 @@ impl Machine {
         let (code, out) = self.run_command(cmd, Some(self.ctx.scaled(DEFAULT_TIMEOUT)))?;
         let out = String::from_utf8_lossy(&out).into_owned();
         if code != 0 {
-            let shown = if cmd.len() > 200 { format!("{}...", &cmd[..cmd.floor_char_boundary(200)]) } else { cmd.to_string() };
-            return Err(Error::CommandFailed { machine: self.name().to_string(), command: shown, code, output: out });
+            let shown = if cmd.chars().count() > 200 {
+                format!("{}...", cmd.chars().take(200).collect::<String>())
+            } else {
+                cmd.to_string()
+            };
+            return Err(Error::CommandFailed {
+                machine: self.name().to_string(),
+                command: shown,
+                code,
+                output: out,
+            });
         }
         Ok(out)
     }
@@ -438,7 +546,8 @@ impl Machine {
     /// (NixOS `copy_from_host_via_shell`; files only).
     pub fn copy_from_host_via_shell(&self, source: impl AsRef<Path>, target: &str) -> Result<()> {
         let source = source.as_ref();
-        let data = std::fs::read(source).map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
+        let data = std::fs::read(source)
+            .map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
         self.upload(&data, target)
     }
 
@@ -446,30 +555,41 @@ impl Machine {
     /// `copy_from_machine`); returns the host path.
     pub fn copy_from_machine(&self, source: &str, target_dir: &str) -> Result<PathBuf> {
         use base64::Engine;
-        let name = Path::new(source).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+        let name = Path::new(source)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".into());
         let dest_dir = self.ctx.out_dir.join(target_dir);
-        std::fs::create_dir_all(&dest_dir).map_err(|e| Error::io(format!("creating {}", dest_dir.display()), e))?;
+        std::fs::create_dir_all(&dest_dir)
+            .map_err(|e| Error::io(format!("creating {}", dest_dir.display()), e))?;
         let dest = dest_dir.join(&name);
-        self.nested(&format!("copying {source} from the machine to {}", dest.display()), || {
-            let q = quote(source);
-            let is_dir = self.run_command(&format!("test -d {q}"), None)?.0 == 0;
-            let cmd = if is_dir {
-                format!("tar -c -C {q} . | base64 -w0")
-            } else {
-                format!("base64 -w0 < {q}")
-            };
-            let b64 = self.run_checked(&cmd)?;
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .map_err(|e| Error::backend(Some(self.name()), format!("decoding {source}"), e))?;
-            if is_dir {
-                std::fs::create_dir_all(&dest).map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
-                untar(&data, &dest)?;
-            } else {
-                std::fs::write(&dest, data).map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
-            }
-            Ok(dest.clone())
-        })
+        self.nested(
+            &format!("copying {source} from the machine to {}", dest.display()),
+            || {
+                let q = quote(source);
+                let is_dir = self.run_command(&format!("test -d {q}"), None)?.0 == 0;
+                let cmd = if is_dir {
+                    format!("tar -c -C {q} . | base64 -w0")
+                } else {
+                    format!("base64 -w0 < {q}")
+                };
+                let b64 = self.run_checked(&cmd)?;
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| {
+                        Error::backend(Some(self.name()), format!("decoding {source}"), e)
+                    })?;
+                if is_dir {
+                    std::fs::create_dir_all(&dest)
+                        .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+                    untar(&data, &dest)?;
+                } else {
+                    std::fs::write(&dest, data)
+                        .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+                }
+                Ok(dest.clone())
+            },
+        )
     }
 }
 
@@ -489,9 +609,18 @@ fn tar_dir(dir: &Path) -> Result<Vec<u8>> {
         .arg(dir)
         .arg(".")
         .output()
-        .map_err(|e| Error::io("running tar on the host (install the Debian package tar)", e))?;
+        .map_err(|e| {
+            Error::io(
+                "running tar on the host (install the Debian package tar)",
+                e,
+            )
+        })?;
     if !out.status.success() {
-        return Err(Error::Invalid(format!("tar of {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr))));
+        return Err(Error::Invalid(format!(
+            "tar of {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
     }
     Ok(out.stdout)
 }
@@ -506,11 +635,16 @@ fn untar(data: &[u8], dest: &Path) -> Result<()> {
         .spawn()
         .map_err(|e| Error::io("running tar on the host", e))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(data).map_err(|e| Error::io("feeding tar", e))?;
+        stdin
+            .write_all(data)
+            .map_err(|e| Error::io("feeding tar", e))?;
     }
     let st = child.wait().map_err(|e| Error::io("waiting for tar", e))?;
     if !st.success() {
-        return Err(Error::Invalid(format!("extracting into {} failed", dest.display())));
+        return Err(Error::Invalid(format!(
+            "extracting into {} failed",
+            dest.display()
+        )));
     }
     Ok(())
 }

@@ -70,7 +70,10 @@ impl Machine {
         let send = || {
             let out = self.send_monitor_command(&format!("sendkey {key}"))?;
             if !out.trim().is_empty() {
-                return Err(Error::Assertion { machine: self.name().to_string(), message: format!("sendkey {key}: {}", out.trim()) });
+                return Err(Error::Assertion {
+                    machine: self.name().to_string(),
+                    message: format!("sendkey {key}: {}", out.trim()),
+                });
             }
             self.ctx.sleep(delay)
         };
@@ -106,10 +109,9 @@ impl Machine {
             machinist_qemu::ScreendumpFormat::Png
         };
         self.ctx.block_on(false, async move {
-            run.qmp
-                .screendump(&p, format)
-                .await
-                .map_err(|e| Error::backend(Some(&name), format!("screendump to {}", p.display()), e))
+            run.qmp.screendump(&p, format).await.map_err(|e| {
+                Error::backend(Some(&name), format!("screendump to {}", p.display()), e)
+            })
         })
     }
 
@@ -123,7 +125,9 @@ impl Machine {
         if p.is_relative() {
             p = self.ctx.out_dir.join(p);
         }
-        self.nested(&format!("making screenshot {}", p.display()), || self.screenshot_raw(&p))
+        self.nested(&format!("making screenshot {}", p.display()), || {
+            self.screenshot_raw(&p)
+        })
     }
 
     fn ocr(&self) -> Result<machinist_ocr::Ocr> {
@@ -140,7 +144,8 @@ impl Machine {
         self.nested("performing optical character recognition", || {
             let ocr = self.ocr()?;
             let img = self.grab_image()?;
-            ocr.get_screen_text(&img).map_err(|e| Error::backend(Some(self.name()), "OCR", e))
+            ocr.get_screen_text(&img)
+                .map_err(|e| Error::backend(Some(self.name()), "OCR", e))
         })
     }
 
@@ -150,29 +155,40 @@ impl Machine {
         self.nested("performing optical character recognition", || {
             let ocr = self.ocr()?;
             let img = self.grab_image()?;
-            ocr.get_screen_text_variants(&img).map_err(|e| Error::backend(Some(self.name()), "OCR", e))
+            ocr.get_screen_text_variants(&img)
+                .map_err(|e| Error::backend(Some(self.name()), "OCR", e))
         })
     }
 
     fn grab_image(&self) -> Result<image::RgbImage> {
         let f = self.grab_file();
         self.screenshot_raw(&f)?;
-        machinist_ocr::load_image(&f).map_err(|e| Error::backend(Some(self.name()), "reading the screenshot", e))
+        machinist_ocr::load_image(&f)
+            .map_err(|e| Error::backend(Some(self.name()), "reading the screenshot", e))
     }
 
     /// Waits until `regex` matches the OCR text of the screen (NixOS `wait_for_text`, default
     /// 900 s): fresh screenshots with backoff, variants raced, the last screenshot saved to the
     /// output directory on failure. Returns the matched text.
     pub fn wait_for_text(&self, regex: &str, timeout: impl IntoTimeout) -> Result<String> {
-        let t = self.ctx.scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+        let t = self
+            .ctx
+            .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
         self.nested(&format!("waiting for {regex} to appear on screen"), || {
             let ocr = self.ocr()?;
             let mut source = || {
-                self.grab_image().map_err(|e| machinist_ocr::OcrError::Screenshot(e.to_string()))
+                self.grab_image()
+                    .map_err(|e| machinist_ocr::OcrError::Screenshot(e.to_string()))
             };
             let m = ocr
                 .wait_for_text_str(&mut source, regex, t, &self.ctx.out_dir)
-                .map_err(|e| Error::backend(Some(self.name()), format!("waiting for {regex} on screen"), e))?;
+                .map_err(|e| {
+                    Error::backend(
+                        Some(self.name()),
+                        format!("waiting for {regex} on screen"),
+                        e,
+                    )
+                })?;
             Ok(m.matched)
         })
     }
@@ -186,9 +202,17 @@ impl Machine {
     }
 
     /// Waits until `regex` matches the text of terminal `tty` (NixOS `wait_until_tty_matches`).
-    pub fn wait_until_tty_matches(&self, tty: u32, regex: &str, timeout: impl IntoTimeout) -> Result<()> {
-        let re = regex::Regex::new(regex).map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
-        let t = self.ctx.scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+    pub fn wait_until_tty_matches(
+        &self,
+        tty: u32,
+        regex: &str,
+        timeout: impl IntoTimeout,
+    ) -> Result<()> {
+        let re = regex::Regex::new(regex)
+            .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
+        let t = self
+            .ctx
+            .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
         self.nested(&format!("waiting for {regex} to appear on tty {tty}"), || {
             let deadline = Deadline::new(t);
             let mut last = String::new();
@@ -214,13 +238,16 @@ impl Machine {
 
     /// Logs the contents of `tty` into the guest journal (NixOS `dump_tty_contents`).
     pub fn dump_tty_contents(&self, tty: u32) -> Result<()> {
-        self.succeed(format!("fold -w 80 /dev/vcs{tty} | systemd-cat")).map(drop)
+        self.succeed(format!("fold -w 80 /dev/vcs{tty} | systemd-cat"))
+            .map(drop)
     }
 
     /// Waits for the X server (NixOS `wait_for_x`): the graphical target was reached and
     /// `/tmp/.X11-unix/X0` exists. Needs a graphical guest.
     pub fn wait_for_x(&self, timeout: impl IntoTimeout) -> Result<()> {
-        let t = self.ctx.scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+        let t = self
+            .ctx
+            .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
         self.nested("waiting for the X11 server", || {
             self.wait_until_succeeds(
                 "journalctl -b SYSLOG_IDENTIFIER=systemd | grep 'Reached target Current graphical' && [ -e /tmp/.X11-unix/X0 ]",
@@ -232,14 +259,19 @@ impl Machine {
 
     /// Names of the X11 windows (NixOS `get_window_names`; needs `xwininfo` in the guest).
     pub fn get_window_names(&self) -> Result<Vec<String>> {
-        let out = self.succeed(r#"xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\([^\"]*\)\".*/\1/; t; d'"#)?;
+        let out = self.succeed(
+            r#"xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\([^\"]*\)\".*/\1/; t; d'"#,
+        )?;
         Ok(out.lines().map(str::to_string).collect())
     }
 
     /// Waits until a window whose name matches `regex` exists (NixOS `wait_for_window`).
     pub fn wait_for_window(&self, regex: &str, timeout: impl IntoTimeout) -> Result<()> {
-        let re = regex::Regex::new(regex).map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
-        let t = self.ctx.scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+        let re = regex::Regex::new(regex)
+            .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
+        let t = self
+            .ctx
+            .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
         self.nested("waiting for a window to appear", || {
             let deadline = Deadline::new(t);
             loop {

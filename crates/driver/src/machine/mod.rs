@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use machinist_backdoor::{ConnectOptions, Control, Shell, ShellError};
-use machinist_qemu::{Qmp, QemuCommand, QemuProcess};
+use machinist_qemu::{QemuCommand, QemuProcess, Qmp};
 use tokio::net::UnixStream;
 
 use crate::ctx::{Deadline, SharedCtx};
@@ -54,7 +54,10 @@ pub(crate) struct NicSpec {
 
 enum ShellSlot {
     /// QEMU connected; the guest has not greeted yet.
-    Pending { main: UnixStream, control: UnixStream },
+    Pending {
+        main: UnixStream,
+        control: UnixStream,
+    },
     /// Connected.
     Ready(Shell),
     /// Unusable (the reason).
@@ -149,7 +152,9 @@ impl Machine {
 
     pub(crate) fn current(&self) -> Option<Arc<Running>> {
         let r = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        r.as_ref().filter(|r| r.process.try_wait().is_none()).cloned()
+        r.as_ref()
+            .filter(|r| r.process.try_wait().is_none())
+            .cloned()
     }
 
     fn require_running(&self, what: &str) -> Result<Arc<Running>> {
@@ -166,8 +171,9 @@ impl Machine {
 
     /// Whether QEMU runs and the backdoor shell is connected (NixOS `is_up`).
     pub fn is_up(&self) -> bool {
-        self.current()
-            .is_some_and(|r| r.connected.load(Ordering::Acquire) && !r.needs_reconnect.load(Ordering::Acquire))
+        self.current().is_some_and(|r| {
+            r.connected.load(Ordering::Acquire) && !r.needs_reconnect.load(Ordering::Acquire)
+        })
     }
 
     /// QEMU runs but the guest has not finished booting (backdoor greeting, then systemd's
@@ -211,11 +217,18 @@ impl Machine {
     }
 
     fn prepare_files(&self) -> Result<(PathBuf, PathBuf)> {
-        self.io(|| format!("creating {}", self.dir.display()), std::fs::create_dir_all(&self.dir))?;
+        self.io(
+            || format!("creating {}", self.dir.display()),
+            std::fs::create_dir_all(&self.dir),
+        )?;
         let overlay = self.dir.join("disk.qcow2");
         if !overlay.exists() {
-            machinist_qemu::overlay::create_qcow2_overlay(&self.spec.disk, &self.spec.disk_format, &overlay)
-                .map_err(|e| Error::backend(Some(&self.name), "creating the disk overlay", e))?;
+            machinist_qemu::overlay::create_qcow2_overlay(
+                &self.spec.disk,
+                &self.spec.disk_format,
+                &overlay,
+            )
+            .map_err(|e| Error::backend(Some(&self.name), "creating the disk overlay", e))?;
         }
         let initrd = self.dir.join("initrd");
         if !initrd.exists() {
@@ -228,12 +241,20 @@ impl Machine {
                 base.push(0);
             }
             base.extend_from_slice(&self.spec.layer_cpio);
-            self.io(|| format!("writing {}", initrd.display()), std::fs::write(&initrd, base))?;
+            self.io(
+                || format!("writing {}", initrd.display()),
+                std::fs::write(&initrd, base),
+            )?;
         }
         Ok((overlay, initrd))
     }
 
-    pub(crate) fn qemu_command(&self, overlay: &std::path::Path, initrd: &std::path::Path, allow_reboot: bool) -> QemuCommand {
+    pub(crate) fn qemu_command(
+        &self,
+        overlay: &std::path::Path,
+        initrd: &std::path::Path,
+        allow_reboot: bool,
+    ) -> QemuCommand {
         let s = &self.spec;
         let mut cmd = QemuCommand::new(&self.name)
             .memory_mib(s.memory_mib)
@@ -262,14 +283,16 @@ impl Machine {
         let _g = ctx.handle.enter();
         let bind = |p: PathBuf| {
             let _ = std::fs::remove_file(&p);
-            machinist_qemu::socket::bind_listener(&p)
-                .map_err(|e| Error::backend(Some(&self.name), format!("binding {}", p.display()), e))
+            machinist_qemu::socket::bind_listener(&p).map_err(|e| {
+                Error::backend(Some(&self.name), format!("binding {}", p.display()), e)
+            })
         };
         let shell_l = bind(self.dir.join("shell.sock"))?;
         let control_l = bind(self.dir.join("control.sock"))?;
         let qmp_l = bind(self.dir.join("qmp.sock"))?;
         let process = Arc::new(
-            QemuProcess::spawn(&cmd).map_err(|e| Error::backend(Some(&self.name), "starting QEMU", e))?,
+            QemuProcess::spawn(&cmd)
+                .map_err(|e| Error::backend(Some(&self.name), "starting QEMU", e))?,
         );
         crate::orphans::register(process.pid());
         let accept_timeout = ctx.scaled(Duration::from_secs(60));
@@ -280,13 +303,22 @@ impl Machine {
                 let qmp = Qmp::accept(&qmp_l, accept_timeout)
                     .await
                     .map_err(|e| Error::backend(Some(&name), "connecting QMP", e))?;
-                let main = machinist_qemu::socket::accept_within(&shell_l, accept_timeout, &name, "the shell console")
-                    .await
-                    .map_err(|e| Error::backend(Some(&name), "accepting the shell console", e))?;
-                let control =
-                    machinist_qemu::socket::accept_within(&control_l, accept_timeout, &name, "the control console")
-                        .await
-                        .map_err(|e| Error::backend(Some(&name), "accepting the control console", e))?;
+                let main = machinist_qemu::socket::accept_within(
+                    &shell_l,
+                    accept_timeout,
+                    &name,
+                    "the shell console",
+                )
+                .await
+                .map_err(|e| Error::backend(Some(&name), "accepting the shell console", e))?;
+                let control = machinist_qemu::socket::accept_within(
+                    &control_l,
+                    accept_timeout,
+                    &name,
+                    "the control console",
+                )
+                .await
+                .map_err(|e| Error::backend(Some(&name), "accepting the control console", e))?;
                 Ok::<_, Error>((qmp, main, control))
             };
             match p2.while_running(connect).await {
@@ -340,7 +372,10 @@ impl Machine {
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        logger.warning(Some(&name), &format!("serial log skipped {n} lines (too fast)"));
+                        logger.warning(
+                            Some(&name),
+                            &format!("serial log skipped {n} lines (too fast)"),
+                        );
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
@@ -363,9 +398,13 @@ impl Machine {
         let boot_from = *run.boot_from.lock().unwrap_or_else(|p| p.into_inner());
         let deadline = self.ctx.boot_deadline;
         let remaining = deadline.saturating_sub(boot_from.elapsed());
-        let span = self.ctx.logger.begin(Some(&self.name), "waiting for the VM to finish booting");
+        let span = self
+            .ctx
+            .logger
+            .begin(Some(&self.name), "waiting for the VM to finish booting");
         let started = Instant::now();
-        let opts = ConnectOptions::new(self.name.clone()).timeout(remaining.max(Duration::from_millis(1)));
+        let opts =
+            ConnectOptions::new(self.name.clone()).timeout(remaining.max(Duration::from_millis(1)));
         let taken = std::mem::replace(slot, ShellSlot::Broken("connecting was interrupted".into()));
         let fut = async {
             match taken {
@@ -404,9 +443,19 @@ impl Machine {
                     console_log: self.console_file.clone(),
                 })
             }
-            Ok(Err(e)) => return Err(Error::backend(Some(&self.name), "connecting to the guest root shell", e)),
+            Ok(Err(e)) => {
+                return Err(Error::backend(
+                    Some(&self.name),
+                    "connecting to the guest root shell",
+                    e,
+                ))
+            }
             Err(e) => {
-                return Err(self.exited_error(&run.process, "waiting for the VM to finish booting", e));
+                return Err(self.exited_error(
+                    &run.process,
+                    "waiting for the VM to finish booting",
+                    e,
+                ));
             }
         };
         *run.control.lock().unwrap_or_else(|p| p.into_inner()) = shell.control().cloned();
@@ -415,12 +464,20 @@ impl Machine {
         run.connected.store(true, Ordering::Release);
         self.log_line("Guest shell says: b'Spawning backdoor root shell...\\n'");
         self.log_line("connected to guest root shell");
-        self.log_line(&format!("(connecting took {:.2} seconds)", started.elapsed().as_secs_f64()));
+        self.log_line(&format!(
+            "(connecting took {:.2} seconds)",
+            started.elapsed().as_secs_f64()
+        ));
         span.finish();
         Ok(())
     }
 
-    fn exited_error(&self, process: &QemuProcess, during: &str, e: impl std::fmt::Display) -> Error {
+    fn exited_error(
+        &self,
+        process: &QemuProcess,
+        during: &str,
+        e: impl std::fmt::Display,
+    ) -> Error {
         let status = process
             .try_wait()
             .map(|s| machinist_qemu::describe_status(&s))
@@ -439,10 +496,17 @@ impl Machine {
     /// exit code 124 is returned, as NixOS' guest-side `timeout` does). The machine is started
     /// if needed, and the first command waits for the boot under the boot deadline, which is not
     /// charged to `timeout`.
-    pub(crate) fn run_command(&self, command: &str, timeout: Option<Duration>) -> Result<(i32, Vec<u8>)> {
+    pub(crate) fn run_command(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(i32, Vec<u8>)> {
         self.ctx.before_command()?;
         if crate::polling::in_check() {
-            if let Some(c) = self.current().and_then(|r| r.control.lock().unwrap_or_else(|p| p.into_inner()).clone()) {
+            if let Some(c) = self
+                .current()
+                .and_then(|r| r.control.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            {
                 let name = self.name.clone();
                 let cmd = command.to_string();
                 let t = timeout.unwrap_or(Duration::from_secs(60));
@@ -450,7 +514,13 @@ impl Machine {
                     c.execute(&cmd, Some(t))
                         .await
                         .map(|o| (o.code, o.stdout))
-                        .map_err(|e| Error::backend(Some(&name), format!("running `{cmd}` on the control channel"), e))
+                        .map_err(|e| {
+                            Error::backend(
+                                Some(&name),
+                                format!("running `{cmd}` on the control channel"),
+                                e,
+                            )
+                        })
                 });
             }
         }
@@ -468,7 +538,10 @@ impl Machine {
                 e = &mut intr => return Err(e),
             }
             let ShellSlot::Ready(shell) = &mut *slot else {
-                return Err(Error::NotRunning { machine: self.name.clone(), message: "the backdoor shell is not connected".into() });
+                return Err(Error::NotRunning {
+                    machine: self.name.clone(),
+                    message: "the backdoor shell is not connected".into(),
+                });
             };
             let canceller = shell.canceller();
             let mut ignore = |_: &[u8]| {};
@@ -487,14 +560,24 @@ impl Machine {
                 Err(ShellError::Timeout { stdout, .. }) => Ok((124, stdout)),
                 Err(e @ ShellError::Disconnected { .. }) => {
                     // QEMU gone (crash) or the guest powered off.
-                    let exited = tokio::time::timeout(Duration::from_secs(2), run.process.wait()).await.is_ok();
+                    let exited = tokio::time::timeout(Duration::from_secs(2), run.process.wait())
+                        .await
+                        .is_ok();
                     if exited {
                         Err(self.exited_error(&run.process, &format!("running `{command}`"), e))
                     } else {
-                        Err(Error::backend(Some(&self.name), format!("running `{command}`"), e))
+                        Err(Error::backend(
+                            Some(&self.name),
+                            format!("running `{command}`"),
+                            e,
+                        ))
                     }
                 }
-                Err(e) => Err(Error::backend(Some(&self.name), format!("running `{command}`"), e)),
+                Err(e) => Err(Error::backend(
+                    Some(&self.name),
+                    format!("running `{command}`"),
+                    e,
+                )),
             }
         });
         res.map_err(|e| self.ctx.resolve_interrupt(e))
@@ -515,7 +598,12 @@ impl Machine {
 
     /// Waits until QEMU exits (NixOS `wait_for_shutdown`), at most 900 s (scaled).
     pub fn wait_for_shutdown(&self) -> Result<()> {
-        let Some(run) = self.current().or_else(|| self.running.lock().unwrap_or_else(|p| p.into_inner()).clone()) else {
+        let Some(run) = self.current().or_else(|| {
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        }) else {
             return Ok(());
         };
         self.nested("waiting for the VM to power off", || {
@@ -523,13 +611,15 @@ impl Machine {
             let p = run.process.clone();
             let name = self.name.clone();
             self.ctx.block_on(false, async move {
-                tokio::time::timeout(timeout, p.wait()).await.map_err(|_| Error::Timeout {
-                    machine: Some(name),
-                    what: "the VM to power off".into(),
-                    timeout,
-                    elapsed: timeout,
-                    last_output: String::new(),
-                })
+                tokio::time::timeout(timeout, p.wait())
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        machine: Some(name),
+                        what: "the VM to power off".into(),
+                        timeout,
+                        elapsed: timeout,
+                        last_output: String::new(),
+                    })
             })?;
             self.reset_state();
             Ok(())
@@ -537,7 +627,11 @@ impl Machine {
     }
 
     fn reset_state(&self) {
-        let old = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let old = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         drop(old);
     }
 
@@ -547,19 +641,26 @@ impl Machine {
             return Ok(());
         }
         // The reply may never come: the shell dies with the guest.
-        let _ = self.run_command("systemctl poweroff --no-block >/dev/null 2>&1 &", Some(Duration::from_secs(30)));
+        let _ = self.run_command(
+            "systemctl poweroff --no-block >/dev/null 2>&1 &",
+            Some(Duration::from_secs(30)),
+        );
         self.wait_for_shutdown()
     }
 
     /// Simulates a power failure: QEMU quits at once (NixOS `crash`); the disk overlay keeps
     /// what the guest had written, so `start()` boots it again.
     pub fn crash(&self) -> Result<()> {
-        let Some(run) = self.current() else { return Ok(()) };
+        let Some(run) = self.current() else {
+            return Ok(());
+        };
         self.log_line("forced crash");
         let name = self.name.clone();
         let qmp = run.qmp.clone();
         let r = self.ctx.block_on(false, async move {
-            qmp.quit().await.map_err(|e| Error::backend(Some(&name), "sending quit", e))
+            qmp.quit()
+                .await
+                .map_err(|e| Error::backend(Some(&name), "sending quit", e))
         });
         if r.is_err() {
             run.process.start_kill();
@@ -591,7 +692,12 @@ impl Machine {
 
     /// Kills QEMU at once without logging (cleanup).
     pub(crate) fn kill_now(&self) {
-        if let Some(r) = self.running.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(r) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             r.process.start_kill();
             let _ = r.process.wait_timeout_blocking(Duration::from_secs(5));
         }
@@ -613,7 +719,11 @@ impl Machine {
     }
 
     /// Runs a QMP command with JSON arguments and returns its `return` value.
-    pub fn qmp_command(&self, command: &str, arguments: serde_json::Value) -> Result<serde_json::Value> {
+    pub fn qmp_command(
+        &self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value> {
         let run = self.require_running("send a QMP command")?;
         let name = self.name.clone();
         let cmd = command.to_string();
@@ -634,7 +744,11 @@ impl Machine {
         timeout: impl IntoTimeout,
     ) -> Result<machinist_qemu::QmpEvent> {
         let run = self.require_running("wait for a QMP event")?;
-        let t = self.ctx.scaled(timeout.into_timeout().unwrap_or(crate::timeouts::DEFAULT_QMP_EVENT_TIMEOUT));
+        let t = self.ctx.scaled(
+            timeout
+                .into_timeout()
+                .unwrap_or(crate::timeouts::DEFAULT_QMP_EVENT_TIMEOUT),
+        );
         let mut rx = run.qmp.subscribe();
         let name = self.name.clone();
         self.ctx.block_on(true, async move {
@@ -666,7 +780,12 @@ impl Machine {
     /// Everything the serial console printed since the machine last started (NixOS
     /// `get_console_log`).
     pub fn get_console_log(&self) -> String {
-        match self.running.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        match self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             Some(r) => r.process.serial().lines().join("\n"),
             None => std::fs::read_to_string(&self.console_file).unwrap_or_default(),
         }
@@ -683,7 +802,9 @@ impl Machine {
     pub fn wait_for_console_text(&self, regex: &str, timeout: impl IntoTimeout) -> Result<String> {
         let re = regex::Regex::new(regex)
             .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
-        let t = self.ctx.scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+        let t = self
+            .ctx
+            .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
         self.nested(&format!("waiting for {regex} to appear on console"), || {
             let run = self.require_running("wait for console text")?;
             let deadline = Deadline::new(t);
@@ -693,7 +814,10 @@ impl Machine {
                 let lines = serial.lines();
                 let total = serial.line_count();
                 let first = total.saturating_sub(lines.len() as u64);
-                let mut cursor = self.console_cursor.lock().unwrap_or_else(|p| p.into_inner());
+                let mut cursor = self
+                    .console_cursor
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 let from = (*cursor).max(first);
                 let skip = (from - first) as usize;
                 let mut text = String::new();
@@ -729,7 +853,10 @@ impl Machine {
                     break;
                 }
             }
-            Err(Error::NotRunning { machine: self.name.clone(), message: "QEMU exited".into() })
+            Err(Error::NotRunning {
+                machine: self.name.clone(),
+                message: "QEMU exited".into(),
+            })
         })
     }
 
@@ -782,7 +909,9 @@ impl Machine {
             .nics
             .iter()
             .find(|n| n.vlan.nr() == vlan)
-            .ok_or_else(|| Error::Invalid(format!("machine `{}` has no NIC on vlan {vlan}", self.name)))?;
+            .ok_or_else(|| {
+                Error::Invalid(format!("machine `{}` has no NIC on vlan {vlan}", self.name))
+            })?;
         let run = self.require_running("set a link")?;
         let (name, id) = (self.name.clone(), nic.id.clone());
         self.ctx.block_on(true, async move {
@@ -803,11 +932,16 @@ impl Machine {
             )));
         };
         let netdev = format!("{id}-netdev");
-        let out = self.send_monitor_command(&format!("hostfwd_add {netdev} tcp:127.0.0.1:{host_port}-:{guest_port}"))?;
+        let out = self.send_monitor_command(&format!(
+            "hostfwd_add {netdev} tcp:127.0.0.1:{host_port}-:{guest_port}"
+        ))?;
         if out.trim().is_empty() {
             Ok(())
         } else {
-            Err(Error::Assertion { machine: self.name.clone(), message: format!("hostfwd_add failed: {}", out.trim()) })
+            Err(Error::Assertion {
+                machine: self.name.clone(),
+                message: format!("hostfwd_add failed: {}", out.trim()),
+            })
         }
     }
 
@@ -824,7 +958,10 @@ impl Machine {
         self.ctx.block_on(false, async move {
             let mut slot = run.shell.lock().await;
             let ShellSlot::Ready(shell) = &mut *slot else {
-                return Err(Error::NotRunning { machine: name, message: "shell not connected".into() });
+                return Err(Error::NotRunning {
+                    machine: name,
+                    message: "shell not connected".into(),
+                });
             };
             shell
                 .attach_raw(tokio::io::stdin(), tokio::io::stdout(), 0x04)
@@ -837,7 +974,9 @@ impl Machine {
     /// (NixOS `console_interact`); the console output appears in the log as usual.
     pub fn console_interact(&self) -> Result<()> {
         let run = self.require_running("attach the console")?;
-        self.log_line("Terminal is ready (there is no prompt): type on the serial console, Ctrl-D to leave");
+        self.log_line(
+            "Terminal is ready (there is no prompt): type on the serial console, Ctrl-D to leave",
+        );
         let stdin = std::io::stdin();
         let mut buf = [0u8; 1024];
         loop {
@@ -851,9 +990,9 @@ impl Machine {
                 let _ = run.process.write_stdin(&chunk[..pos]);
                 return Ok(());
             }
-            run.process
-                .write_stdin(chunk)
-                .map_err(|e| Error::backend(Some(&self.name), "writing to the serial console", e))?;
+            run.process.write_stdin(chunk).map_err(|e| {
+                Error::backend(Some(&self.name), "writing to the serial console", e)
+            })?;
         }
     }
 

@@ -68,7 +68,10 @@ pub(crate) fn wait_for_unit(
     tolerate_inactive: bool,
     timeout_us: u128,
 ) -> String {
-    let state_cmd = systemctl(&format!("--no-pager show {} --property=ActiveState --value", quote(unit)));
+    let state_cmd = systemctl(&format!(
+        "--no-pager show {} --property=ActiveState --value",
+        quote(unit)
+    ));
     let jobs_cmd = systemctl("list-jobs --full");
     let inactive = if tolerate_inactive {
         String::new()
@@ -215,8 +218,15 @@ mod tests {
     #[test]
     fn unit_wait_script_parses() {
         let s = wait_for_unit("a b.service", &|q| systemctl(q, None), false, 1_000_000);
-        let out = Command::new("bash").args(["-n", "-c", &s]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bash")
+            .args(["-n", "-c", &s])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         insta::assert_snapshot!(s);
     }
 }
