@@ -12,7 +12,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{ethernet_frame, VdeClient, BROADCAST};
@@ -397,102 +396,134 @@ fn announce(ep: &mut dyn Endpoint, frame: &[u8], transport: Transport) {
     }
 }
 
-/// Throughput of n/2 senders -> n/2 receivers: (frames/s, Mbit/s) delivered.
-fn throughput(eps: Vec<Box<dyn Endpoint>>, opts: &BenchOptions) -> (f64, f64) {
+/// Throughput of n/2 senders -> n/2 receivers over one window: (frames, bytes, seconds).
+fn throughput_window(
+    eps: &mut [Box<dyn Endpoint>],
+    warmup: Duration,
+    window: Duration,
+) -> (u64, u64, f64) {
     let half = eps.len() / 2;
-    let mut eps = eps;
-    let receivers: Vec<Box<dyn Endpoint>> = eps.split_off(half);
-    let mut senders = eps;
-    let stop = Arc::new(AtomicBool::new(false));
-    let frames = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let (s2, f2, b2) = (stop.clone(), frames.clone(), bytes.clone());
-    let rx = std::thread::spawn(move || {
-        let mut receivers = receivers;
-        let fds: Vec<RawFd> = receivers.iter().map(|r| r.fd()).collect();
-        let (mut nf, mut nb) = (0u64, 0u64);
-        while !s2.load(Ordering::Relaxed) {
-            poll_fds(&fds, libc::POLLIN, 5);
+    let (senders, receivers) = eps.split_at_mut(half);
+    let stop = AtomicBool::new(false);
+    let frames = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let fds: Vec<RawFd> = receivers.iter().map(|r| r.fd()).collect();
+            let (mut nf, mut nb) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                poll_fds(&fds, libc::POLLIN, 5);
+                for r in receivers.iter_mut() {
+                    while r.recv(&mut |f| {
+                        nf += 1;
+                        nb += f.len() as u64;
+                    }) > 0
+                    {}
+                }
+                frames.store(nf, Ordering::Relaxed);
+                bytes.store(nb, Ordering::Relaxed);
+            }
+            // Leave nothing queued for the next window.
             for r in receivers.iter_mut() {
-                while r.recv(&mut |f| {
-                    nf += 1;
-                    nb += f.len() as u64;
-                }) > 0
-                {}
+                while r.recv(&mut |_| {}) > 0 {}
             }
-            f2.store(nf, Ordering::Relaxed);
-            b2.store(nb, Ordering::Relaxed);
-        }
-    });
-    let s3 = stop.clone();
-    let tx = std::thread::spawn(move || {
-        let fds: Vec<RawFd> = senders.iter().map(|s| s.fd()).collect();
-        while !s3.load(Ordering::Relaxed) {
-            let mut progress = 0;
-            for s in senders.iter_mut() {
-                progress += s.send();
+        });
+        scope.spawn(|| {
+            let fds: Vec<RawFd> = senders.iter().map(|s| s.fd()).collect();
+            while !stop.load(Ordering::Relaxed) {
+                let mut progress = 0;
+                for s in senders.iter_mut() {
+                    progress += s.send();
+                }
+                if progress == 0 {
+                    poll_fds(&fds, libc::POLLOUT, 5);
+                }
             }
-            if progress == 0 {
-                poll_fds(&fds, libc::POLLOUT, 5);
-            }
-        }
-    });
-    std::thread::sleep(opts.warmup);
-    let (f0, b0, t0) = (
-        frames.load(Ordering::Relaxed),
-        bytes.load(Ordering::Relaxed),
-        Instant::now(),
-    );
-    std::thread::sleep(opts.window);
-    let (f1, b1, t1) = (
-        frames.load(Ordering::Relaxed),
-        bytes.load(Ordering::Relaxed),
-        Instant::now(),
-    );
-    stop.store(true, Ordering::Relaxed);
-    let _ = tx.join();
-    let _ = rx.join();
-    let dt = (t1 - t0).as_secs_f64();
-    ((f1 - f0) as f64 / dt, (b1 - b0) as f64 * 8.0 / dt / 1e6)
+        });
+        std::thread::sleep(warmup);
+        let (f0, b0, t0) = (
+            frames.load(Ordering::Relaxed),
+            bytes.load(Ordering::Relaxed),
+            Instant::now(),
+        );
+        std::thread::sleep(window);
+        let (f1, b1, t1) = (
+            frames.load(Ordering::Relaxed),
+            bytes.load(Ordering::Relaxed),
+            Instant::now(),
+        );
+        stop.store(true, Ordering::Relaxed);
+        (f1 - f0, b1 - b0, (t1 - t0).as_secs_f64())
+    })
 }
 
-/// One-way forwarding latency (µs) of single 64-byte frames, endpoint 0 -> 1: (p50, p99).
-fn latency(mut eps: Vec<Box<dyn Endpoint>>, samples: usize) -> (f64, f64) {
-    let mut rx = eps.pop().expect("two endpoints");
-    let mut tx = eps.pop().expect("two endpoints");
-    let rfd = rx.fd();
-    let mut lat = Vec::with_capacity(samples);
-    for i in 0..samples + 100 {
-        let t0 = Instant::now();
-        let mut got = 0;
-        while tx.send() == 0 {
-            poll_fds(&[tx.fd()], libc::POLLOUT, 100);
-        }
-        // One batch is 32 frames (or the stream remainder): wait for the first.
-        let deadline = t0 + Duration::from_secs(1);
-        while got == 0 && Instant::now() < deadline {
-            poll_fds(&[rfd], libc::POLLIN, 100);
-            got = rx.recv(&mut |_| {});
-        }
-        let dt = t0.elapsed();
-        // Drain the rest of the batch before the next sample.
-        let quiet = Instant::now() + Duration::from_millis(2);
-        while Instant::now() < quiet {
-            if rx.recv(&mut |_| {}) == 0 {
-                poll_fds(&[rfd], libc::POLLIN, 1);
-            }
-        }
-        if i >= 100 && got > 0 {
-            lat.push(dt.as_secs_f64() * 1e6);
+/// Measure several endpoint sets in alternating short windows (so a change in host load hits
+/// them alike); returns (frames/s, Mbit/s) per set.
+fn throughput_interleaved(
+    sets: &mut [Vec<Box<dyn Endpoint>>],
+    opts: &BenchOptions,
+) -> Vec<(f64, f64)> {
+    const ROUNDS: u32 = 3;
+    let mut acc = vec![(0u64, 0u64, 0f64); sets.len()];
+    for _ in 0..ROUNDS {
+        for (set, a) in sets.iter_mut().zip(acc.iter_mut()) {
+            let (f, b, t) = throughput_window(set, opts.warmup / ROUNDS, opts.window / ROUNDS);
+            a.0 += f;
+            a.1 += b;
+            a.2 += t;
         }
     }
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    (pct(0.50), pct(0.99))
+    acc.iter()
+        .map(|(f, b, t)| (*f as f64 / t, *b as f64 * 8.0 / t / 1e6))
+        .collect()
+}
+
+/// One latency sample (µs): send one frame on `tx`, wait for it on `rx`.
+fn latency_sample(tx: &mut dyn Endpoint, rx: &mut dyn Endpoint) -> Option<f64> {
+    let rfd = rx.fd();
+    let t0 = Instant::now();
+    while tx.send() == 0 {
+        poll_fds(&[tx.fd()], libc::POLLOUT, 100);
+        if t0.elapsed() > Duration::from_secs(1) {
+            return None;
+        }
+    }
+    let mut got = 0;
+    let deadline = t0 + Duration::from_secs(1);
+    while got == 0 && Instant::now() < deadline {
+        poll_fds(&[rfd], libc::POLLIN, 100);
+        got = rx.recv(&mut |_| {});
+    }
+    let dt = t0.elapsed();
+    (got > 0).then_some(dt.as_secs_f64() * 1e6)
+}
+
+/// One-way forwarding latency of single 64-byte frames for several 2-endpoint sets, sampled
+/// round-robin (one sample per set in turn, 200 µs apart); returns (p50, p99) per set.
+fn latency_interleaved(sets: &mut [Vec<Box<dyn Endpoint>>], samples: usize) -> Vec<(f64, f64)> {
+    let mut lat: Vec<Vec<f64>> = vec![Vec::with_capacity(samples); sets.len()];
+    for i in 0..samples + 100 {
+        for (set, l) in sets.iter_mut().zip(lat.iter_mut()) {
+            let (a, b) = set.split_at_mut(1);
+            if let Some(us) = latency_sample(a[0].as_mut(), b[0].as_mut()) {
+                if i >= 100 {
+                    l.push(us);
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    lat.into_iter()
+        .map(|mut l| {
+            l.sort_by(f64::total_cmp);
+            let pct = |p: f64| {
+                l.get(((l.len() as f64 - 1.0) * p) as usize)
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
+            (pct(0.50), pct(0.99))
+        })
+        .collect()
 }
 
 fn ours_switch(tmp: &TempDir) -> Result<SwitchHandle, NetsimError> {
@@ -534,62 +565,59 @@ pub fn run_with(opts: &BenchOptions) -> Result<Vec<BenchLine>, NetsimError> {
         if !opts.wants(&format!("{n}port_{size}B")) {
             continue;
         }
-        let sw = ours_switch(&tmp)?;
-        let (ours_fps, ours_mbps) =
-            throughput(connect(&Target::Ours(&sw), Transport::Vde, n, size)?, opts);
-        drop(sw);
-        let vs = VdeSwitch::start(64)?;
-        let (base_fps, base_mbps) = throughput(
-            connect(&Target::Theirs(&vs), Transport::Vde, n, size)?,
-            opts,
-        );
-        drop(vs);
-        let sw = ours_switch(&tmp)?;
-        let (st_fps, st_mbps) = throughput(
-            connect(&Target::Ours(&sw), Transport::Stream, n, size)?,
-            opts,
-        );
-        drop(sw);
-        lines.push(line(
-            format!("vde_{n}port_{size}B_fps"),
-            ours_fps,
-            base_fps,
-            true,
-        ));
+        let ours = ours_switch(&tmp)?;
+        let stream = ours_switch(&tmp)?;
+        let theirs = VdeSwitch::start(64)?;
+        let mut sets = vec![
+            connect(&Target::Ours(&ours), Transport::Vde, n, size)?,
+            connect(&Target::Theirs(&theirs), Transport::Vde, n, size)?,
+            connect(&Target::Ours(&stream), Transport::Stream, n, size)?,
+        ];
+        let r = throughput_interleaved(&mut sets, opts);
+        drop(sets);
+        let [(o_fps, o_mbps), (b_fps, b_mbps), (s_fps, s_mbps)] = [r[0], r[1], r[2]];
+        lines.push(line(format!("vde_{n}port_{size}B_fps"), o_fps, b_fps, true));
         lines.push(line(
             format!("vde_{n}port_{size}B_mbps"),
-            ours_mbps,
-            base_mbps,
+            o_mbps,
+            b_mbps,
             true,
         ));
         lines.push(line(
             format!("stream_{n}port_{size}B_fps"),
-            st_fps,
-            base_fps,
+            s_fps,
+            b_fps,
             true,
         ));
         lines.push(line(
             format!("stream_{n}port_{size}B_mbps"),
-            st_mbps,
-            base_mbps,
+            s_mbps,
+            b_mbps,
             true,
         ));
     }
-    // Latency: single frames.
+    // Latency: single frames, the three set-ups sampled in turn.
     if opts.wants("latency") {
-        let lat_of = |target: &Target<'_>, t: Transport| -> Result<(f64, f64), NetsimError> {
-            let eps = connect(target, t, 2, 64)?;
-            Ok(latency(single(eps, t), opts.samples))
-        };
-        let sw = ours_switch(&tmp)?;
-        let (o50, o99) = lat_of(&Target::Ours(&sw), Transport::Vde)?;
-        drop(sw);
-        let vs = VdeSwitch::start(64)?;
-        let (b50, b99) = lat_of(&Target::Theirs(&vs), Transport::Vde)?;
-        drop(vs);
-        let sw = ours_switch(&tmp)?;
-        let (s50, s99) = lat_of(&Target::Ours(&sw), Transport::Stream)?;
-        drop(sw);
+        let ours = ours_switch(&tmp)?;
+        let stream = ours_switch(&tmp)?;
+        let theirs = VdeSwitch::start(64)?;
+        let mut sets = vec![
+            single(
+                connect(&Target::Ours(&ours), Transport::Vde, 2, 64)?,
+                Transport::Vde,
+            ),
+            single(
+                connect(&Target::Theirs(&theirs), Transport::Vde, 2, 64)?,
+                Transport::Vde,
+            ),
+            single(
+                connect(&Target::Ours(&stream), Transport::Stream, 2, 64)?,
+                Transport::Stream,
+            ),
+        ];
+        let r = latency_interleaved(&mut sets, opts.samples);
+        drop(sets);
+        let [(o50, o99), (b50, b99), (s50, s99)] = [r[0], r[1], r[2]];
         lines.push(line("vde_latency_64B_p50_us".into(), o50, b50, false));
         lines.push(line("vde_latency_64B_p99_us".into(), o99, b99, false));
         lines.push(line("stream_latency_64B_p50_us".into(), s50, b50, false));
