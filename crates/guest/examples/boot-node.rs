@@ -47,6 +47,8 @@ fn main() {
     for cmd in [
         "systemd-analyze time",
         "systemd-analyze blame | head -25",
+        "dmesg | grep -iE 'calibrat|lpj|tsc|clocksource|Run /init|Freeing unused|random' | head -20",
+        "dmesg | awk '{print $1 $2}' | tr -d '[]' | awk -F. 'NR>1 && $1+0 != p {print; p=$1+0}' | head; dmesg | tail -3",
         "systemd-analyze critical-chain multi-user.target",
         "systemctl list-units --state=failed --no-legend",
         "systemctl list-jobs --no-legend",

@@ -140,13 +140,6 @@ impl NodeLayer {
                 ),
                 format!("/etc/systemd/system/{}", units::FIREWALL_UNIT),
             );
-            // Load the netfilter modules in one systemd-modules-load process (libkmod, no fork
-            // per module) instead of nft triggering one modprobe per module (seconds under TCG).
-            l.text(
-                "root/etc/modules-load.d/machinist-nftables.conf",
-                0o644,
-                units::NFTABLES_MODULES.join("\n") + "\n",
-            );
         }
 
         // Accounts.

@@ -169,7 +169,7 @@ pub const DISABLED_GENERATORS: &[&str] = &[
 ];
 
 /// Modules udev would load for nothing under TCG (the default CPU advertises SVM, so kvm_amd).
-pub const BLACKLIST: &str = "blacklist kvm\nblacklist kvm_amd\nblacklist kvm_intel\nblacklist serio_raw\nblacklist pcspkr\nblacklist floppy\n";
+pub const BLACKLIST: &str = "blacklist kvm\nblacklist kvm_amd\nblacklist kvm_intel\nblacklist serio_raw\nblacklist pcspkr\nblacklist floppy\nblacklist powernow_k8\nblacklist acpi_cpufreq\nblacklist qemu_fw_cfg\n";
 
 /// Files removed from tuned images.
 pub const REMOVED_PATHS: &[(&str, &str)] = &[

@@ -16,6 +16,8 @@ if ! mount -t ext4 -o rw,noatime /dev/vda /sysroot; then
 	echo "machinist-initrd: cannot mount /dev/vda; dropping to a shell"
 	exec sh
 fi
+read -r up _ < /proc/uptime
+echo "machinist-initrd: root mounted at $up s"
 if [ -d /machinist-layer ]; then
 	if sh /sysroot/usr/lib/machinist/apply-layer --root /sysroot /machinist-layer; then
 		echo "machinist-initrd: node layer applied"
