@@ -475,6 +475,7 @@ impl ImageCache {
         }
         phase.finish();
         img.build_seconds = start.elapsed().as_secs_f64();
+        self.empty_trash();
         progress.line(&format!(
             "image {}: built in {:.1} s ({})",
             spec.name(),
@@ -527,6 +528,26 @@ impl ImageCache {
         std::mem::forget(guard);
         phase.finish();
         Ok(dir.join("tree"))
+    }
+
+    /// Move a finished build tree out of the way; it is deleted after the image is published.
+    fn discard_tree(&self, tree: &Path) -> Result<(), GuestError> {
+        let trash = self.images_dir().join(format!(
+            ".trash-{}-{}",
+            std::process::id(),
+            TRASH_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        fs::rename(tree, &trash).map_err(|e| GuestError::io("moving build tree aside", tree, e))
+    }
+
+    fn empty_trash(&self) {
+        let Ok(rd) = fs::read_dir(self.images_dir()) else { return };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&format!(".trash-{}-", std::process::id())) {
+                safe_remove_dir_all(&e.path());
+            }
+        }
     }
 
     fn copy_bootstrap(
@@ -585,9 +606,7 @@ impl ImageCache {
 
         let kv = self.export_boot_files(spec, &tree, tmp, progress)?;
         make_ext4(&tree, &tmp.join("rootfs.img"), &log, &name, progress)?;
-        let phase = progress.phase(&name, "drop tree");
-        safe_remove_dir_all(&tree);
-        phase.finish();
+        self.discard_tree(&tree)?;
         Ok(kv)
     }
 
@@ -663,12 +682,12 @@ impl ImageCache {
         phase.finish();
         let kv = self.export_boot_files(spec, &tree, tmp, progress)?;
         make_ext4(&tree, &tmp.join("rootfs.img"), &log, &name, progress)?;
-        let phase = progress.phase(&name, "drop tree");
-        safe_remove_dir_all(&tree);
-        phase.finish();
+        self.discard_tree(&tree)?;
         Ok(kv)
     }
 }
+
+static TRASH_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Removes a temporary build directory unless forgotten.
 struct TmpGuard(PathBuf);
@@ -712,7 +731,12 @@ fn remove_stale(images: &Path, hash: &str) {
     let Ok(rd) = fs::read_dir(images) else { return };
     for e in rd.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&format!(".tmp-{hash}-")) || n.starts_with(&format!(".old-{hash}-")) {
+        let dead_trash = n
+            .strip_prefix(".trash-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+            .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err());
+        if dead_trash || n.starts_with(&format!(".tmp-{hash}-")) || n.starts_with(&format!(".old-{hash}-")) {
             safe_remove_dir_all(&e.path());
         }
     }

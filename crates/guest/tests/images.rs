@@ -36,3 +36,26 @@ fn image_warm_cache_hit_is_fast() {
     assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(img.disk.exists() && img.kernel.exists() && img.initrd.exists());
 }
+
+/// A cache on a nearly full filesystem fails before building, with a clear error naming the
+/// directory and MACHINIST_CACHE_DIR (needs root for the tmpfs mount; skipped otherwise).
+#[test]
+fn image_disk_full_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        return;
+    }
+    let cache = ImageCache::new(dir.path());
+    let err = cache.ensure(&ImageSpec::base(), Progress::Silent).unwrap_err();
+    let _ = std::process::Command::new("umount").arg(dir.path()).status();
+    assert!(matches!(err, GuestError::DiskFull { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("MACHINIST_CACHE_DIR") && msg.contains("MiB"), "{msg}");
+}
