@@ -25,10 +25,19 @@ fn run_loss(seed: u64, n: usize, imp: Impairment) -> (usize, u64) {
         let refs: Vec<&[u8]> = chunk.iter().map(|f| f.as_slice()).collect();
         c[0].send_batch(&refs).unwrap();
     }
+    // Wait until the switch has read every frame, then take exactly what it delivered.
+    wait_for(&sw, "the switch to read every frame", |sw| {
+        sw.port_counters("a").unwrap().frames_in == n as u64
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let b = sw.port_counters("b").unwrap();
     let mut got = 0;
-    while c[1].recv_with(QUIET, usize::MAX, |_| got += 1).unwrap() > 0 {}
-    let lost = sw.port_counters("b").unwrap().drops.get(DropReason::Loss);
-    (got, lost)
+    recv_n(&mut c[1], b.frames_out as usize, |_| got += 1);
+    assert!(
+        c[1].recv(QUIET).unwrap().is_none(),
+        "more frames than counted"
+    );
+    (got, b.drops.get(DropReason::Loss))
 }
 
 #[test]
@@ -119,14 +128,13 @@ fn rate_limit_spreads_frames_out() {
     for _ in 0..100 {
         c[0].send(&f).unwrap();
     }
-    let mut got = 0;
-    while c[1]
-        .recv_with(Duration::from_millis(300), usize::MAX, |_| got += 1)
-        .unwrap()
-        > 0
-    {}
+    wait_for(&sw, "the burst to be paced or dropped", |sw| {
+        let a = sw.port_counters("a").unwrap();
+        let b = sw.port_counters("b").unwrap();
+        b.frames_out + a.drops.get(DropReason::Rate) == 120
+    });
     let rate_drops = sw.port_counters("a").unwrap().drops.get(DropReason::Rate);
-    assert_eq!(got as u64 + rate_drops, 100);
+    recv_n(&mut c[1], 100 - rate_drops as usize, |_| {});
     assert!((20..=50).contains(&rate_drops), "{rate_drops}");
 }
 
@@ -141,14 +149,9 @@ fn reordering_lets_later_frames_overtake() {
         c[0].send(&frame(BROADCAST, 1, &format!("{i:05}"))).unwrap();
     }
     let mut order = Vec::new();
-    while c[1]
-        .recv_with(QUIET, usize::MAX, |f| {
-            order.push(String::from_utf8_lossy(&f[14..19]).parse::<u32>().unwrap())
-        })
-        .unwrap()
-        > 0
-    {}
-    assert_eq!(order.len(), 200);
+    recv_n(&mut c[1], 200, |f| {
+        order.push(String::from_utf8_lossy(&f[14..19]).parse::<u32>().unwrap())
+    });
     // Frames that arrive after a later-sent frame: ~30% of them.
     let mut max = 0;
     let late = order

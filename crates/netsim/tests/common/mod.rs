@@ -58,3 +58,31 @@ pub fn expect_nothing(c: &mut StreamClient) {
         panic!("unexpected frame: {:02x?}", &f[..f.len().min(40)]);
     }
 }
+
+/// Wait (up to 10 s) until `cond` holds on the switch's counters.
+pub fn wait_for(sw: &SwitchHandle, what: &str, mut cond: impl FnMut(&SwitchHandle) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond(sw) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            sw.summary()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Receive exactly `n` frames (10 s deadline), calling `f` on each.
+pub fn recv_n(c: &mut StreamClient, n: usize, mut f: impl FnMut(&[u8])) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut got = 0;
+    while got < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "received {got} of {n} frames"
+        );
+        got += c
+            .recv_with(Duration::from_millis(100), n - got, &mut f)
+            .expect("recv");
+    }
+}
