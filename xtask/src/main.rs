@@ -1,13 +1,19 @@
 //! Project automation for Machinist: `cargo xtask <command>` (see `cargo xtask --help`).
 //!
-//! Commands: `deps` (Debian packages), `test` (deps + the whole test suite), `ci` (what CI runs),
-//! `check-features` (optional cargo features), and, filled in by their issues, `test-postgrest`,
-//! `build-images`, `interactive`, `bench`.
+//! Commands: `deps` (Debian packages), `test` (deps + the whole test suite), `test-postgrest` (the
+//! README's main job), `build-images`, `interactive <test>`, `ci` (what CI runs), `check-features`
+//! (optional cargo features), and `bench` (filled in by the crates' issues).
+//!
+//! xtask stays free of the workspace's heavy crates (the `machinist` binary links libpython
+//! through PyO3, whose python3-dev `deps` installs): the commands that need the binary build it
+//! with cargo and run it as a subprocess.
 
 mod check_features;
 mod deps;
 mod pending;
+mod postgrest;
 mod run;
+mod summary;
 mod test;
 mod timing;
 
@@ -38,15 +44,25 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The main job: run the PostgREST tutorial test in two VMs (issue 10).
-    TestPostgrest,
-    /// Build (or reuse) the guest images the bundled tests need (issue 4).
+    /// The main job: the PostgREST tutorial test in two VMs, with a timing summary.
+    TestPostgrest {
+        /// Install this real postgrest binary (default: $MACHINIST_POSTGREST, else postgrest-lite).
+        #[arg(long, value_name = "PATH")]
+        postgrest: Option<PathBuf>,
+        /// Keep the run directory (overlays, sockets) after the test.
+        #[arg(long)]
+        keep_state: bool,
+        /// Write logs and artefacts here (default: target/test-postgrest).
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
+    /// Build (or reuse) the guest images the bundled tests need.
     BuildImages {
         /// Rebuild even when the cache has them.
         #[arg(long)]
         rebuild: bool,
     },
-    /// Open the Python REPL on a bundled test's machines (issue 9), e.g. `interactive postgrest`.
+    /// Open the Python REPL on a bundled test's machines, e.g. `interactive postgrest`.
     Interactive {
         /// The bundled test's name.
         test: String,
@@ -88,6 +104,23 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `cargo run` of the `machinist` binary (crates/cli) with `args`.
+fn machinist(args: &[&str]) -> anyhow::Result<()> {
+    run::run(
+        run::cargo()
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "machinist-cli",
+                "--bin",
+                "machinist",
+                "--",
+            ])
+            .args(args),
+    )
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = std::env::set_current_dir(workspace_root()) {
@@ -103,20 +136,25 @@ fn main() -> ExitCode {
         }
         Cmd::Deps { list: false } => timing::phase("deps", deps::ensure),
         Cmd::Test { args } => test::run_suite(&args),
-        Cmd::TestPostgrest => pending::not_yet("test-postgrest", 10, "crates/driver + tests"),
-        Cmd::BuildImages { rebuild: _ } => pending::not_yet("build-images", 4, "crates/guest"),
-        // TODO(issue 10): run the tests crate's binary (which bundles `postgrest`) once it exists.
-        Cmd::Interactive { test } => run::run(run::cargo().args([
-            "run",
-            "--quiet",
-            "-p",
-            "machinist-cli",
-            "--bin",
-            "machinist",
-            "--",
-            "interactive",
-            &test,
-        ])),
+        Cmd::TestPostgrest {
+            postgrest,
+            keep_state,
+            output,
+        } => postgrest::run(&postgrest::Options {
+            postgrest,
+            keep_state,
+            output,
+        }),
+        Cmd::BuildImages { rebuild } => {
+            let mut args = vec!["build-images"];
+            if rebuild {
+                args.push("--rebuild");
+            }
+            deps::ensure().and_then(|()| machinist(&args))
+        }
+        Cmd::Interactive { test } => {
+            deps::ensure().and_then(|()| machinist(&["interactive", &test]))
+        }
         Cmd::Bench { which } => pending::bench(which),
         Cmd::Ci => run::run(std::process::Command::new("bash").arg(".ci/run")),
         Cmd::CheckFeatures => check_features::run_all(),
@@ -153,6 +191,32 @@ mod tests {
         let cli = Cli::try_parse_from(["cargo xtask", "test", "--", "-p", "xtask"]).unwrap();
         match cli.command {
             Cmd::Test { args } => assert_eq!(args, ["-p", "xtask"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_postgrest_options() {
+        let cli = Cli::try_parse_from([
+            "cargo xtask",
+            "test-postgrest",
+            "--postgrest",
+            "/opt/postgrest",
+            "--keep-state",
+            "--output",
+            "out",
+        ])
+        .unwrap();
+        match cli.command {
+            Cmd::TestPostgrest {
+                postgrest,
+                keep_state,
+                output,
+            } => {
+                assert_eq!(postgrest, Some(PathBuf::from("/opt/postgrest")));
+                assert!(keep_state);
+                assert_eq!(output, Some(PathBuf::from("out")));
+            }
             other => panic!("{other:?}"),
         }
     }
