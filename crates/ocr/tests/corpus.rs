@@ -229,3 +229,9 @@ fn a_guest_font_given_as_psf_is_read_exactly() {
         best.text()
     );
 }
+
+#[test]
+fn the_engine_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Ocr>();
+}
