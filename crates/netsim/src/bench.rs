@@ -193,6 +193,39 @@ fn rss_kib(status: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU time (ns) a thread or process has run, from `schedstat`.
+fn schedstat_ns(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Where to read a switch's CPU time.
+#[derive(Clone)]
+enum Cpu {
+    /// Our switch thread, found by name in this process.
+    Thread(String),
+    /// vde_switch's process.
+    Process(u32),
+}
+
+impl Cpu {
+    fn ns(&self) -> u64 {
+        match self {
+            Cpu::Process(pid) => schedstat_ns(Path::new(&format!("/proc/{pid}/schedstat"))),
+            Cpu::Thread(name) => std::fs::read_dir("/proc/self/task")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .map_or(0, |t| schedstat_ns(&t.path().join("schedstat"))),
+        }
+    }
+}
+
 /// A benchmark endpoint: non-blocking batched send/receive.
 trait Endpoint: Send {
     fn fd(&self) -> RawFd;
@@ -399,9 +432,10 @@ fn announce(ep: &mut dyn Endpoint, frame: &[u8], transport: Transport) {
 /// Throughput of n/2 senders -> n/2 receivers over one window: (frames, bytes, seconds).
 fn throughput_window(
     eps: &mut [Box<dyn Endpoint>],
+    cpu: &Cpu,
     warmup: Duration,
     window: Duration,
-) -> (u64, u64, f64) {
+) -> (u64, u64, f64, u64) {
     let half = eps.len() / 2;
     let (senders, receivers) = eps.split_at_mut(half);
     let stop = AtomicBool::new(false);
@@ -441,40 +475,56 @@ fn throughput_window(
             }
         });
         std::thread::sleep(warmup);
-        let (f0, b0, t0) = (
+        let (f0, b0, t0, c0) = (
             frames.load(Ordering::Relaxed),
             bytes.load(Ordering::Relaxed),
             Instant::now(),
+            cpu.ns(),
         );
         std::thread::sleep(window);
-        let (f1, b1, t1) = (
+        let (f1, b1, t1, c1) = (
             frames.load(Ordering::Relaxed),
             bytes.load(Ordering::Relaxed),
             Instant::now(),
+            cpu.ns(),
         );
         stop.store(true, Ordering::Relaxed);
-        (f1 - f0, b1 - b0, (t1 - t0).as_secs_f64())
+        (
+            f1 - f0,
+            b1 - b0,
+            (t1 - t0).as_secs_f64(),
+            c1.saturating_sub(c0),
+        )
     })
 }
 
 /// Measure several endpoint sets in alternating short windows (so a change in host load hits
 /// them alike); returns (frames/s, Mbit/s) per set.
+/// Returns (frames/s, Mbit/s, switch CPU ns per delivered frame) per set.
 fn throughput_interleaved(
-    sets: &mut [Vec<Box<dyn Endpoint>>],
+    sets: &mut [(Vec<Box<dyn Endpoint>>, Cpu)],
     opts: &BenchOptions,
-) -> Vec<(f64, f64)> {
+) -> Vec<(f64, f64, f64)> {
     const ROUNDS: u32 = 3;
-    let mut acc = vec![(0u64, 0u64, 0f64); sets.len()];
+    let mut acc = vec![(0u64, 0u64, 0f64, 0u64); sets.len()];
     for _ in 0..ROUNDS {
-        for (set, a) in sets.iter_mut().zip(acc.iter_mut()) {
-            let (f, b, t) = throughput_window(set, opts.warmup / ROUNDS, opts.window / ROUNDS);
+        for ((set, cpu), a) in sets.iter_mut().zip(acc.iter_mut()) {
+            let (f, b, t, c) =
+                throughput_window(set, cpu, opts.warmup / ROUNDS, opts.window / ROUNDS);
             a.0 += f;
             a.1 += b;
             a.2 += t;
+            a.3 += c;
         }
     }
     acc.iter()
-        .map(|(f, b, t)| (*f as f64 / t, *b as f64 * 8.0 / t / 1e6))
+        .map(|(f, b, t, c)| {
+            (
+                *f as f64 / t,
+                *b as f64 * 8.0 / t / 1e6,
+                *c as f64 / (*f).max(1) as f64,
+            )
+        })
         .collect()
 }
 
@@ -526,12 +576,13 @@ fn latency_interleaved(sets: &mut [Vec<Box<dyn Endpoint>>], samples: usize) -> V
         .collect()
 }
 
-fn ours_switch(tmp: &TempDir) -> Result<SwitchHandle, NetsimError> {
+/// Our switch; `vlan` names its thread (`netsim-vlan<N>`), which is how its CPU time is found.
+fn ours_switch(tmp: &TempDir, vlan: u8) -> Result<SwitchHandle, NetsimError> {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = tmp
         .0
         .join(format!("s{}", N.fetch_add(1, Ordering::Relaxed)));
-    let mut cfg = SwitchConfig::new(1, dir);
+    let mut cfg = SwitchConfig::new(vlan, dir);
     cfg.queue_frames = 4096;
     Switch::start(cfg)
 }
@@ -565,41 +616,44 @@ pub fn run_with(opts: &BenchOptions) -> Result<Vec<BenchLine>, NetsimError> {
         if !opts.wants(&format!("{n}port_{size}B")) {
             continue;
         }
-        let ours = ours_switch(&tmp)?;
-        let stream = ours_switch(&tmp)?;
+        let ours = ours_switch(&tmp, 1)?;
+        let stream = ours_switch(&tmp, 2)?;
         let theirs = VdeSwitch::start(64)?;
         let mut sets = vec![
-            connect(&Target::Ours(&ours), Transport::Vde, n, size)?,
-            connect(&Target::Theirs(&theirs), Transport::Vde, n, size)?,
-            connect(&Target::Ours(&stream), Transport::Stream, n, size)?,
+            (
+                connect(&Target::Ours(&ours), Transport::Vde, n, size)?,
+                Cpu::Thread("netsim-vlan1".into()),
+            ),
+            (
+                connect(&Target::Theirs(&theirs), Transport::Vde, n, size)?,
+                Cpu::Process(theirs.child.id()),
+            ),
+            (
+                connect(&Target::Ours(&stream), Transport::Stream, n, size)?,
+                Cpu::Thread("netsim-vlan2".into()),
+            ),
         ];
         let r = throughput_interleaved(&mut sets, opts);
         drop(sets);
-        let [(o_fps, o_mbps), (b_fps, b_mbps), (s_fps, s_mbps)] = [r[0], r[1], r[2]];
-        lines.push(line(format!("vde_{n}port_{size}B_fps"), o_fps, b_fps, true));
+        let [(o_fps, o_mbps, o_cpu), (b_fps, b_mbps, b_cpu), (s_fps, s_mbps, s_cpu)] =
+            [r[0], r[1], r[2]];
+        let case = |t: &str, m: &str| format!("{t}_{n}port_{size}B_{m}");
+        lines.push(line(case("vde", "fps"), o_fps, b_fps, true));
+        lines.push(line(case("vde", "mbps"), o_mbps, b_mbps, true));
+        lines.push(line(case("vde", "cpu_ns_per_frame"), o_cpu, b_cpu, false));
+        lines.push(line(case("stream", "fps"), s_fps, b_fps, true));
+        lines.push(line(case("stream", "mbps"), s_mbps, b_mbps, true));
         lines.push(line(
-            format!("vde_{n}port_{size}B_mbps"),
-            o_mbps,
-            b_mbps,
-            true,
-        ));
-        lines.push(line(
-            format!("stream_{n}port_{size}B_fps"),
-            s_fps,
-            b_fps,
-            true,
-        ));
-        lines.push(line(
-            format!("stream_{n}port_{size}B_mbps"),
-            s_mbps,
-            b_mbps,
-            true,
+            case("stream", "cpu_ns_per_frame"),
+            s_cpu,
+            b_cpu,
+            false,
         ));
     }
     // Latency: single frames, the three set-ups sampled in turn.
     if opts.wants("latency") {
-        let ours = ours_switch(&tmp)?;
-        let stream = ours_switch(&tmp)?;
+        let ours = ours_switch(&tmp, 1)?;
+        let stream = ours_switch(&tmp, 2)?;
         let theirs = VdeSwitch::start(64)?;
         let mut sets = vec![
             single(
@@ -668,7 +722,7 @@ fn memory(ports: usize, tmp: &TempDir) -> Result<(f64, f64), NetsimError> {
         let mac = [0x52, 0x54, 0, 0x13, (i >> 8) as u8, i as u8];
         let _ = c.send(&ethernet_frame(mac, mac, b"m"));
     };
-    let sw = ours_switch(tmp)?;
+    let sw = ours_switch(tmp, 3)?;
     let before = rss_kib("/proc/self/status");
     let mut clients = Vec::new();
     for i in 0..ports {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Impairment, REORDER_HOLD};
-use crate::mac::{mac_key, MacTable};
+use crate::mac::{mac_key, Learned, MacTable, NO_MAC};
 use crate::pcap::PcapWriter;
 use crate::policy::{pair_key, Compiled, Policy};
 use crate::rng::SplitMix64;
@@ -108,6 +108,8 @@ pub(crate) struct Port {
     delayed: usize,
     dirty: bool,
     pub write_blocked: bool,
+    /// The source MAC this port's last learned frame had (`NO_MAC` = none).
+    last_src: u64,
 }
 
 struct Delayed {
@@ -250,6 +252,7 @@ impl Core {
             delayed: 0,
             dirty: false,
             write_blocked: false,
+            last_src: NO_MAC,
         };
         self.ports.push(Some(port));
         self.ports_changed = true;
@@ -309,6 +312,7 @@ impl Core {
         } else {
             tracing::info!(vlan, port = %p.name, reason, "netsim: port disconnected");
         }
+        p.last_src = NO_MAC;
         self.macs.forget_port(i);
         self.macs_dirty = true;
         self.shared.notify_change();
@@ -354,8 +358,24 @@ impl Core {
             stats.count_drop(DropReason::Blocked);
             return;
         }
-        if frame[6] & 1 == 0 && self.macs.learn(mac_key(&frame[6..12]), src) {
-            self.macs_dirty = true;
+        let smac = mac_key(&frame[6..12]);
+        // Learning; a port that keeps sending from the MAC it last taught skips the table.
+        if frame[6] & 1 == 0 && self.ports[si].as_ref().is_some_and(|p| p.last_src != smac) {
+            match self.macs.learn(smac, src) {
+                Learned::Known => {}
+                Learned::Added => self.macs_dirty = true,
+                Learned::Moved(prev) => {
+                    self.macs_dirty = true;
+                    self.port(prev).last_src = NO_MAC;
+                }
+                Learned::Reset => {
+                    self.macs_dirty = true;
+                    for p in self.ports.iter_mut().flatten() {
+                        p.last_src = NO_MAC;
+                    }
+                }
+            }
+            self.port(src).last_src = smac;
         }
         let mut delay = Duration::ZERO;
         let mut copies = 1;

@@ -40,6 +40,22 @@ impl Hasher for MacHasher {
     }
 }
 
+/// What [`MacTable::learn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Learned {
+    /// Already there.
+    Known,
+    /// New entry.
+    Added,
+    /// Moved from this port.
+    Moved(u32),
+    /// The table was full and was cleared first.
+    Reset,
+}
+
+/// No MAC: a 48-bit MAC never has the top bits set.
+pub(crate) const NO_MAC: u64 = u64::MAX;
+
 /// MAC -> port index.
 #[derive(Default)]
 pub(crate) struct MacTable {
@@ -47,21 +63,23 @@ pub(crate) struct MacTable {
 }
 
 impl MacTable {
-    /// Learn (or move) `mac` to `port`; returns true when the table changed.
-    pub(crate) fn learn(&mut self, mac: u64, port: u32) -> bool {
+    /// Learn (or move) `mac` to `port`.
+    pub(crate) fn learn(&mut self, mac: u64, port: u32) -> Learned {
         match self.map.get_mut(&mac) {
-            Some(p) if *p == port => false,
-            Some(p) => {
-                *p = port;
-                true
-            }
+            Some(p) if *p == port => Learned::Known,
+            Some(p) => Learned::Moved(std::mem::replace(p, port)),
             None => {
                 // Bound the table: a guest spraying random source MACs must not grow it forever.
-                if self.map.len() >= 65_536 {
+                let reset = self.map.len() >= 65_536;
+                if reset {
                     self.map.clear();
                 }
                 self.map.insert(mac, port);
-                true
+                if reset {
+                    Learned::Reset
+                } else {
+                    Learned::Added
+                }
             }
         }
     }
@@ -95,10 +113,10 @@ mod tests {
         let mut t = MacTable::default();
         let m = mac_key(&[0x52, 0x54, 0, 0x12, 1, 1]);
         assert_eq!(format_mac(m), "52:54:00:12:01:01");
-        assert!(t.learn(m, 1));
-        assert!(!t.learn(m, 1));
+        assert_eq!(t.learn(m, 1), Learned::Added);
+        assert_eq!(t.learn(m, 1), Learned::Known);
         assert_eq!(t.get(m), Some(1));
-        assert!(t.learn(m, 2));
+        assert_eq!(t.learn(m, 2), Learned::Moved(1));
         assert_eq!(t.get(m), Some(2));
         t.forget_port(2);
         assert_eq!(t.get(m), None);

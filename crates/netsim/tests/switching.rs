@@ -289,3 +289,39 @@ fn shutdown_removes_sockets_and_closes_clients() {
     assert!(!dir.path().join("sw/vde/ctl").exists());
     sw.shutdown(); // idempotent
 }
+
+#[test]
+fn a_mac_that_moves_is_relearned() {
+    let dir = tmpdir();
+    let sw = switch(&dir, 1);
+    let mut c = clients(&sw, &["a", "b", "c"]);
+    for i in 0..3 {
+        let f = frame(BROADCAST, 1, &format!("from a {i}"));
+        c[0].send(&f).unwrap();
+        expect(&mut c[1], &f);
+        expect(&mut c[2], &f);
+    }
+    // MAC 1 moves to c (a migrated VM).
+    let f = frame(BROADCAST, 1, "now on c");
+    c[2].send(&f).unwrap();
+    expect(&mut c[0], &f);
+    expect(&mut c[1], &f);
+    let to1 = frame(mac(1), 2, "to mac 1");
+    c[1].send(&to1).unwrap();
+    expect(&mut c[2], &to1);
+    expect_nothing(&mut c[0]);
+    // And back to a: a's cached last MAC must not hide the move.
+    let f = frame(BROADCAST, 1, "back on a");
+    c[0].send(&f).unwrap();
+    expect(&mut c[1], &f);
+    expect(&mut c[2], &f);
+    c[1].send(&to1).unwrap();
+    expect(&mut c[0], &to1);
+    expect_nothing(&mut c[2]);
+    std::thread::sleep(Duration::from_millis(300));
+    let table = sw.mac_table();
+    assert!(
+        table.contains(&("52:54:00:12:01:01".to_string(), "a".to_string())),
+        "{table:?}"
+    );
+}
