@@ -51,6 +51,19 @@ fn kernel() -> PathBuf {
             return k;
         }
     }
+    // machinist-qemu's kernel::test_kernel() cache: kernel/<version>/boot/vmlinuz-*.
+    for version in std::fs::read_dir(cache.join("kernel"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let boot = version.path().join("boot");
+        for f in std::fs::read_dir(&boot).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().starts_with("vmlinuz-") {
+                return f.path();
+            }
+        }
+    }
     let dir = cache.join("ocr-test-kernel");
     std::fs::create_dir_all(&dir).unwrap();
     let deps = run(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]));
