@@ -23,6 +23,8 @@ pub struct BenchOptions {
     pub throughput_runs: usize,
     /// Commands used to count guest processes per command.
     pub process_count_runs: usize,
+    /// The mixed workload, cycled.
+    pub mixed: Vec<String>,
     /// Bench name in the printed lines.
     pub name: String,
 }
@@ -35,6 +37,7 @@ impl Default for BenchOptions {
             throughput_mib: 50,
             throughput_runs: 3,
             process_count_runs: 20,
+            mixed: MIXED.iter().map(|s| s.to_string()).collect(),
             name: "backdoor".to_owned(),
         }
     }
@@ -89,6 +92,13 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
     let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
     s[rank - 1]
 }
+
+/// The default mixed workload (issue 5).
+pub const MIXED: [&str; 3] = [
+    "systemctl is-active multi-user.target",
+    "test -e /etc/hostname",
+    "cat /etc/os-release",
+];
 
 const WAIT: Duration = Duration::from_secs(600);
 
@@ -179,11 +189,7 @@ pub async fn run(shell: &mut Shell, opts: &BenchOptions) -> Result<BenchReport, 
     latency("true", &a, &b, &mut metrics);
     let (a, b) = series(shell, &["/bin/true"], opts.iterations).await?;
     latency("bin_true", &a, &b, &mut metrics);
-    let mixed = [
-        "systemctl is-active multi-user.target",
-        "test -e /etc/hostname",
-        "cat /etc/os-release",
-    ];
+    let mixed: Vec<&str> = opts.mixed.iter().map(String::as_str).collect();
     let (a, b) = series(shell, &mixed, opts.mixed_rounds * mixed.len()).await?;
     latency("mixed", &a, &b, &mut metrics);
 

@@ -2,7 +2,8 @@
 //! command, and parsing of the reply lines. Pure functions; the I/O lives in `shell`.
 //!
 //! After the greeting the host sends [`preamble`] once. It defines the helpers and starts the
-//! *relay*: one long-lived `cat` that copies a pipe (bash's fd 3) to the console, so that commands
+//! *relay*: one long-lived `cat` (a bash coprocess: no `/dev/fd` needed, unlike `>(...)`, so it
+//! also works in an initramfs) that copies a pipe (bash's fd 3) to the console, so that commands
 //! see a pipe on stdout as under NixOS (`ls` prints one name per line, `systemctl` does not
 //! ellipsize) while no process is forked per command for it.
 //!
@@ -25,7 +26,12 @@ pub fn preamble(marker: &str) -> String {
 
 /// The helper functions, sent once per connection (bash builtins only; no process is forked
 /// except the relay, once).
-const PREAMBLE: &str = r#"__m_relay() { exec 3> >(exec cat); __m_rp=$!; }
+const PREAMBLE: &str = r#"__m_relay() {
+    exec 9>&1
+    coproc __m_r { exec cat >&9 9>&-; }
+    exec 3>&"${__m_r[1]}" 9>&-
+    __m_rp=$__m_r_PID
+}
 __m_ready() { __m_relay; printf '%s R %s\n' "$1" "$$" >&3; }
 __m_pre() {
     [[ -e /proc/$__m_rp/fd/0 ]] || __m_relay
