@@ -168,6 +168,42 @@ pub const DISABLED_GENERATORS: &[&str] = &[
     "systemd-fstab-generator",
 ];
 
+/// udev rules masked in tuned images (`/etc/udev/rules.d/<name>` -> /dev/null): hardware a test
+/// VM does not have or does not need (persistent storage links would run blkid on /dev/vda;
+/// seats and uaccess are for logind, which is masked).
+pub const MASKED_UDEV_RULES: &[&str] = &[
+    "55-dm.rules",
+    "60-autosuspend.rules",
+    "60-block.rules",
+    "60-cdrom_id.rules",
+    "60-evdev.rules",
+    "60-fido-id.rules",
+    "60-infiniband.rules",
+    "60-input-id.rules",
+    "60-persistent-alsa.rules",
+    "60-persistent-input.rules",
+    "60-persistent-storage-dm.rules",
+    "60-persistent-storage-tape.rules",
+    "60-persistent-storage.rules",
+    "60-persistent-v4l.rules",
+    "60-sensor.rules",
+    "64-btrfs.rules",
+    "70-camera.rules",
+    "70-joystick.rules",
+    "70-memory.rules",
+    "70-mouse.rules",
+    "70-power-switch.rules",
+    "70-touchpad.rules",
+    "70-uaccess.rules",
+    "71-seat.rules",
+    "73-seat-late.rules",
+    "75-probe_mtd.rules",
+    "78-sound-card.rules",
+    "85-hwclock.rules",
+    "95-dm-notify.rules",
+    "96-e2scrub.rules",
+];
+
 /// Modules udev would load for nothing under TCG (the default CPU advertises SVM, so kvm_amd).
 pub const BLACKLIST: &str = "blacklist kvm\nblacklist kvm_amd\nblacklist kvm_intel\nblacklist serio_raw\nblacklist pcspkr\nblacklist floppy\nblacklist powernow_k8\nblacklist acpi_cpufreq\nblacklist qemu_fw_cfg\n";
 
@@ -238,6 +274,9 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
             ));
             for (unit, _) in MASKED_UNITS {
                 s.push(link(&format!("/etc/systemd/system/{unit}"), "/dev/null"));
+            }
+            for r in MASKED_UDEV_RULES {
+                s.push(link(&format!("/etc/udev/rules.d/{r}"), "/dev/null"));
             }
             for g in DISABLED_GENERATORS {
                 s.push(link(
