@@ -193,7 +193,8 @@ pub async fn run(shell: &mut Shell, opts: &BenchOptions) -> Result<BenchReport, 
     let (a, b) = series(shell, &mixed, opts.mixed_rounds * mixed.len()).await?;
     latency("mixed", &a, &b, &mut metrics);
 
-    let cmd = format!("head -c {}M /dev/zero", opts.throughput_mib);
+    // `head -c <N>M`, spelled in bytes so that busybox's head accepts it too.
+    let cmd = format!("head -c {} /dev/zero", opts.throughput_mib * 1024 * 1024);
     let bytes = (opts.throughput_mib * 1024 * 1024) as f64;
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
     for _ in 0..opts.throughput_runs {
