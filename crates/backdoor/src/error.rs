@@ -116,10 +116,12 @@ pub enum ShellError {
         reason: &'static str,
     },
 
-    /// The shell has no control shell attached, which cancelling needs.
+    /// The command hit its timeout (or was cancelled) but no control shell is attached to kill
+    /// it: it is still running and the shell is unusable until it reconnects.
     #[error(
-        "guest shell {name}: cannot stop command `{command}` without a control shell; attach one \
-         with `Shell::set_control` (the control shell runs on hvc1)"
+        "guest shell {name}: command `{command}` timed out or was cancelled but cannot be stopped \
+         without a control shell; it is still running and the shell is unusable; attach one with \
+         `Shell::set_control` (the control shell runs on hvc1)"
     )]
     NoControl {
         /// The shell's name.

@@ -263,7 +263,10 @@ impl Shell {
     pub(crate) fn note_failure(&mut self, err: &ShellError) {
         if matches!(
             err,
-            ShellError::Disconnected { .. } | ShellError::Desync { .. } | ShellError::Io { .. }
+            ShellError::Disconnected { .. }
+                | ShellError::Desync { .. }
+                | ShellError::Io { .. }
+                | ShellError::NoControl { .. }
         ) && self.dead.is_none()
         {
             self.dead = Some(err.to_string());
@@ -497,14 +500,10 @@ impl Shell {
             }
             if let (Some(_), false) = (kill, kill_sent) {
                 let Some(control) = self.control.clone() else {
-                    return Err(self.desync(format!(
-                        "command `{command}` must be stopped ({}) but no control shell is attached \
-                         (Shell::set_control); it is still running",
-                        match kill {
-                            Some(KillReason::Timeout(t)) => format!("timeout {t:?}"),
-                            _ => "cancelled".to_owned(),
-                        }
-                    )));
+                    return Err(ShellError::NoControl {
+                        name: self.opts.name.clone(),
+                        command: command.to_owned(),
+                    });
                 };
                 if let Some(p) = pid.filter(|&p| p > 1) {
                     if let Err(e) = control.cancel(p).await {

@@ -380,8 +380,8 @@ async fn timeout_without_control_is_a_clear_error() {
         .execute("sleep 100", Some(Duration::from_millis(200)), &mut |_| {})
         .await
         .unwrap_err();
-    assert!(matches!(err, ShellError::Desync { .. }), "{err}");
-    assert!(err.to_string().contains("no control shell"), "{err}");
+    assert!(matches!(err, ShellError::NoControl { .. }), "{err}");
+    assert!(err.to_string().contains("without a control shell"), "{err}");
     assert!(!g.shell.is_usable());
 }
 

@@ -15,7 +15,10 @@ use machinist_qemu::{QemuCommand, QemuProcess, VmTestLock};
 
 /// The host's bash and the shared libraries it loads (`ldd`).
 fn bash_and_libs() -> Vec<PathBuf> {
-    let out = std::process::Command::new("ldd").arg("/bin/bash").output().expect("ldd");
+    let out = std::process::Command::new("ldd")
+        .arg("/bin/bash")
+        .output()
+        .expect("ldd");
     let mut files = vec![PathBuf::from("/bin/bash")];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let path = match line.split_once("=>") {
@@ -47,26 +50,50 @@ fn initramfs(kernel: &TestKernel, path: &Path) {
         script = guest::SCRIPT_PATH,
     );
     let mut w = NewcWriter::new(Vec::new());
-    for d in ["bin", "dev", "proc", "sys", "tmp", "root", "etc", "lib/modules", "usr/lib/machinist"] {
+    for d in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "root",
+        "etc",
+        "lib/modules",
+        "usr/lib/machinist",
+    ] {
         w.dir_all(d).unwrap();
     }
     w.char_device("dev/console", 0o600, 5, 1).unwrap();
-    w.file_from("bin/busybox", 0o755, Path::new("/bin/busybox")).unwrap();
+    w.file_from("bin/busybox", 0o755, Path::new("/bin/busybox"))
+        .unwrap();
     for f in bash_and_libs() {
         let inside = f.to_str().unwrap().trim_start_matches('/').to_owned();
-        if let Some(parent) = Path::new(&inside).parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = Path::new(&inside)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             w.dir_all(parent.to_str().unwrap()).unwrap();
         }
         w.file_from(&inside, 0o755, &f).unwrap();
     }
     for (name, p) in &mods {
-        w.file_from(&format!("lib/modules/{name}.ko"), 0o644, p).unwrap();
+        w.file_from(&format!("lib/modules/{name}.ko"), 0o644, p)
+            .unwrap();
     }
-    for f in guest::files().iter().filter(|f| f.path == guest::SCRIPT_PATH) {
-        w.file(f.path.trim_start_matches('/'), f.mode, f.contents.as_bytes()).unwrap();
+    for f in guest::files()
+        .iter()
+        .filter(|f| f.path == guest::SCRIPT_PATH)
+    {
+        w.file(
+            f.path.trim_start_matches('/'),
+            f.mode,
+            f.contents.as_bytes(),
+        )
+        .unwrap();
     }
     w.file("etc/hostname", 0o644, b"vm\n").unwrap();
-    w.file("etc/os-release", 0o644, b"ID=machinist-test\n").unwrap();
+    w.file("etc/os-release", 0o644, b"ID=machinist-test\n")
+        .unwrap();
     w.file("init", 0o755, init.as_bytes()).unwrap();
     std::fs::write(path, w.finish().unwrap()).unwrap();
 }
@@ -86,8 +113,14 @@ async fn vm_backdoor_over_virtconsole() {
         )
         .with_test_writer()
         .try_init();
-    let _lock = tokio::task::spawn_blocking(VmTestLock::acquire).await.unwrap().unwrap();
-    let kernel = tokio::task::spawn_blocking(test_kernel).await.unwrap().unwrap();
+    let _lock = tokio::task::spawn_blocking(VmTestLock::acquire)
+        .await
+        .unwrap()
+        .unwrap();
+    let kernel = tokio::task::spawn_blocking(test_kernel)
+        .await
+        .unwrap()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.cpio");
     initramfs(&kernel, &initrd);
@@ -104,7 +137,12 @@ async fn vm_backdoor_over_virtconsole() {
     let t0 = Instant::now();
     let qemu = QemuProcess::spawn(&cmd).unwrap();
     let main_s = qemu
-        .while_running(accept_within(&main_l, Duration::from_secs(30), "vm", "hvc0"))
+        .while_running(accept_within(
+            &main_l,
+            Duration::from_secs(30),
+            "vm",
+            "hvc0",
+        ))
         .await
         .unwrap()
         .unwrap();
@@ -129,22 +167,42 @@ async fn vm_backdoor_over_virtconsole() {
     };
     let control = Control::connect(ctl_s, opts.control()).await.unwrap();
     shell.set_control(control.clone());
-    println!("backdoor vm: both shells connected {:.2} s after QEMU spawn", t0.elapsed().as_secs_f64());
+    println!(
+        "backdoor vm: both shells connected {:.2} s after QEMU spawn",
+        t0.elapsed().as_secs_f64()
+    );
 
-    let step = |s: &str| eprintln!("backdoor vm: step {s} at {:.2} s", t0.elapsed().as_secs_f64());
+    let step = |s: &str| {
+        eprintln!(
+            "backdoor vm: step {s} at {:.2} s",
+            t0.elapsed().as_secs_f64()
+        )
+    };
     step("env");
     // Environment as NixOS: /tmp, stdout a pipe, stderr on the serial port, stdin empty.
-    let out = run(&mut shell, "pwd; [ -p /proc/self/fd/1 ] && echo pipe; echo to-serial >&2; cat; echo end").await;
+    let out = run(
+        &mut shell,
+        "pwd; [ -p /proc/self/fd/1 ] && echo pipe; echo to-serial >&2; cat; echo end",
+    )
+    .await;
     assert_eq!(out.stdout_lossy(), "/tmp\npipe\nend\n");
     step("bytes");
     // All bytes through the raw console.
     let fmt: String = (0..=255u8).map(|b| format!("\\x{b:02x}")).collect();
-    assert_eq!(run(&mut shell, &format!("printf '{fmt}'")).await.stdout, (0..=255u8).collect::<Vec<_>>());
+    assert_eq!(
+        run(&mut shell, &format!("printf '{fmt}'")).await.stdout,
+        (0..=255u8).collect::<Vec<_>>()
+    );
     for code in [0, 1, 124, 255] {
         assert_eq!(run(&mut shell, &format!("exit {code}")).await.code, code);
     }
     assert_eq!(run(&mut shell, "cd /; x=1; set +e; exit 3").await.code, 3);
-    assert_eq!(run(&mut shell, "pwd; echo ${x:-unset}; false; echo no").await.stdout_lossy(), "/tmp\nunset\n");
+    assert_eq!(
+        run(&mut shell, "pwd; echo ${x:-unset}; false; echo no")
+            .await
+            .stdout_lossy(),
+        "/tmp\nunset\n"
+    );
     step("1mib");
     // 1 MiB through the console.
     let out = run(&mut shell, "head -c 1048576 /dev/zero | tr '\\0' x").await;
@@ -152,17 +210,29 @@ async fn vm_backdoor_over_virtconsole() {
     step("holder");
     // Background holder.
     let t = Instant::now();
-    let e = shell.execute("sleep 100 &", Some(Duration::from_secs(30)), &mut |_| {}).await.unwrap_err();
+    let e = shell
+        .execute("sleep 100 &", Some(Duration::from_secs(30)), &mut |_| {})
+        .await
+        .unwrap_err();
     assert!(matches!(e, ShellError::BackgroundHolder { .. }), "{e}");
     assert!(t.elapsed() < Duration::from_secs(5));
     step("timeout");
     // Timeout kills through hvc1, the main shell stays in step.
     let t = Instant::now();
-    let e = shell.execute("sleep 100 | cat", Some(Duration::from_secs(1)), &mut |_| {}).await.unwrap_err();
+    let e = shell
+        .execute("sleep 100 | cat", Some(Duration::from_secs(1)), &mut |_| {})
+        .await
+        .unwrap_err();
     assert!(matches!(e, ShellError::Timeout { .. }), "{e}");
-    println!("backdoor vm: timeout of 1 s returned after {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "backdoor vm: timeout of 1 s returned after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     assert!(t.elapsed() < Duration::from_secs(6));
-    assert_eq!(run(&mut shell, "echo alive").await.stdout_lossy(), "alive\n");
+    assert_eq!(
+        run(&mut shell, "echo alive").await.stdout_lossy(),
+        "alive\n"
+    );
     step("cancel");
     // Cancel through the control shell.
     let c = shell.canceller();
@@ -171,21 +241,39 @@ async fn vm_backdoor_over_virtconsole() {
         c.cancel();
     });
     let t = Instant::now();
-    let e = shell.execute("sleep 100", None, &mut |_| {}).await.unwrap_err();
+    let e = shell
+        .execute("sleep 100", None, &mut |_| {})
+        .await
+        .unwrap_err();
     assert!(matches!(e, ShellError::Cancelled { .. }), "{e}");
-    println!("backdoor vm: cancel returned {:.2} s after the request", t.elapsed().as_secs_f64() - 0.5);
+    println!(
+        "backdoor vm: cancel returned {:.2} s after the request",
+        t.elapsed().as_secs_f64() - 0.5
+    );
     assert!(t.elapsed() < Duration::from_millis(1500));
     assert!(control.is_alive(shell.guest_pid()).await.unwrap());
     step("respawn");
     // The shell re-spawns after dying; reconnect picks up the new greeting.
-    let e = shell.execute("kill -9 $$", Some(Duration::from_secs(30)), &mut |_| {}).await.unwrap_err();
+    let e = shell
+        .execute("kill -9 $$", Some(Duration::from_secs(30)), &mut |_| {})
+        .await
+        .unwrap_err();
     assert!(matches!(e, ShellError::Respawned { .. }), "{e}");
     shell.reconnect().await.unwrap();
-    assert_eq!(run(&mut shell, "echo reborn").await.stdout_lossy(), "reborn\n");
+    assert_eq!(
+        run(&mut shell, "echo reborn").await.stdout_lossy(),
+        "reborn\n"
+    );
 
     step("serial");
     // Serial log got the command's stderr.
-    assert!(qemu.serial().lines().iter().any(|l| l.contains("to-serial")), "stderr not on ttyS0");
+    assert!(
+        qemu.serial()
+            .lines()
+            .iter()
+            .any(|l| l.contains("to-serial")),
+        "stderr not on ttyS0"
+    );
 
     step("bench");
     // Bench through the real console (small counts; the full run is `cargo xtask bench backdoor`).
@@ -195,7 +283,11 @@ async fn vm_backdoor_over_virtconsole() {
         throughput_mib: 10,
         throughput_runs: 2,
         process_count_runs: 10,
-        mixed: vec!["test -e /etc/hostname".into(), "cat /etc/os-release".into(), "ls /".into()],
+        mixed: vec![
+            "test -e /etc/hostname".into(),
+            "cat /etc/os-release".into(),
+            "ls /".into(),
+        ],
         name: "backdoor-vm-tiny".into(),
     };
     bench::run(&mut shell, &opts).await.unwrap();
