@@ -315,6 +315,8 @@ impl Core {
         p.last_src = NO_MAC;
         self.macs.forget_port(i);
         self.macs_dirty = true;
+        // Closes are rare: publish now so a summary right after a VM exits is accurate.
+        self.publish_macs();
         self.shared.notify_change();
     }
 
