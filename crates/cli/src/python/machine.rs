@@ -602,10 +602,16 @@ impl PyMachine {
         run(py, move || m.unblock())
     }
 
-    /// A raw root shell in the guest on this terminal until Ctrl-D.
+    /// A raw root shell in the guest on this terminal until Ctrl-D (at the start of a line);
+    /// then the REPL is back and the machine usable. Ctrl-C is not forwarded to the guest: it
+    /// takes effect (KeyboardInterrupt) once the shell is left.
     fn shell_interact(&self, py: Python<'_>) -> PyResult<()> {
         let m = self.m.clone();
-        run(py, move || m.shell_interact())
+        // Not cancellable: cancelling would drop the raw attachment half-way and leave the
+        // backdoor shell out of step.
+        py.detach(move || m.shell_interact())
+            .map_err(|e| script_error(e).to_py(py))?;
+        py.check_signals()
     }
 
     /// Type on the serial console from this terminal until Ctrl-D.

