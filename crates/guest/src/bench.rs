@@ -149,7 +149,10 @@ fn boot_once(
     let t0 = Instant::now();
     let mut vm = TestVm::boot(image, Some(layer), &spec)?;
     let greeting_s = vm.greeting_after.as_secs_f64();
-    let (_, up) = vm.run("read -r u _ < /proc/uptime; echo \"$u\"", Duration::from_secs(30))?;
+    let (_, up) = vm.run(
+        "read -r u _ < /proc/uptime; echo \"$u\"",
+        Duration::from_secs(30),
+    )?;
     let uptime_at_greeting_s: f64 = up.trim().parse().unwrap_or(f64::NAN);
     vm.run(
         "until systemctl is-active -q multi-user.target; do sleep 0.05; done",

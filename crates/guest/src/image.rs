@@ -340,7 +340,8 @@ impl ImageCache {
         Self::new(default_cache_dir())
     }
 
-    /// Rebuild images even when cached (each image at most once per `ImageCache` value).
+    /// Rebuild images (and their bootstrap tree) even when cached: each at most once per process,
+    /// so images sharing a base or bootstrap tree do not rebuild it again.
     pub fn rebuild(mut self, on: bool) -> Self {
         self.rebuild = on;
         self
@@ -437,11 +438,7 @@ impl ImageCache {
         let result = if spec.is_base() {
             self.build_base(spec, &hash, &tmp, progress)
         } else {
-            let base = ImageCache {
-                root: self.root.clone(),
-                rebuild: false,
-            }
-            .ensure(&spec.base_spec(), progress)?;
+            let base = self.ensure(&spec.base_spec(), progress)?;
             self.build_derived(spec, &base, &tmp, progress)
         };
         let kernel_version = result?;
@@ -496,12 +493,14 @@ impl ImageCache {
         let key = format!("bootstrap-{bhash}");
         let dir = images.join(&key);
         let done = dir.join("tree/.machinist-bootstrap-complete");
-        if done.exists() {
+        let rebuild = self.rebuild && !REBUILT.lock().map(|s| s.contains(&key)).unwrap_or(false);
+        if done.exists() && !rebuild {
             return Ok(dir.join("tree"));
         }
         let name = format!("{}-bootstrap", spec.suite);
         let _lock = lock_image(&images, &key, &name, progress)?;
-        if done.exists() {
+        let rebuild = take_rebuild(rebuild, &key);
+        if done.exists() && !rebuild {
             return Ok(dir.join("tree"));
         }
         remove_stale(&images, &key);
@@ -541,7 +540,9 @@ impl ImageCache {
     }
 
     fn empty_trash(&self) {
-        let Ok(rd) = fs::read_dir(self.images_dir()) else { return };
+        let Ok(rd) = fs::read_dir(self.images_dir()) else {
+            return;
+        };
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if n.starts_with(&format!(".trash-{}-", std::process::id())) {
@@ -687,6 +688,17 @@ impl ImageCache {
     }
 }
 
+/// Cache keys rebuilt by this process (so `rebuild(true)` rebuilds each image and the bootstrap
+/// tree at most once per process, even when several images share them).
+static REBUILT: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+fn take_rebuild(flag: bool, key: &str) -> bool {
+    flag && REBUILT
+        .lock()
+        .map(|mut s| s.insert(key.to_string()))
+        .unwrap_or(false)
+}
+
 static TRASH_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Removes a temporary build directory unless forgotten.
@@ -735,8 +747,13 @@ fn remove_stale(images: &Path, hash: &str) {
             .strip_prefix(".trash-")
             .and_then(|r| r.split('-').next())
             .and_then(|pid| pid.parse::<i32>().ok())
-            .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err());
-        if dead_trash || n.starts_with(&format!(".tmp-{hash}-")) || n.starts_with(&format!(".old-{hash}-")) {
+            .is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+            });
+        if dead_trash
+            || n.starts_with(&format!(".tmp-{hash}-"))
+            || n.starts_with(&format!(".old-{hash}-"))
+        {
             safe_remove_dir_all(&e.path());
         }
     }
@@ -861,6 +878,16 @@ fn run_logged(
     let logf2 = logf
         .try_clone()
         .map_err(|e| GuestError::io("opening build log", log, e))?;
+    // The step dies with the thread that runs the build (a killed builder leaves no mmdebstrap).
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(logf)

@@ -9,9 +9,16 @@ fn image_unknown_package_is_named_and_leaves_no_cache_entry() {
     let spec = ImageSpec::with_packages(["machinist-no-such-package"]);
     let err = cache.ensure(&spec, Progress::Lines).unwrap_err();
     match &err {
-        GuestError::UnknownPackage { package, apt_message, .. } => {
+        GuestError::UnknownPackage {
+            package,
+            apt_message,
+            ..
+        } => {
             assert_eq!(package, "machinist-no-such-package");
-            assert!(apt_message.contains("Unable to locate package"), "{apt_message}");
+            assert!(
+                apt_message.contains("Unable to locate package"),
+                "{apt_message}"
+            );
         }
         other => panic!("expected UnknownPackage, got {other}"),
     }
@@ -33,7 +40,11 @@ fn image_warm_cache_hit_is_fast() {
     cache.ensure(&ImageSpec::base(), Progress::Lines).unwrap();
     let t = std::time::Instant::now();
     let img = cache.ensure(&ImageSpec::base(), Progress::Silent).unwrap();
-    assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(img.disk.exists() && img.kernel.exists() && img.initrd.exists());
 }
 
@@ -53,9 +64,16 @@ fn image_disk_full_is_a_clear_error() {
         return;
     }
     let cache = ImageCache::new(dir.path());
-    let err = cache.ensure(&ImageSpec::base(), Progress::Silent).unwrap_err();
-    let _ = std::process::Command::new("umount").arg(dir.path()).status();
+    let err = cache
+        .ensure(&ImageSpec::base(), Progress::Silent)
+        .unwrap_err();
+    let _ = std::process::Command::new("umount")
+        .arg(dir.path())
+        .status();
     assert!(matches!(err, GuestError::DiskFull { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("MACHINIST_CACHE_DIR") && msg.contains("MiB"), "{msg}");
+    assert!(
+        msg.contains("MACHINIST_CACHE_DIR") && msg.contains("MiB"),
+        "{msg}"
+    );
 }

@@ -231,9 +231,12 @@ fn vm_two_nodes_resolve_ping_and_firewall() {
 fn vm_postgresql_direct_service() {
     let _lock = VmTestLock::acquire().expect("VM lock");
     let cfg = machinist_guest::presets::postgresql_direct(NodeConfig::new(), 15).first_boot(
-        machinist_guest::FirstBootScript::new("setup", "psql -v ON_ERROR_STOP=1 -c 'create table t (x int)'")
-            .user("postgres")
-            .after("postgresql.service"),
+        machinist_guest::FirstBootScript::new(
+            "setup",
+            "psql -v ON_ERROR_STOP=1 -c 'create table t (x int)'",
+        )
+        .user("postgres")
+        .after("postgresql.service"),
     );
     machinist_guest::validate(&[("server", &cfg)]).unwrap();
     let image = ImageCache::from_env()
@@ -246,9 +249,14 @@ fn vm_postgresql_direct_service() {
     let t = std::time::Instant::now();
     vm.succeed("until systemctl is-active -q machinist-first-boot-setup.service; do sleep 0.1; systemctl is-failed -q machinist-first-boot-setup.service && { systemctl status --no-pager postgresql machinist-first-boot-setup; journalctl -b --no-pager -u postgresql -u machinist-first-boot-setup | tail -30; exit 1; }; done; systemctl is-active machinist-first-boot-setup.service")
         .unwrap();
-    eprintln!("first-boot done {:.2} s after the greeting", t.elapsed().as_secs_f64());
+    eprintln!(
+        "first-boot done {:.2} s after the greeting",
+        t.elapsed().as_secs_f64()
+    );
     assert_eq!(
-        vm.succeed("runuser -u postgres -- psql -tAc 'show fsync'").unwrap().trim(),
+        vm.succeed("runuser -u postgres -- psql -tAc 'show fsync'")
+            .unwrap()
+            .trim(),
         "on"
     );
     assert_eq!(
@@ -256,10 +264,15 @@ fn vm_postgresql_direct_service() {
         "1"
     );
     assert_eq!(
-        vm.succeed("systemctl show -p Type --value postgresql.service").unwrap().trim(),
+        vm.succeed("systemctl show -p Type --value postgresql.service")
+            .unwrap()
+            .trim(),
         "notify"
     );
-    assert!(vm.succeed("test -e /var/lib/machinist/first-boot/setup.done && echo yes").unwrap().contains("yes"));
+    assert!(vm
+        .succeed("test -e /var/lib/machinist/first-boot/setup.done && echo yes")
+        .unwrap()
+        .contains("yes"));
 }
 
 /// The warm-start path: a running machine gets a different layer through the backdoor
@@ -275,7 +288,8 @@ fn vm_live_apply_changes_a_running_machine() {
     let layer = NodeLayer::render("first", &before, &plan).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut vm = TestVm::boot(&image, Some(&layer), &BootSpec::new("live", dir.path())).unwrap();
-    vm.succeed("until systemctl is-active -q multi-user.target; do sleep 0.1; done").unwrap();
+    vm.succeed("until systemctl is-active -q multi-user.target; do sleep 0.1; done")
+        .unwrap();
     assert!(!vm.succeed("nft list ruleset").unwrap().contains("7070"));
 
     let after = NodeConfig::new()
@@ -286,12 +300,21 @@ fn vm_live_apply_changes_a_running_machine() {
         .open_tcp_port(7070);
     let plan = NetworkPlan::new(&[("first", &after)]);
     let layer = NodeLayer::render("first", &after, &plan).unwrap();
-    let out = vm.succeed(&layer.live_apply_script("/run/machinist-layer")).unwrap();
+    let out = vm
+        .succeed(&layer.live_apply_script("/run/machinist-layer"))
+        .unwrap();
     eprintln!("{out}");
     assert_eq!(vm.succeed("hostname").unwrap().trim(), "second");
     assert!(vm.succeed("id carol").unwrap().contains("carol"));
-    assert_eq!(vm.succeed("stat -c %U /etc/live.conf").unwrap().trim(), "carol");
-    vm.succeed("until systemctl is-active -q live-listener; do sleep 0.1; done").unwrap();
-    assert!(vm.succeed("nft list ruleset").unwrap().contains("tcp dport 7070 accept"));
+    assert_eq!(
+        vm.succeed("stat -c %U /etc/live.conf").unwrap().trim(),
+        "carol"
+    );
+    vm.succeed("until systemctl is-active -q live-listener; do sleep 0.1; done")
+        .unwrap();
+    assert!(vm
+        .succeed("nft list ruleset")
+        .unwrap()
+        .contains("tcp dport 7070 accept"));
     assert_eq!(vm.succeed("stat -c %a /home/carol").unwrap().trim(), "700");
 }
