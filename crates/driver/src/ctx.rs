@@ -27,6 +27,9 @@ pub(crate) struct Ctx {
     pub(crate) out_dir: PathBuf,
     pub(crate) boot_deadline: Duration,
     pub(crate) abort_tx: watch::Sender<Option<Abort>>,
+    /// Bumped by `TestRun::interrupt` (Ctrl-C): every wait in flight stops with
+    /// `Error::Interrupted`; later calls are unaffected.
+    pub(crate) interrupt_tx: watch::Sender<u64>,
     pub(crate) polling: Registry,
     pub(crate) keep_state: bool,
     /// Every machine of the run (for boot settling).
@@ -61,6 +64,7 @@ impl Ctx {
     /// Resolves when the run is aborted or (if `watch_polling`) a polling condition fails.
     pub(crate) fn interrupted(&self, watch_polling: bool) -> impl Future<Output = Error> + 'static {
         let mut abort = self.abort_tx.subscribe();
+        let mut interrupt = self.interrupt_tx.subscribe();
         let poll = if watch_polling && !crate::polling::in_check() {
             self.polling.subscribe()
         } else {
@@ -92,9 +96,16 @@ impl Ctx {
                     None => std::future::pending().await,
                 }
             };
+            let interrupt_fut = async {
+                if interrupt.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                Error::Interrupted
+            };
             tokio::select! {
                 e = abort_fut => e,
                 e = poll_fut => e,
+                e = interrupt_fut => e,
             }
         }
     }

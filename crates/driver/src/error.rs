@@ -167,6 +167,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The call was stopped by [`crate::TestRun::interrupt`] (Ctrl-C); the machines keep running.
+    #[error("interrupted: the command was cancelled in the guest; the machines are still running")]
+    Interrupted,
+
     /// The test script returned an error or panicked.
     #[error("{0}")]
     Script(String),

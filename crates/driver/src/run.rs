@@ -324,6 +324,13 @@ impl TestRun {
             .ok();
     }
 
+    /// Interrupts every command and wait in flight (Ctrl-C in the REPL): running guest commands
+    /// are killed through the control channel and the calls fail with [`Error::Interrupted`].
+    /// The machines keep running; calls made afterwards work as usual.
+    pub fn interrupt(&self) {
+        self.ctx.interrupt_tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Shows serial console lines (`<machine> # ...`) on the terminal again.
     pub fn serial_stdout_on(&self) {
         self.ctx.logger.set_print_serial(true);

@@ -251,6 +251,7 @@ impl<'a> Test<'a> {
             out_dir: out_dir.clone(),
             boot_deadline: scale.apply(self.boot_deadline),
             abort_tx,
+            interrupt_tx: tokio::sync::watch::channel(0).0,
             polling: Registry::new(),
             keep_state: self.keep_state,
             machines: std::sync::Mutex::new(Vec::new()),
