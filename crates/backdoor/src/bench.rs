@@ -19,7 +19,7 @@ pub struct BenchOptions {
     pub mixed_rounds: usize,
     /// Size of the throughput command's output, in MiB (`head -c <N>M /dev/zero`).
     pub throughput_mib: usize,
-    /// Throughput runs per protocol (median reported).
+    /// Throughput runs per protocol (median reported; 0 skips the throughput metric).
     pub throughput_runs: usize,
     /// Commands used to count guest processes per command.
     pub process_count_runs: usize,
@@ -212,13 +212,15 @@ pub async fn run(shell: &mut Shell, opts: &BenchOptions) -> Result<BenchReport, 
         }
         tb.push(bytes / 1e6 / (t / 1000.0));
     }
-    let (o, bl) = (quantile(&ta, 0.5), quantile(&tb, 0.5));
-    metrics.push(Metric {
-        name: "mb_per_s".into(),
-        ours: o,
-        baseline: bl,
-        ratio: o / bl,
-    });
+    if opts.throughput_runs > 0 {
+        let (o, bl) = (quantile(&ta, 0.5), quantile(&tb, 0.5));
+        metrics.push(Metric {
+            name: "mb_per_s".into(),
+            ours: o,
+            baseline: bl,
+            ratio: o / bl,
+        });
+    }
 
     for (name, cmd) in [("procs_true", "true"), ("procs_bin_true", "/bin/true")] {
         let (o, bl) = processes(shell, cmd, opts.process_count_runs).await?;

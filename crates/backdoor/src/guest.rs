@@ -10,6 +10,11 @@
 //! `DefaultDependencies=no`, is wanted by `sysinit.target` and polls for the device node itself
 //! instead of depending on the udev device unit. `hvc0` is the main shell, `hvc1` the control shell
 //! (the same script on a second virtio console port).
+//!
+//! The script also serves a virtio *serial port* (`backdoor vport0p1`, QEMU
+//! `-device virtserialport`): QEMU silently drops what a guest writes to a `virtconsole` when the
+//! host socket is full (it cannot throttle a console), while it throttles a serial port, so large
+//! outputs only survive a slow host reader on a serial port. See [`SERIAL_PORT_DEVICES`].
 
 /// Where the backdoor script is installed in the guest.
 pub const SCRIPT_PATH: &str = "/usr/lib/machinist/backdoor";
@@ -25,6 +30,11 @@ pub const MAIN_DEVICE: &str = "hvc0";
 
 /// The console device of the control shell.
 pub const CONTROL_DEVICE: &str = "hvc1";
+
+/// Guest devices of the main and control shells on virtio serial ports (QEMU
+/// `-device virtio-serial -device virtserialport,chardev=..,nr=1` and `nr=2`, no udev needed):
+/// lossless under host load, unlike `virtconsole`.
+pub const SERIAL_PORT_DEVICES: [&str; 2] = ["vport0p1", "vport0p2"];
 
 /// The backdoor script. `backdoor <device>` serves a shell on `/dev/<device>`; `backdoor -` serves
 /// it on the inherited stdin/stdout/stderr (used by tests that run it on a socket without a VM).
@@ -47,15 +57,26 @@ if [[ $dev == - ]]; then
     PS1= exec bash --norc
 fi
 # Wait for the device node itself (no dependency on udev's device unit: faster boot).
-until [[ -c /dev/$dev ]]; do sleep 0.05; done
-exec <"/dev/$dev" >"/dev/$dev"
+n=0
+until [[ -c /dev/$dev ]]; do
+    if (( n++ < 200 )); then sleep 0.05; else sleep 1; fi
+done
+# One read-write open: a virtio serial port (vportNpM) can be opened only once at a time.
+exec <>"/dev/$dev" >&0
 while ! exec 2>/dev/ttyS0; do sleep 0.1; done
 echo "machinist backdoor: connecting to host on /dev/$dev..." >&2
-# Raw: no NL -> CR/NL conversion, no echo, no signals from control bytes.
-stty raw -echo
+if [[ -t 0 ]]; then
+    # A console (hvcN, as NixOS): raw, i.e. no NL -> CR/NL conversion, no echo, no signals.
+    stty raw -echo
+    echo "Spawning backdoor root shell..."
+    # The device as script argument keeps bash non-interactive (no prompt, no job control).
+    PS1= exec bash --norc "/dev/$dev"
+fi
+# A virtio serial port: no line discipline at all; stdin is not a terminal, so bash reading it
+# is non-interactive. (QEMU drops console output when the host reads late, but throttles a
+# serial port instead: no byte is lost.)
 echo "Spawning backdoor root shell..."
-# The device as script argument keeps bash non-interactive (no prompt, no job control).
-PS1= exec bash --norc "/dev/$dev"
+PS1= exec bash --norc
 "#;
 
 /// The systemd template unit; instantiate as `machinist-backdoor@hvc0.service`.
