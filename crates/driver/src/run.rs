@@ -68,9 +68,15 @@ impl TestRun {
         if let Some(m) = self.machines.get(name) {
             return Ok(m.clone());
         }
-        let extra = self.extra.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = extra.iter().find(|m| m.name() == name) {
-            return Ok(m.clone());
+        let found = self
+            .extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|m| m.name() == name)
+            .cloned();
+        if let Some(m) = found {
+            return Ok(m);
         }
         Err(Error::NoSuchMachine {
             name: name.to_string(),
