@@ -1,6 +1,7 @@
 //! The real guest script through real QEMU virtio ports: Debian's cloud kernel with a tiny
 //! initramfs holding static busybox, the host's bash (with its libraries) and the backdoor script,
-//! re-spawned on exit like the systemd units do. hvc0 is a `virtconsole` (the NixOS-compatible
+//! re-spawned on exit like the systemd units do (leftovers of the session killed first, as
+//! systemd kills the unit's cgroup: a serial port can be open only once). hvc0 is a `virtconsole` (the NixOS-compatible
 //! path, checked with small outputs: QEMU drops console output when the host reads late);
 //! vport0p1/vport0p2 are `virtserialport`s (lossless) carrying the main and control shells.
 //! Takes the host VM lock. Run with `--nocapture` to see the timings and the bench lines.
@@ -45,7 +46,7 @@ fn initramfs(kernel: &TestKernel, path: &Path) {
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
          for m in {mods}; do insmod /lib/modules/$m.ko; done\n\
-         for d in hvc0 vport0p1 vport0p2; do (while :; do setsid /bin/bash {script} $d; sleep 0.1; done) & done\n\
+         for d in hvc0 vport0p1 vport0p2; do (while :; do setsid /bin/bash {script} $d & p=$!; wait $p; kill -9 -$p 2>/dev/null; sleep 0.1; done) & done\n\
          echo INIT-READY >/dev/ttyS0\n\
          while :; do sleep 3600; done\n",
         mods = names.join(" "),
