@@ -205,7 +205,7 @@ pub const MASKED_UDEV_RULES: &[&str] = &[
 ];
 
 /// Modules udev would load for nothing under TCG (the default CPU advertises SVM, so kvm_amd).
-pub const BLACKLIST: &str = "blacklist kvm\nblacklist kvm_amd\nblacklist kvm_intel\nblacklist serio_raw\nblacklist pcspkr\nblacklist floppy\nblacklist powernow_k8\nblacklist acpi_cpufreq\nblacklist qemu_fw_cfg\n";
+pub const BLACKLIST: &str = "blacklist kvm\nblacklist kvm_amd\nblacklist kvm_intel\nblacklist serio_raw\nblacklist pcspkr\nblacklist floppy\nblacklist powernow_k8\nblacklist acpi_cpufreq\nblacklist qemu_fw_cfg\nblacklist autofs4\nblacklist ip_tables\n";
 
 /// Files removed from tuned images.
 pub const REMOVED_PATHS: &[(&str, &str)] = &[
