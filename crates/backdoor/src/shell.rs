@@ -23,6 +23,9 @@ const GREETING_LINE: &str = "Spawning backdoor root shell...\n";
 /// Pauses before re-checking background holders (only when some were found).
 const HOLDER_RECHECKS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(250)];
 
+/// Silence after a greeting at the end of the output that means the shell was re-spawned.
+const RESPAWN_QUIET: Duration = Duration::from_millis(300);
+
 /// Read chunk size.
 const CHUNK: usize = 64 * 1024;
 
@@ -440,6 +443,7 @@ impl Shell {
         let mut kill: Option<KillReason> = None;
         let mut kill_sent = false;
         let mut grace: Option<Instant> = None;
+        let mut respawn_suspect: Option<Instant> = None;
         loop {
             if pid.is_none() {
                 // The start line can be lost if the command killed the output relay before it
@@ -540,6 +544,15 @@ impl Shell {
                     grace = Some(Instant::now() + KILL_GRACE);
                 }
                 _ = &mut notified, if kill.is_none() => {}
+                _ = tokio::time::sleep_until(respawn_suspect.unwrap_or(far)), if respawn_suspect.is_some() => {
+                    let tail = if pid.is_some() { &out } else { &self.buf };
+                    let greeting = tail[tail.len() - GREETING_LINE.len()..].to_vec();
+                    self.buf = greeting;
+                    return Err(ShellError::Respawned {
+                        name: self.opts.name.clone(),
+                        command: command.to_owned(),
+                    });
+                }
                 _ = tokio::time::sleep_until(grace.unwrap_or(far)), if grace.is_some() => {
                     // Keep the tail: a greeting in it lets `reconnect` find the new shell.
                     let keep = out.len().saturating_sub(4096);
@@ -549,18 +562,14 @@ impl Shell {
                     )));
                 }
             }
-            // A new greeting at the very end: the guest rebooted or the shell was re-spawned.
+            // A new greeting at the very end, and silence after it: the guest rebooted or the
+            // shell was re-spawned (a new shell says nothing after its greeting; output that
+            // merely ends with the greeting text is followed by the end line).
             let greeting_line = GREETING_LINE.as_bytes();
             let tail = if pid.is_some() { &out } else { &self.buf };
-            if tail.ends_with(greeting_line) {
-                let from = tail.len() - greeting_line.len();
-                let greeting = tail[from..].to_vec();
-                self.buf = greeting;
-                return Err(ShellError::Respawned {
-                    name: self.opts.name.clone(),
-                    command: command.to_owned(),
-                });
-            }
+            respawn_suspect = tail
+                .ends_with(greeting_line)
+                .then(|| Instant::now() + RESPAWN_QUIET);
         }
     }
 

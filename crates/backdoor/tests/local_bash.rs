@@ -528,3 +528,14 @@ async fn a_killed_output_relay_is_replaced() {
         "again\n"
     );
 }
+
+#[tokio::test]
+async fn output_ending_with_the_greeting_text_is_not_a_respawn() {
+    let mut g = guest().await;
+    let out = run(
+        &mut g.shell,
+        "echo 'Spawning backdoor root shell...'; sleep 0.1",
+    )
+    .await;
+    assert_eq!(out.stdout_lossy(), "Spawning backdoor root shell...\n");
+}
