@@ -18,12 +18,15 @@ pub type Canceller = Arc<dyn Fn() + Send + Sync>;
 struct Watch {
     /// Blocking driver calls currently in flight.
     in_flight: AtomicUsize,
-    cancel: Mutex<Option<Canceller>>,
     /// Keeps the write end alive for Python's handler.
     _write: UnixStream,
 }
 
 static WATCH: OnceLock<Arc<Watch>> = OnceLock::new();
+
+/// The canceller, kept apart from [`WATCH`]: a session is usually set before Python (and so the
+/// watcher) is initialised.
+static CANCEL: Mutex<Option<Canceller>> = Mutex::new(None);
 
 /// Installs Python's default SIGINT handler (KeyboardInterrupt; embedded interpreters start
 /// without one) and the wakeup-fd watcher. Must run on the thread that initialised Python.
@@ -55,7 +58,6 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     signal.call_method1("set_wakeup_fd", (write.as_raw_fd(),))?;
     let watch = Arc::new(Watch {
         in_flight: AtomicUsize::new(0),
-        cancel: Mutex::new(None),
         _write: write,
     });
     let w = watch.clone();
@@ -75,7 +77,7 @@ fn watcher(mut read: UnixStream, w: Arc<Watch>) {
             Ok(n) => {
                 let sigint = buf[..n].contains(&(libc::SIGINT as u8));
                 if sigint && w.in_flight.load(Ordering::SeqCst) > 0 {
-                    let cancel = w.cancel.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let cancel = CANCEL.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     if let Some(c) = cancel {
                         c();
                     }
@@ -87,9 +89,7 @@ fn watcher(mut read: UnixStream, w: Arc<Watch>) {
 
 /// Sets the function that cancels the running guest command(s) (the driver's interrupt).
 pub fn set_canceller(c: Option<Canceller>) {
-    if let Some(w) = WATCH.get() {
-        *w.cancel.lock().unwrap_or_else(|p| p.into_inner()) = c;
-    }
+    *CANCEL.lock().unwrap_or_else(|p| p.into_inner()) = c;
 }
 
 /// Runs `f` with the GIL released, marked as a blocking call that Ctrl-C cancels; afterwards a

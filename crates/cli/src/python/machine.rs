@@ -21,6 +21,7 @@ pub fn script_error(e: machinist::Error) -> ScriptError {
         | E::Unit { .. }
         | E::Assertion { .. } => ErrorKind::Assertion,
         E::PollingCondition { .. } => ErrorKind::Polling,
+        E::Interrupted => ErrorKind::Interrupted,
         _ => ErrorKind::Machine,
     };
     ScriptError {

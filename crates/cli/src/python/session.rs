@@ -160,7 +160,7 @@ impl Session for DriverSession {
     fn interrupt(&self) {
         // Every command and wait in flight stops (guest commands are killed through the
         // control channel); the machines keep running.
-        // PENDING(driver interrupt): self.run.interrupt();
+        self.run.interrupt();
     }
 
     fn test_script(&self) -> Result<(), ScriptError> {

@@ -1,0 +1,3 @@
+//! Helpers shared by the cli's integration tests.
+
+pub mod pty;
