@@ -32,6 +32,8 @@ pub(crate) struct Ctx {
     pub(crate) interrupt_tx: watch::Sender<u64>,
     pub(crate) polling: Registry,
     pub(crate) keep_state: bool,
+    /// Restore machines from snapshots (warm start) where possible.
+    pub(crate) warm_start: bool,
     /// Every machine of the run (for boot settling).
     pub(crate) machines: std::sync::Mutex<Vec<std::sync::Weak<crate::machine::Machine>>>,
 }

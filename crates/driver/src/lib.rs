@@ -37,6 +37,7 @@ pub mod template;
 mod test;
 pub mod timeouts;
 mod vlan;
+pub mod warm;
 mod watchdog;
 
 pub use error::{BoxError, Error, Result};

@@ -49,6 +49,7 @@ pub struct Test<'a> {
     logger: Option<Logger>,
     image_cache: Option<ImageCache>,
     print_serial: bool,
+    warm_start: Option<bool>,
     errors: Vec<String>,
 }
 
@@ -93,6 +94,7 @@ impl<'a> Test<'a> {
             logger: None,
             image_cache: None,
             print_serial: true,
+            warm_start: None,
             errors: Vec::new(),
         }
     }
@@ -152,6 +154,15 @@ impl<'a> Test<'a> {
     /// Start with serial lines hidden on the terminal (`serial_stdout_off()` from the start).
     pub fn serial_stdout(mut self, on: bool) -> Self {
         self.print_serial = on;
+        self
+    }
+
+    /// Warm start (default on, unless `MACHINIST_WARM_START=0`): each machine's first start
+    /// restores a saved, booted guest of the same image and shape and then applies the node's
+    /// identity; `false` cold-boots every machine. Nodes with kernel or QEMU arguments always
+    /// boot cold.
+    pub fn warm_start(mut self, on: bool) -> Self {
+        self.warm_start = Some(on);
         self
     }
 
@@ -254,6 +265,9 @@ impl<'a> Test<'a> {
             interrupt_tx: tokio::sync::watch::channel(0).0,
             polling: Registry::new(),
             keep_state: self.keep_state,
+            warm_start: self
+                .warm_start
+                .unwrap_or_else(crate::warm::warm_start_from_env),
             machines: std::sync::Mutex::new(Vec::new()),
         });
         let global_timeout = scale.apply(self.global_timeout);
@@ -613,6 +627,7 @@ pub(crate) fn build_machine(
             .as_ref()
             .map(|u| ("nic-user0".to_string(), u.mac.clone())),
         extra_args: cfg.qemu_args.clone(),
+        warm: warm_choice(ctx, cfg, planned, img, layer),
     };
     Ok(Arc::new(Machine::new(
         name,
@@ -620,4 +635,40 @@ pub(crate) fn build_machine(
         spec,
         machine_vlans,
     )))
+}
+
+/// Whether a node may be restored from a snapshot, and what the restore needs.
+fn warm_choice(
+    ctx: &Ctx,
+    cfg: &NodeConfig,
+    planned: &machinist_guest::PlannedNode,
+    img: &machinist_guest::Image,
+    layer: &NodeLayer,
+) -> crate::machine::warm::WarmChoice {
+    use crate::machine::warm::{WarmChoice, WarmPlan};
+    if !ctx.warm_start {
+        return WarmChoice::Cold(
+            "warm start is off (MACHINIST_WARM_START=0 or Test::warm_start(false))".into(),
+        );
+    }
+    if !cfg.kernel_args.is_empty() {
+        return WarmChoice::Cold("the node has extra kernel arguments".into());
+    }
+    if !cfg.qemu_args.is_empty() {
+        return WarmChoice::Cold("the node has extra QEMU arguments".into());
+    }
+    let mut nic_names: Vec<String> = planned.interfaces.iter().map(|i| i.name.clone()).collect();
+    let mut nic_macs: Vec<String> = planned.interfaces.iter().map(|i| i.mac.clone()).collect();
+    if let Some(u) = &planned.user_interface {
+        nic_names.push(u.name.clone());
+        nic_macs.push(u.mac.clone());
+    }
+    WarmChoice::Warm(WarmPlan {
+        image_hash: img.hash.clone(),
+        plain_initrd: img.initrd.clone(),
+        live_script: layer.live_apply_script("/run/machinist-layer"),
+        masked: cfg.masked_units.clone(),
+        nic_names,
+        nic_macs,
+    })
 }

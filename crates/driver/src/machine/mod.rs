@@ -8,6 +8,7 @@ mod commands;
 mod display;
 pub(crate) mod scripts;
 mod timeout;
+pub(crate) mod warm;
 
 pub use commands::WaitForUnit;
 pub use timeout::{Commands, IntoTimeout};
@@ -41,6 +42,8 @@ pub(crate) struct BootSpec {
     pub(crate) nics: Vec<NicSpec>,
     pub(crate) user_nic: Option<(String, String)>,
     pub(crate) extra_args: Vec<String>,
+    /// Warm start (restore from a snapshot) or cold boot.
+    pub(crate) warm: warm::WarmChoice,
 }
 
 /// One NIC on a VLAN switch.
@@ -77,6 +80,8 @@ pub(crate) struct Running {
     pub(crate) settled: AtomicBool,
     serial_task: tokio::task::JoinHandle<()>,
     pub(crate) allow_reboot: bool,
+    /// Restored from a snapshot: the identity still to apply on the first connect.
+    restore: Mutex<Option<warm::PendingIdentity>>,
 }
 
 impl Drop for Running {
@@ -99,6 +104,8 @@ pub struct Machine {
     pub(crate) vlans: Vec<VLan>,
     /// Set for machines made by `create_machine`.
     pub(crate) adhoc_config: Option<machinist_guest::NodeConfig>,
+    /// The first start was tried warm (later starts boot cold from the machine's overlay).
+    warm_tried: AtomicBool,
 }
 
 impl std::fmt::Debug for Machine {
@@ -128,6 +135,7 @@ impl Machine {
             console_file,
             vlans,
             adhoc_config: None,
+            warm_tried: AtomicBool::new(false),
         }
     }
 
@@ -255,30 +263,31 @@ impl Machine {
         initrd: &std::path::Path,
         allow_reboot: bool,
     ) -> QemuCommand {
-        let s = &self.spec;
-        let mut cmd = QemuCommand::new(&self.name)
-            .memory_mib(s.memory_mib)
-            .cores(s.cores)
-            .kernel(&s.kernel)
-            .initrd(initrd)
-            .append(&s.append)
-            .drive(machinist_qemu::Drive::qcow2(overlay))
-            .virtconsole("shell", self.dir.join("shell.sock"))
-            .virtconsole("control", self.dir.join("control.sock"))
-            .qmp(self.dir.join("qmp.sock"))
-            .allow_reboot(allow_reboot);
-        for n in &s.nics {
-            cmd = cmd.nic(machinist_qemu::Nic::stream(&n.id, &n.mac, &n.port));
-        }
-        if let Some((id, mac)) = &s.user_nic {
-            cmd = cmd.nic(machinist_qemu::Nic::user(id, mac, true));
-        }
-        cmd.args_extra(s.extra_args.iter().cloned())
+        command_for(
+            &self.name,
+            &self.spec,
+            &self.dir,
+            overlay,
+            initrd,
+            allow_reboot,
+        )
     }
 
     fn spawn(&self, allow_reboot: bool) -> Result<Arc<Running>> {
+        if let Some(run) = self.spawn_warm(allow_reboot)? {
+            return Ok(run);
+        }
         let (overlay, initrd) = self.prepare_files()?;
         let cmd = self.qemu_command(&overlay, &initrd, allow_reboot);
+        self.spawn_cmd(&cmd, allow_reboot, None)
+    }
+
+    fn spawn_cmd(
+        &self,
+        cmd: &QemuCommand,
+        allow_reboot: bool,
+        restore: Option<warm::PendingIdentity>,
+    ) -> Result<Arc<Running>> {
         let ctx = self.ctx.clone();
         let _g = ctx.handle.enter();
         let bind = |p: PathBuf| {
@@ -291,7 +300,7 @@ impl Machine {
         let control_l = bind(self.dir.join("control.sock"))?;
         let qmp_l = bind(self.dir.join("qmp.sock"))?;
         let process = Arc::new(
-            QemuProcess::spawn(&cmd)
+            QemuProcess::spawn(cmd)
                 .map_err(|e| Error::backend(Some(&self.name), "starting QEMU", e))?,
         );
         crate::orphans::register(process.pid());
@@ -345,6 +354,7 @@ impl Machine {
             settled: AtomicBool::new(false),
             serial_task,
             allow_reboot,
+            restore: Mutex::new(restore),
         }))
     }
 
@@ -405,7 +415,35 @@ impl Machine {
         let started = Instant::now();
         let opts =
             ConnectOptions::new(self.name.clone()).timeout(remaining.max(Duration::from_millis(1)));
-        let taken = std::mem::replace(slot, ShellSlot::Broken("connecting was interrupted".into()));
+        let mut taken =
+            std::mem::replace(slot, ShellSlot::Broken("connecting was interrupted".into()));
+        let restore = run.restore.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (Some(p), ShellSlot::Pending { main, control }) = (&restore, &mut taken) {
+            use tokio::io::AsyncWriteExt as _;
+            let payload = p.payload();
+            let wake = async {
+                let (a, b) = tokio::join!(main.write_all(&payload), control.write_all(b"\n"));
+                a.and(b)
+            };
+            match tokio::time::timeout(remaining.max(Duration::from_millis(1)), wake).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(Error::backend(
+                        Some(&self.name),
+                        "waking the restored backdoor",
+                        e,
+                    ))
+                }
+                Err(_) => {
+                    return Err(Error::BootTimeout {
+                        machine: self.name.clone(),
+                        deadline,
+                        reason: "the restored guest did not read its identity".into(),
+                        console_log: self.console_file.clone(),
+                    })
+                }
+            }
+        }
         let fut = async {
             match taken {
                 ShellSlot::Pending { main, control } => {
@@ -458,6 +496,10 @@ impl Machine {
                 ));
             }
         };
+        let mut shell = shell;
+        if let Some(p) = &restore {
+            self.check_identity(&mut shell, &p.key).await?;
+        }
         *run.control.lock().unwrap_or_else(|p| p.into_inner()) = shell.control().cloned();
         *slot = ShellSlot::Ready(shell);
         run.needs_reconnect.store(false, Ordering::Release);
@@ -1008,4 +1050,34 @@ impl Drop for Machine {
     fn drop(&mut self) {
         self.kill_now();
     }
+}
+
+/// The QEMU command line of a machine (shared by cold boots, restores and the snapshot builder,
+/// so that a snapshot's device list matches the machines restored from it).
+pub(crate) fn command_for(
+    name: &str,
+    s: &BootSpec,
+    dir: &std::path::Path,
+    overlay: &std::path::Path,
+    initrd: &std::path::Path,
+    allow_reboot: bool,
+) -> QemuCommand {
+    let mut cmd = QemuCommand::new(name)
+        .memory_mib(s.memory_mib)
+        .cores(s.cores)
+        .kernel(&s.kernel)
+        .initrd(initrd)
+        .append(&s.append)
+        .drive(machinist_qemu::Drive::qcow2(overlay))
+        .virtconsole("shell", dir.join("shell.sock"))
+        .virtconsole("control", dir.join("control.sock"))
+        .qmp(dir.join("qmp.sock"))
+        .allow_reboot(allow_reboot);
+    for n in &s.nics {
+        cmd = cmd.nic(machinist_qemu::Nic::stream(&n.id, &n.mac, &n.port));
+    }
+    if let Some((id, mac)) = &s.user_nic {
+        cmd = cmd.nic(machinist_qemu::Nic::user(id, mac, true));
+    }
+    cmd.args_extra(s.extra_args.iter().cloned())
 }

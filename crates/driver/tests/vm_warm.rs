@@ -1,0 +1,145 @@
+//! Warm start: machines restored from a snapshot get their own identity; a broken snapshot is
+//! rebuilt; cold mode still boots cold.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use machinist::{NodeConfig, Test};
+
+fn host_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn log_text(out: &std::path::Path) -> String {
+    std::fs::read_to_string(out.join("log.jsonl")).unwrap_or_default()
+}
+
+#[test]
+fn vm_warm_restored_machines_have_their_own_identity() {
+    let _lock = common::vm_lock();
+    let out = common::out_dir("vm_warm_identity");
+    Test::new("vm-warm-identity")
+        .node("alpha", NodeConfig::new().open_tcp_port(7000))
+        .node("beta", NodeConfig::new())
+        .output_dir(&out)
+        .serial_stdout(false)
+        .warm_start(true)
+        .boot_deadline(Duration::from_secs(150))
+        .script(|t| {
+            t.start_all()?;
+            let mut randoms = Vec::new();
+            for (name, n, mac) in [
+                ("alpha", 1, "52:54:00:12:01:01"),
+                ("beta", 2, "52:54:00:12:01:02"),
+            ] {
+                let m = t.machine(name);
+                // Restored, not booted.
+                m.succeed("test -e /run/machinist-restore.rc")?;
+                assert_eq!(m.succeed("hostname")?.trim(), name);
+                assert_eq!(m.succeed("cat /sys/class/net/vlan1/address")?.trim(), mac);
+                m.wait_until_succeeds(
+                    &format!("ip -4 addr show dev vlan1 | grep -q 'inet 192.168.1.{n}/24'"),
+                    30,
+                )?;
+                let guest: f64 = m.succeed("date +%s.%N")?.trim().parse()?;
+                let skew = (guest - host_now()).abs();
+                assert!(skew < 2.0, "{name}: clock off by {skew:.2} s");
+                randoms.push(m.succeed("head -c 16 /dev/urandom | od -An -tx1")?);
+                assert!(m.succeed("cat /etc/hosts")?.contains("192.168.1.2 beta"));
+            }
+            assert_ne!(randoms[0], randoms[1], "same random output after restore");
+            let alpha = t.machine("alpha");
+            let beta = t.machine("beta");
+            beta.wait_until_succeeds("ping -c1 -W1 alpha", 30)?;
+            alpha.succeed("ping -c1 -W1 192.168.1.2")?;
+            // The firewall of the node layer is live: a closed port is refused.
+            alpha.succeed("systemd-run --unit=listen7000 nc -lk 7000")?;
+            beta.wait_until_succeeds("echo hi | nc -w2 -N alpha 7000", 30)?;
+            beta.fail("echo hi | nc -w2 -N alpha 7001")?;
+            // crash() + start(): a cold boot from the machine's own overlay keeps the data.
+            alpha.succeed("echo kept > /root/data && sync")?;
+            alpha.crash()?;
+            alpha.start()?;
+            assert_eq!(alpha.succeed("cat /root/data")?.trim(), "kept");
+            alpha.fail("test -e /run/machinist-restore.rc")?;
+            assert_eq!(alpha.succeed("hostname")?.trim(), "alpha");
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    let log = log_text(&out);
+    assert!(log.contains("warm start: restored from snapshot"), "{log}");
+    assert!(
+        log.contains("cold boot from the machine's own disk overlay"),
+        "{log}"
+    );
+}
+
+#[test]
+fn vm_warm_corrupt_snapshot_is_rebuilt() {
+    let _lock = common::vm_lock();
+    // Make sure the snapshot of this shape exists, then truncate every state file.
+    let single = || {
+        Test::new("vm-warm-corrupt")
+            .node("solo", NodeConfig::new())
+            .serial_stdout(false)
+            .warm_start(true)
+            .boot_deadline(Duration::from_secs(150))
+            .script(|t| {
+                let m = t.machine("solo");
+                m.succeed("test -e /run/machinist-restore.rc")?;
+                assert_eq!(m.succeed("hostname")?.trim(), "solo");
+                Ok(())
+            })
+    };
+    let out = common::out_dir("vm_warm_corrupt_1");
+    single().output_dir(&out).run().unwrap();
+    let root = machinist::warm::snapshot_root();
+    let mut n = 0;
+    for e in std::fs::read_dir(&root).unwrap().flatten() {
+        let state = e.path().join("state");
+        if state.is_file() {
+            let len = std::fs::metadata(&state).unwrap().len();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&state)
+                .unwrap();
+            f.set_len(len / 2).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no snapshot under {}", root.display());
+    let out = common::out_dir("vm_warm_corrupt_2");
+    let started = std::time::Instant::now();
+    single().output_dir(&out).run().unwrap();
+    let log = log_text(&out);
+    assert!(log.contains("failed to restore"), "{log}");
+    assert!(log.contains("discarded, rebuilding it"), "{log}");
+    assert!(log.contains("warm start: restored from snapshot"), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(300));
+}
+
+#[test]
+fn vm_cold_mode_boots_cold() {
+    let _lock = common::vm_lock();
+    let out = common::out_dir("vm_warm_cold");
+    Test::new("vm-cold")
+        .node("frosty", NodeConfig::new())
+        .output_dir(&out)
+        .serial_stdout(false)
+        .warm_start(false)
+        .script(|t| {
+            let m = t.machine("frosty");
+            m.fail("test -e /run/machinist-restore.rc")?;
+            assert_eq!(m.succeed("hostname")?.trim(), "frosty");
+            m.wait_until_succeeds("ip -4 addr show dev vlan1 | grep -q 192.168.1.1/24", 30)?;
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    assert!(log_text(&out).contains("cold boot: warm start is off"));
+}
