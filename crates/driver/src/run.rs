@@ -334,7 +334,9 @@ impl TestRun {
     /// are killed through the control channel and the calls fail with [`Error::Interrupted`].
     /// The machines keep running; calls made afterwards work as usual.
     pub fn interrupt(&self) {
-        self.ctx.interrupt_tx.send_modify(|n| *n = n.wrapping_add(1));
+        self.ctx
+            .interrupt_tx
+            .send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Shows serial console lines (`<machine> # ...`) on the terminal again.

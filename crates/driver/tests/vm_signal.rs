@@ -14,7 +14,9 @@ const CHILD_ENV: &str = "MACHINIST_DRIVER_SIGTERM_CHILD";
 #[test]
 #[ignore = "run by vm_sigterm_kills_qemu in a child process"]
 fn sigterm_child() {
-    let Some(info) = std::env::var_os(CHILD_ENV) else { return };
+    let Some(info) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
     let info = PathBuf::from(info);
     Test::new("vm-sigterm-child")
         .node("base", NodeConfig::new())
@@ -26,7 +28,11 @@ fn sigterm_child() {
             m.succeed("true")?;
             // The ad-hoc machine is numbered after the declared ones.
             assert_eq!(m.succeed("hostname")?, "adhoc\n");
-            std::fs::write(&info, format!("{} {}", m.pid().unwrap(), t.run_dir().display())).unwrap();
+            std::fs::write(
+                &info,
+                format!("{} {}", m.pid().unwrap(), t.run_dir().display()),
+            )
+            .unwrap();
             std::thread::sleep(Duration::from_secs(120));
             Ok(())
         })
@@ -40,7 +46,12 @@ fn vm_sigterm_kills_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let info = dir.path().join("info");
     let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "sigterm_child", "--include-ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "sigterm_child",
+            "--include-ignored",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, &info)
         .spawn()
         .unwrap();
@@ -64,7 +75,10 @@ fn vm_sigterm_kills_qemu() {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("child exited early: {st}");
         }
-        assert!(start.elapsed() < Duration::from_secs(300), "child never booted its machine");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "child never booted its machine"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let (pid, run_dir) = text.split_once(' ').unwrap();
@@ -80,6 +94,12 @@ fn vm_sigterm_kills_qemu() {
     while common::alive(pid) && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!common::alive(pid), "QEMU {pid} outlived the SIGTERM'd test process");
-    assert!(!PathBuf::from(run_dir).exists(), "run directory {run_dir} left behind");
+    assert!(
+        !common::alive(pid),
+        "QEMU {pid} outlived the SIGTERM'd test process"
+    );
+    assert!(
+        !PathBuf::from(run_dir).exists(),
+        "run directory {run_dir} left behind"
+    );
 }
