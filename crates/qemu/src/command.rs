@@ -177,13 +177,28 @@ impl Nic {
     }
 }
 
-/// A virtio console port whose chardev connects to a host-side listening socket.
+/// A virtio-serial port whose chardev connects to a host-side listening socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtConsole {
     /// Chardev id.
     pub id: String,
     /// The socket the host listens on (QEMU connects as a client).
     pub path: PathBuf,
+    /// Console (`/dev/hvcN`) or plain serial port (`/dev/vport0pN`).
+    pub kind: PortKind,
+}
+
+/// How a virtio-serial port appears in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    /// `virtconsole`: a tty (`/dev/hvcN`). QEMU drops its output when the host reads too slowly.
+    Console,
+    /// `virtserialport,nr=N`: `/dev/vport0pN`. QEMU throttles the guest instead of dropping
+    /// bytes, so large outputs arrive whole: the backdoor's recommended transport.
+    SerialPort {
+        /// Port number on the virtio-serial bus (1..; 0 is reserved for a console).
+        nr: u32,
+    },
 }
 
 /// Where the guest's first serial port (ttyS0) goes.
@@ -340,6 +355,22 @@ impl QemuCommand {
         self.consoles.push(VirtConsole {
             id: id.into(),
             path: path.into(),
+            kind: PortKind::Console,
+        });
+        self
+    }
+    /// Adds a virtio serial port (`/dev/vport0p<N>`, N = 1, 2, … in call order) whose chardev
+    /// `id` connects to the host socket `path`. Lossless under host load, unlike a console.
+    pub fn virtserialport(mut self, id: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        let nr = 1 + self
+            .consoles
+            .iter()
+            .filter(|c| matches!(c.kind, PortKind::SerialPort { .. }))
+            .count() as u32;
+        self.consoles.push(VirtConsole {
+            id: id.into(),
+            path: path.into(),
+            kind: PortKind::SerialPort { nr },
         });
         self
     }
@@ -453,7 +484,12 @@ impl QemuCommand {
                         "-chardev".to_string(),
                         format!("socket,id={},path={}", c.id, escape_opt(&path_str(&c.path))),
                         "-device".to_string(),
-                        format!("virtconsole,chardev={}", c.id),
+                        match c.kind {
+                            PortKind::Console => format!("virtconsole,chardev={}", c.id),
+                            PortKind::SerialPort { nr } => {
+                                format!("virtserialport,chardev={},nr={nr}", c.id)
+                            }
+                        },
                     ],
                 );
             }

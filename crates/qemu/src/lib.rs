@@ -36,8 +36,8 @@ mod version;
 pub use accel::{AccelChoice, ChoiceSource};
 pub use cache::cache_dir;
 pub use command::{
-    find_binary, Accel, Display, Drive, DriveFormat, NetBackend, Nic, QemuCommand, Serial,
-    VirtConsole,
+    find_binary, Accel, Display, Drive, DriveFormat, NetBackend, Nic, PortKind, QemuCommand,
+    Serial, VirtConsole,
 };
 pub use error::{describe_status, QemuError, QEMU_PACKAGE};
 pub use lock::{VmTestLock, VM_LOCK_PATH};
