@@ -33,7 +33,10 @@ pub struct Tutorial {
 
 impl Default for Tutorial {
     fn default() -> Self {
-        Tutorial { user: "authenticator".into(), port: 3000 }
+        Tutorial {
+            user: "authenticator".into(),
+            port: 3000,
+        }
     }
 }
 
@@ -47,7 +50,10 @@ pub fn fixture_dir() -> PathBuf {
 
 /// The guide's `script.py` files, for `machinist run postgrest --script …`.
 pub fn guide_scripts() -> [PathBuf; 2] {
-    [fixture_dir().join("script.py"), fixture_dir().join("script-final.py")]
+    [
+        fixture_dir().join("script.py"),
+        fixture_dir().join("script-final.py"),
+    ]
 }
 
 /// Everything that goes wrong before a VM boots.
@@ -59,13 +65,24 @@ pub enum DeclareError {
 }
 
 /// The server: PostgreSQL + PostgREST, as the guide's `server.nix`.
-pub fn server_config(tutorial: &Tutorial, postgrest: &PostgrestBinary) -> Result<NodeConfig, DeclareError> {
+pub fn server_config(
+    tutorial: &Tutorial,
+    postgrest: &PostgrestBinary,
+) -> Result<NodeConfig, DeclareError> {
     let dir = fixture_dir();
     let vars = vars! { "user" => &tutorial.user, "port" => tutorial.port };
     // setup.sql only uses @user@; tutorial.conf uses both. Strict rendering rejects an unused
     // variable, so each template gets exactly the variables it uses.
-    let setup = template_file("/etc/postgrest/setup.sql", dir.join("setup.sql"), &vars! { "user" => &tutorial.user })?;
-    let conf = template_file("/etc/postgrest/tutorial.conf", dir.join("tutorial.conf"), &vars)?;
+    let setup = template_file(
+        "/etc/postgrest/setup.sql",
+        dir.join("setup.sql"),
+        &vars! { "user" => &tutorial.user },
+    )?;
+    let conf = template_file(
+        "/etc/postgrest/tutorial.conf",
+        dir.join("tutorial.conf"),
+        &vars,
+    )?;
     Ok(NodeConfig::new()
         .package("postgresql")
         .option(TUTORIAL_OPTION, tutorial)
@@ -88,13 +105,16 @@ pub fn server_config(tutorial: &Tutorial, postgrest: &PostgrestBinary) -> Result
             .before("postgrest.service"),
         )
         .service(
-            ServiceSpec::new("postgrest", "/usr/local/bin/postgrest /etc/postgrest/tutorial.conf")
-                .description("PostgREST (tutorial)")
-                .after("postgresql.service")
-                .wants("postgresql.service")
-                .wanted_by(["multi-user.target"])
-                .user(&tutorial.user)
-                .group("database"),
+            ServiceSpec::new(
+                "postgrest",
+                "/usr/local/bin/postgrest /etc/postgrest/tutorial.conf",
+            )
+            .description("PostgREST (tutorial)")
+            .after("postgresql.service")
+            .wants("postgresql.service")
+            .wanted_by(["multi-user.target"])
+            .user(&tutorial.user)
+            .group("database"),
         ))
 }
 
@@ -104,14 +124,20 @@ pub fn client_config() -> NodeConfig {
 }
 
 /// The two nodes, without a script (the `machinist` command attaches a Python script or the REPL).
-pub fn declare(tutorial: &Tutorial, postgrest: &PostgrestBinary) -> Result<Test<'static>, DeclareError> {
+pub fn declare(
+    tutorial: &Tutorial,
+    postgrest: &PostgrestBinary,
+) -> Result<Test<'static>, DeclareError> {
     Ok(Test::new("postgrest")
         .node("server", server_config(tutorial, postgrest)?)
         .node("client", client_config()))
 }
 
 /// The two nodes with the built-in script.
-pub fn test(tutorial: &Tutorial, postgrest: &PostgrestBinary) -> Result<Test<'static>, DeclareError> {
+pub fn test(
+    tutorial: &Tutorial,
+    postgrest: &PostgrestBinary,
+) -> Result<Test<'static>, DeclareError> {
     Ok(declare(tutorial, postgrest)?.script(script))
 }
 
@@ -132,8 +158,9 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> machinist::Result<()> {
 }
 
 fn parse_json(machine: &str, text: &str) -> machinist::Result<Value> {
-    serde_json::from_str(text)
-        .map_err(|e| machinist::Error::Script(format!("{machine}: output is not JSON ({e}): {text:?}")))
+    serde_json::from_str(text).map_err(|e| {
+        machinist::Error::Script(format!("{machine}: output is not JSON ({e}): {text:?}"))
+    })
 }
 
 fn psql(sql: &str) -> String {
@@ -150,41 +177,68 @@ pub fn script(t: &TestRun) -> ScriptResult {
     t.start_all()?;
     t.subtest("the guide's script: curl the todos from the client", || {
         let actual = parse_json("client", &client.wait_until_succeeds(&curl, 55)?)?;
-        check(actual == expected_todos(), || format!("expected {}, got {actual}", expected_todos()))
-    })?;
-
-    t.subtest("block() on the server cuts the client off, unblock() restores it", || {
-        server.block()?;
-        client.fail(format!("curl --fail --silent --max-time 2 {url}"))?;
-        server.unblock()?;
-        client.wait_until_succeeds(&curl, 30)?;
-        Ok(())
-    })?;
-
-    t.subtest("a row inserted with psql survives crash() and a restart", || {
-        server.succeed(psql("insert into api.todos (task) values ('survive the crash')"))?;
-        server.crash()?;
-        server.start()?;
-        let rows = parse_json("client", &client.wait_until_succeeds(&curl, 120)?)?;
-        let tasks: Vec<&str> = rows.as_array().into_iter().flatten().filter_map(|r| r["task"].as_str()).collect();
-        check(tasks == ["finish tutorial 0", "pat self on back", "survive the crash"], || {
-            format!("rows after the crash: {rows}")
+        check(actual == expected_todos(), || {
+            format!("expected {}, got {actual}", expected_todos())
         })
     })?;
 
-    t.subtest("the anonymous role without its grant gets PostgREST's permission error", || {
-        server.succeed(psql("revoke select on api.todos from web_anon"))?;
-        let out = client.succeed(format!("curl --silent --write-out '\\n%{{http_code}}' {url}"))?;
-        let (body, status) = out.rsplit_once('\n').unwrap_or((&out, ""));
-        check(status == "401" || status == "403", || format!("expected HTTP 401/403, got {status:?}: {body}"))?;
-        let err = parse_json("client", body)?;
-        for key in ["code", "message", "details", "hint"] {
-            check(err.get(key).is_some(), || format!("error body lacks {key:?}: {body}"))?;
-        }
-        check(err["code"] == "42501", || format!("expected code 42501, got {body}"))?;
-        server.succeed(psql("grant select on api.todos to web_anon"))?;
-        client.wait_until_succeeds(&curl, 30)?;
-        Ok(())
-    })?;
+    t.subtest(
+        "block() on the server cuts the client off, unblock() restores it",
+        || {
+            server.block()?;
+            client.fail(format!("curl --fail --silent --max-time 2 {url}"))?;
+            server.unblock()?;
+            client.wait_until_succeeds(&curl, 30)?;
+            Ok(())
+        },
+    )?;
+
+    t.subtest(
+        "a row inserted with psql survives crash() and a restart",
+        || {
+            server.succeed(psql(
+                "insert into api.todos (task) values ('survive the crash')",
+            ))?;
+            server.crash()?;
+            server.start()?;
+            let rows = parse_json("client", &client.wait_until_succeeds(&curl, 120)?)?;
+            let tasks: Vec<&str> = rows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["task"].as_str())
+                .collect();
+            check(
+                tasks == ["finish tutorial 0", "pat self on back", "survive the crash"],
+                || format!("rows after the crash: {rows}"),
+            )
+        },
+    )?;
+
+    t.subtest(
+        "the anonymous role without its grant gets PostgREST's permission error",
+        || {
+            server.succeed(psql("revoke select on api.todos from web_anon"))?;
+            let out = client.succeed(format!(
+                "curl --silent --write-out '\\n%{{http_code}}' {url}"
+            ))?;
+            let (body, status) = out.rsplit_once('\n').unwrap_or((&out, ""));
+            check(status == "401" || status == "403", || {
+                format!("expected HTTP 401/403, got {status:?}: {body}")
+            })?;
+            let err = parse_json("client", body)?;
+            for key in ["code", "message", "details", "hint"] {
+                check(err.get(key).is_some(), || {
+                    format!("error body lacks {key:?}: {body}")
+                })?;
+            }
+            check(err["code"] == "42501", || {
+                format!("expected code 42501, got {body}")
+            })?;
+            server.succeed(psql("grant select on api.todos to web_anon"))?;
+            client.wait_until_succeeds(&curl, 30)?;
+            Ok(())
+        },
+    )?;
     Ok(())
 }

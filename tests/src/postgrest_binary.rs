@@ -48,7 +48,9 @@ impl fmt::Display for PostgrestBinary {
 #[derive(Debug, thiserror::Error)]
 pub enum BinaryError {
     /// The user-provided binary does not exist or is not executable.
-    #[error("{path}: {why}; {ENV_POSTGREST} / --postgrest must name an executable postgrest binary")]
+    #[error(
+        "{path}: {why}; {ENV_POSTGREST} / --postgrest must name an executable postgrest binary"
+    )]
     BadUserBinary {
         /// The path given.
         path: PathBuf,
@@ -63,23 +65,34 @@ pub enum BinaryError {
 /// The binary to install: `explicit` if given, else `$MACHINIST_POSTGREST`, else postgrest-lite
 /// (built now with cargo, which is quick when it is already up to date).
 pub fn resolve(explicit: Option<&Path>) -> Result<PostgrestBinary, BinaryError> {
-    let user = explicit
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os(ENV_POSTGREST).filter(|v| !v.is_empty()).map(PathBuf::from));
+    let user = explicit.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os(ENV_POSTGREST)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
     match user {
         Some(path) => check_user_binary(path),
-        None => build_lite().map(|path| PostgrestBinary { path, kind: PostgrestKind::Lite }),
+        None => build_lite().map(|path| PostgrestBinary {
+            path,
+            kind: PostgrestKind::Lite,
+        }),
     }
 }
 
 fn check_user_binary(path: PathBuf) -> Result<PostgrestBinary, BinaryError> {
     use std::os::unix::fs::PermissionsExt;
-    let bad = |why: String| BinaryError::BadUserBinary { path: path.clone(), why };
+    let bad = |why: String| BinaryError::BadUserBinary {
+        path: path.clone(),
+        why,
+    };
     let meta = std::fs::metadata(&path).map_err(|e| bad(e.to_string()))?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         return Err(bad("not an executable file".into()));
     }
-    Ok(PostgrestBinary { path, kind: PostgrestKind::Real })
+    Ok(PostgrestBinary {
+        path,
+        kind: PostgrestKind::Real,
+    })
 }
 
 /// The workspace root (this crate lives in `<root>/tests`).
@@ -96,12 +109,23 @@ fn build_lite() -> Result<PathBuf, BinaryError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "--package", "postgrest-lite", "--bin", "postgrest-lite"])
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            "postgrest-lite",
+            "--bin",
+            "postgrest-lite",
+        ])
         .args(["--message-format", "json-render-diagnostics"])
         .output()
-        .map_err(|e| BinaryError::Build(format!("cannot run {}: {e}", Path::new(&cargo).display())))?;
+        .map_err(|e| {
+            BinaryError::Build(format!("cannot run {}: {e}", Path::new(&cargo).display()))
+        })?;
     if !out.status.success() {
-        return Err(BinaryError::Build(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(BinaryError::Build(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     let exe = String::from_utf8_lossy(&out.stdout)
         .lines()
