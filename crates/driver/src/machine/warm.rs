@@ -59,7 +59,9 @@ impl PendingIdentity {
         }
         let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
         let esc: String = seed.iter().map(|b| format!("\\x{b:02x}")).collect();
-        let mut s = String::from("set -euo pipefail\n");
+        let mut s = String::from(
+            "set -euo pipefail\nmark() { local up _; read -r up _ </proc/uptime; echo \"machinist-restore: $1 at $up\"; }\nmark start\n",
+        );
         let _ = writeln!(
             s,
             "date -s @{}.{:09} >/dev/null",
@@ -73,7 +75,9 @@ impl PendingIdentity {
             s,
             "perl -e 'open(my $f, \">\", \"/dev/urandom\") or die \"open: $!\"; my $d = pack(\"H*\", $ARGV[0]); ioctl($f, 0x40085203, pack(\"ii\", 8 * length($d), length($d)) . $d) or die \"RNDADDENTROPY: $!\"; ioctl($f, 0x5207, 0) or die \"RNDRESEEDCRNG: $!\";' {hex} || echo 'machinist: entropy mixed in but not credited (perl ioctl failed)'"
         );
+        s.push_str("mark clock+entropy\n");
         s.push_str(&self.script);
+        s.push_str("mark done\n");
         let mut out = format!("{:012}", s.len()).into_bytes();
         out.extend_from_slice(s.as_bytes());
         out
@@ -95,6 +99,7 @@ fn identity_script(plan: &WarmPlan) -> String {
             plan.masked.join(" ")
         );
     }
+    s.push_str("mark nics\n");
     s.push_str(&plan.live_script);
     s
 }
