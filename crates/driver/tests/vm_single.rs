@@ -138,7 +138,10 @@ fn vm_single_machine_methods() {
             resume.join().unwrap()?;
 
             // Serial console.
-            m.wait_for_console_text("machinist backdoor", 30)?;
+            // Text printed before the call is found (the buffer is kept since the start).
+            m.succeed("echo early-marker > /dev/ttyS0")?;
+            m.sleep(0.5)?;
+            m.wait_for_console_text("early-marker", 30)?;
             m.succeed("echo console-marker-42 > /dev/ttyS0")?;
             assert_eq!(m.wait_for_console_text("console-marker-\\d+", 30)?, "console-marker-42");
             assert!(m.get_console_log().contains("console-marker-42"));
