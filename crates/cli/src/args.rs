@@ -63,7 +63,8 @@ pub struct RunArgs {
     /// When the test fails, keep every machine running and open the REPL at that point.
     #[arg(long)]
     pub debug_on_failure: bool,
-    /// Cold-boot every machine (no warm start from a saved VM state).
+    /// Cold-boot every machine even when MACHINIST_WARM_START=1 (no warm start from a saved VM
+    /// state).
     #[arg(long)]
     pub cold_boot: bool,
     /// Use this postgrest binary in the PostgREST test instead of the bundled postgrest-lite.

@@ -48,6 +48,9 @@ pub fn run(test: &BundledTest, args: &RunArgs, mode: Mode) -> u8 {
         decl = decl.global_timeout(t);
     }
     decl = decl.keep_state(args.keep_state);
+    if args.cold_boot {
+        decl = decl.warm_start(false);
+    }
     let run = match decl.start() {
         Ok(r) => Arc::new(r),
         Err(e) => {

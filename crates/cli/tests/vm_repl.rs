@@ -162,5 +162,10 @@ fn vm_repl_guide_session() {
     let hist = std::fs::read_to_string(&history).unwrap();
     assert!(hist.contains("start_all()"), "{hist}");
 
+    // The unredacted transcript, for the README (`--nocapture`).
+    eprintln!(
+        "---- transcript ----\n{}\n---- end ----",
+        String::from_utf8_lossy(&p.transcript).replace('\r', "")
+    );
     insta::assert_snapshot!(normalize(&p.transcript));
 }
