@@ -141,14 +141,23 @@ struct Bins {
     machinist: PathBuf,
 }
 
-/// `cargo build` of the machinist binary (and postgrest-lite when it is the server), in the
-/// same profile and target directory the binary later uses to find postgrest-lite.
+/// `cargo build` of the machinist binary, and of postgrest-lite when it is the server, in the
+/// same profile and target directory the binary later uses to find postgrest-lite. Two separate
+/// builds, each exactly as its user runs it: building both packages in one cargo call unifies
+/// their dependencies' features differently, and the binary's own `cargo build -p
+/// postgrest-lite` would then rebuild half the dependency tree.
 fn build_bins(with_lite: bool) -> Result<Bins> {
-    let mut cmd = cargo();
-    cmd.args(["build", "--package", "machinist-cli", "--bin", "machinist"]);
+    let machinist = build_bin("machinist-cli", "machinist")?;
     if with_lite {
-        cmd.args(["--package", "postgrest-lite", "--bin", "postgrest-lite"]);
+        build_bin("postgrest-lite", "postgrest-lite")?;
     }
+    Ok(Bins { machinist })
+}
+
+/// `cargo build --package <package> --bin <bin>`; the executable's path.
+fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", package, "--bin", bin]);
     cmd.args(["--message-format", "json-render-diagnostics"]);
     eprintln!("xtask: $ {}", show(&cmd));
     let out = cmd
@@ -162,9 +171,8 @@ fn build_bins(with_lite: bool) -> Result<Bins> {
             show(&cmd)
         );
     }
-    let machinist = executable(&String::from_utf8_lossy(&out.stdout), "machinist")
-        .context("cargo reported no `machinist` executable")?;
-    Ok(Bins { machinist })
+    executable(&String::from_utf8_lossy(&out.stdout), bin)
+        .with_context(|| format!("cargo reported no `{bin}` executable"))
 }
 
 /// The executable of binary target `name` in cargo's JSON messages.
