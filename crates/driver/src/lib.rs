@@ -38,6 +38,7 @@ mod test;
 pub mod timeouts;
 mod vlan;
 pub mod warm;
+pub mod warm_bench;
 mod watchdog;
 
 pub use error::{BoxError, Error, Result};

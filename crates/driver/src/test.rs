@@ -157,7 +157,7 @@ impl<'a> Test<'a> {
         self
     }
 
-    /// Warm start (default on, unless `MACHINIST_WARM_START=0`): each machine's first start
+    /// Warm start (default: `MACHINIST_WARM_START`, off when unset): each machine's first start
     /// restores a saved, booted guest of the same image and shape and then applies the node's
     /// identity; `false` cold-boots every machine. Nodes with kernel or QEMU arguments always
     /// boot cold.
@@ -648,7 +648,8 @@ fn warm_choice(
     use crate::machine::warm::{WarmChoice, WarmPlan};
     if !ctx.warm_start {
         return WarmChoice::Cold(
-            "warm start is off (MACHINIST_WARM_START=0 or Test::warm_start(false))".into(),
+            "warm start is off (enable with MACHINIST_WARM_START=1 or Test::warm_start(true))"
+                .into(),
         );
     }
     if !cfg.kernel_args.is_empty() {

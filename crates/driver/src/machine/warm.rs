@@ -235,6 +235,12 @@ impl Machine {
                 loop {
                     match r2.qmp.query_status().await {
                         Ok(s) if s.status == "running" => return Ok(()),
+                        Ok(s) if s.status == "paused" || s.status == "postmigrate" => {
+                            r2.qmp
+                                .cont()
+                                .await
+                                .map_err(|e| Error::backend(Some(&name), "cont", e))?;
+                        }
                         Ok(s) if s.status == "inmigrate" || s.status == "prelaunch" => {}
                         Ok(s) => {
                             return Err(Error::backend(
