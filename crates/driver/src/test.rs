@@ -648,8 +648,7 @@ fn warm_choice(
     use crate::machine::warm::{WarmChoice, WarmPlan};
     if !ctx.warm_start {
         return WarmChoice::Cold(
-            "warm start is off (enable with MACHINIST_WARM_START=1 or Test::warm_start(true))"
-                .into(),
+            "warm start is off (MACHINIST_WARM_START=0 or Test::warm_start(false))".into(),
         );
     }
     if !cfg.kernel_args.is_empty() {
