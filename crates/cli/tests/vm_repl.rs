@@ -169,3 +169,39 @@ fn vm_repl_guide_session() {
     );
     insta::assert_snapshot!(normalize(&p.transcript));
 }
+
+/// `machinist interactive postgrest` (what `cargo xtask interactive postgrest` runs) opens the
+/// REPL on the PostgREST machines, with the tutorial's options under `nodes`; Ctrl-D leaves
+/// without booting anything.
+#[test]
+fn vm_repl_on_the_postgrest_machines() {
+    let _lock = machinist_qemu::VmTestLock::acquire().expect("VM test lock");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_machinist"));
+    cmd.args(["interactive", "postgrest"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .env("TERM", "dumb")
+        .env("MACHINIST_OUTPUT_DIR", dir.path().join("out"));
+    let mut p = Pty::spawn(cmd);
+    // Building postgrest-lite may take a while on a cold target directory.
+    p.expect("machines: client, server.", Duration::from_secs(600));
+    p.expect(PROMPT, SHORT);
+    p.send_line("nodes.server.config.tutorial.port, nodes.server.config.tutorial.user");
+    p.expect("(3000, 'authenticator')", SHORT);
+    p.expect(PROMPT, SHORT);
+    p.send_line("[m.name for m in machines]");
+    p.expect("['client', 'server']", SHORT);
+    p.expect(PROMPT, SHORT);
+    p.send("\x04");
+    assert!(
+        p.expect_eof(Duration::from_secs(60)),
+        "the REPL did not exit"
+    );
+    assert_eq!(p.child.wait().unwrap().code(), Some(0));
+    let transcript = String::from_utf8_lossy(&p.transcript);
+    assert!(
+        transcript.contains("PostgREST server: postgrest-lite"),
+        "{transcript}"
+    );
+}
