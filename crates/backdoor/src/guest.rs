@@ -8,8 +8,9 @@
 //!
 //! The ordering is ours, for boot speed: the template unit `machinist-backdoor@.service` has
 //! `DefaultDependencies=no`, is wanted by `sysinit.target` and polls for the device node itself
-//! instead of depending on the udev device unit. `hvc0` is the main shell, `hvc1` the control shell
-//! (the same script on a second virtio console port).
+//! instead of depending on the udev device unit. The main shell is on the virtio serial port
+//! `/dev/vport0p1`, the control shell on `/dev/vport0p2` (the same script on a second port); the
+//! NixOS console devices `hvc0`/`hvc1` work the same way and stay supported.
 //!
 //! The script also serves a virtio *serial port* (`backdoor vport0p1`, QEMU
 //! `-device virtserialport`): QEMU silently drops what a guest writes to a `virtconsole` when the
@@ -25,11 +26,17 @@ pub const UNIT_PATH: &str = "/etc/systemd/system/machinist-backdoor@.service";
 /// The line the guest prints on the console when the shell is ready (same bytes as NixOS).
 pub const GREETING: &str = "Spawning backdoor root shell...";
 
-/// The console device of the main shell.
-pub const MAIN_DEVICE: &str = "hvc0";
+/// The device of the main shell: the first virtio serial port (QEMU
+/// `-device virtserialport,chardev=..,nr=1`), lossless under host load. NixOS uses the console
+/// `hvc0` instead; the script serves both (see [`CONSOLE_DEVICES`]).
+pub const MAIN_DEVICE: &str = "vport0p1";
 
-/// The console device of the control shell.
-pub const CONTROL_DEVICE: &str = "hvc1";
+/// The device of the control shell: the second virtio serial port (`nr=2`).
+pub const CONTROL_DEVICE: &str = "vport0p2";
+
+/// The NixOS-style console devices (`virtconsole`), main and control. The same script serves
+/// them, but QEMU drops console output when the host reads late, so Machinist uses serial ports.
+pub const CONSOLE_DEVICES: [&str; 2] = ["hvc0", "hvc1"];
 
 /// Guest devices of the main and control shells on virtio serial ports (QEMU
 /// `-device virtio-serial -device virtserialport,chardev=..,nr=1` and `nr=2`, no udev needed):

@@ -287,8 +287,15 @@ pub(crate) fn arm_line(device: &str, with_payload: bool) -> String {
     } else {
         "head -c 1 >/dev/null; ".to_string()
     };
+    // A console is read as bash's script file (as NixOS does); a serial port can be opened only
+    // once, so bash keeps reading the already open port on stdin.
+    let script = if device.starts_with("hvc") {
+        format!(" /dev/{device}")
+    } else {
+        String::new()
+    };
     format!(
-        "kill \"$__m_rp\" 2>/dev/null; exec 3>&-; echo {ARMED}; {run}echo 'machinist backdoor: connecting to host on /dev/{device}... (restored)' >&2; echo '{greet}'; PS1= exec bash --norc /dev/{device}\n"
+        "kill \"$__m_rp\" 2>/dev/null; exec 3>&-; echo {ARMED}; {run}echo 'machinist backdoor: connecting to host on /dev/{device}... (restored)' >&2; echo '{greet}'; PS1= exec bash --norc{script}\n"
     )
 }
 
@@ -388,8 +395,8 @@ async fn build_async(
         main.execute(&settle, Some(step_t), &mut ignore)
             .await
             .map_err(|e| format!("waiting for the guest to settle: {e}"))?;
-        arm(control.into_stream(), "hvc1", false, step_t).await?;
-        let main_stream = arm(main.into_stream(), "hvc0", true, step_t).await?;
+        arm(control.into_stream(), machinist_backdoor::guest::CONTROL_DEVICE, false, step_t).await?;
+        let main_stream = arm(main.into_stream(), machinist_backdoor::guest::MAIN_DEVICE, true, step_t).await?;
         let uri = format!("exec:cat > '{}'", state.display());
         // Paused first: a live migration of a running MTTCG guest produced an inconsistent
         // image once (kernel oops in the restored guest); a stopped VM is copied in one pass.

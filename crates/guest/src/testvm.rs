@@ -144,8 +144,8 @@ impl TestVm {
             .initrd(&initrd)
             .append(&spec.append)
             .drive(Drive::qcow2(&overlay))
-            .virtconsole("shell", &p0)
-            .virtconsole("control", &p1)
+            .virtserialport("shell", &p0)
+            .virtserialport("control", &p1)
             .args_extra(spec.extra_args.iter().cloned());
         for n in &spec.nics {
             cmd = cmd.nic(n.clone());

@@ -1069,8 +1069,8 @@ pub(crate) fn command_for(
         .initrd(initrd)
         .append(&s.append)
         .drive(machinist_qemu::Drive::qcow2(overlay))
-        .virtconsole("shell", dir.join("shell.sock"))
-        .virtconsole("control", dir.join("control.sock"))
+        .virtserialport("shell", dir.join("shell.sock"))
+        .virtserialport("control", dir.join("control.sock"))
         .qmp(dir.join("qmp.sock"))
         .allow_reboot(allow_reboot);
     for n in &s.nics {
