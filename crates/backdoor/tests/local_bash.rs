@@ -305,7 +305,7 @@ async fn connect_times_out_with_a_hint() {
     assert!(matches!(e, ShellError::ConnectTimeout { .. }));
     assert!(
         e.to_string()
-            .contains("systemctl status machinist-backdoor@hvc0.service"),
+            .contains("systemctl status machinist-backdoor@vport0p1.service"),
         "{e}"
     );
 }
