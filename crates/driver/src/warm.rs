@@ -395,8 +395,20 @@ async fn build_async(
         main.execute(&settle, Some(step_t), &mut ignore)
             .await
             .map_err(|e| format!("waiting for the guest to settle: {e}"))?;
-        arm(control.into_stream(), machinist_backdoor::guest::CONTROL_DEVICE, false, step_t).await?;
-        let main_stream = arm(main.into_stream(), machinist_backdoor::guest::MAIN_DEVICE, true, step_t).await?;
+        arm(
+            control.into_stream(),
+            machinist_backdoor::guest::CONTROL_DEVICE,
+            false,
+            step_t,
+        )
+        .await?;
+        let main_stream = arm(
+            main.into_stream(),
+            machinist_backdoor::guest::MAIN_DEVICE,
+            true,
+            step_t,
+        )
+        .await?;
         let uri = format!("exec:cat > '{}'", state.display());
         // Paused first: a live migration of a running MTTCG guest produced an inconsistent
         // image once (kernel oops in the restored guest); a stopped VM is copied in one pass.
