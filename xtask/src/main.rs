@@ -2,15 +2,15 @@
 //!
 //! Commands: `deps` (Debian packages), `test` (deps + the whole test suite), `test-postgrest` (the
 //! README's main job), `build-images`, `interactive <test>`, `ci` (what CI runs), `check-features`
-//! (optional cargo features), and `bench` (filled in by the crates' issues).
+//! (optional cargo features), and `bench` (each crate's benchmark beside its baseline).
 //!
 //! xtask stays free of the workspace's heavy crates (the `machinist` binary links libpython
 //! through PyO3, whose python3-dev `deps` installs): the commands that need the binary build it
 //! with cargo and run it as a subprocess.
 
+mod bench;
 mod check_features;
 mod deps;
-mod pending;
 mod postgrest;
 mod run;
 mod summary;
@@ -155,7 +155,7 @@ fn main() -> ExitCode {
         Cmd::Interactive { test } => {
             deps::ensure().and_then(|()| machinist(&["interactive", &test]))
         }
-        Cmd::Bench { which } => pending::bench(which),
+        Cmd::Bench { which } => bench::bench(which),
         Cmd::Ci => run::run(std::process::Command::new("bash").arg(".ci/run")),
         Cmd::CheckFeatures => check_features::run_all(),
     };
@@ -165,10 +165,6 @@ fn main() -> ExitCode {
             if let Some(child) = e.downcast_ref::<run::ChildFailed>() {
                 eprintln!("xtask: {child}");
                 return ExitCode::from(u8::try_from(child.code).unwrap_or(1).max(1));
-            }
-            if let Some(p) = e.downcast_ref::<pending::NotImplemented>() {
-                eprintln!("xtask: {p}");
-                return ExitCode::from(2);
             }
             eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE

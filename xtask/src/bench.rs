@@ -1,0 +1,87 @@
+//! `cargo xtask bench [boot|backdoor|switch|ocr|warm|all]`: each crate's benchmark, built in release
+//! mode and run in this process's terminal. Every benchmark prints
+//! `bench <name>: <metric> ours=<v> baseline=<v> ratio=<r>` with its baseline measured in the same
+//! run (ratio above 1 = ours better).
+
+use anyhow::Result;
+
+use crate::run::{cargo, run};
+use crate::BenchKind;
+
+/// The cargo arguments that run one benchmark.
+fn cargo_args(which: BenchKind) -> &'static [&'static str] {
+    match which {
+        // Cold boots of our node vs Debian's stock initramfs and units (crates/guest).
+        BenchKind::Boot => &[
+            "run",
+            "--release",
+            "-p",
+            "machinist-guest",
+            "--example",
+            "bench-boot",
+        ],
+        // Our protocol vs the NixOS protocol on the same guest bash, through a real QEMU port.
+        BenchKind::Backdoor => &[
+            "test",
+            "--release",
+            "-p",
+            "machinist-backdoor",
+            "--test",
+            "vm_backdoor",
+            "--",
+            "--nocapture",
+        ],
+        // Our switch vs Debian's vde_switch, same VDE transport (plus our stream transport).
+        BenchKind::Switch => &[
+            "run",
+            "--release",
+            "-p",
+            "machinist-netsim",
+            "--features",
+            "bench",
+            "--example",
+            "bench_switch",
+        ],
+        // Our OCR vs the NixOS pipeline (ImageMagick + tesseract) on the committed corpus.
+        BenchKind::Ocr => &[
+            "run",
+            "--release",
+            "-p",
+            "machinist-ocr",
+            "--example",
+            "bench",
+        ],
+        // Restore from a saved VM state vs a cold boot.
+        BenchKind::Warm => &[
+            "run",
+            "--release",
+            "-p",
+            "machinist",
+            "--example",
+            "bench-warm",
+        ],
+        BenchKind::All => &[],
+    }
+}
+
+/// Runs one benchmark, or all of them in turn.
+pub fn bench(which: BenchKind) -> Result<()> {
+    let all = [
+        BenchKind::Boot,
+        BenchKind::Backdoor,
+        BenchKind::Switch,
+        BenchKind::Ocr,
+        BenchKind::Warm,
+    ];
+    let kinds: &[BenchKind] = if which == BenchKind::All {
+        &all
+    } else {
+        std::slice::from_ref(&which)
+    };
+    for &kind in kinds {
+        run(cargo()
+            .current_dir(crate::workspace_root())
+            .args(cargo_args(kind)))?;
+    }
+    Ok(())
+}
