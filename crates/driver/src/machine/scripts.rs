@@ -6,19 +6,9 @@
 //! starts with `set +e` and runs user commands in a nested subshell that re-enables
 //! `set -euo pipefail` (NixOS semantics for each attempt).
 
-/// Single-quotes `s` for bash (`'` becomes `'\''`).
+/// Single-quotes `s` for bash (`'` becomes `'\''`): the backdoor protocol's own quoting.
 pub(crate) fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
+    machinist_backdoor::protocol::single_quote(s)
 }
 
 /// Preamble of every loop: deadline in microseconds from bash's `EPOCHREALTIME` (no fork), and a
