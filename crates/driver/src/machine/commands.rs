@@ -44,26 +44,14 @@ impl Machine {
         commands: impl Commands,
         timeout: impl IntoTimeout,
     ) -> Result<String> {
-        let t = timeout.into_timeout().map(|d| self.ctx.scaled(d));
-        let mut output = String::new();
-        for cmd in commands.commands() {
-            let out = self.nested(&format!("must succeed: {cmd}"), || {
-                let (code, out) = self.run_command(&cmd, t)?;
-                let out = String::from_utf8_lossy(&out).into_owned();
-                if code != 0 {
-                    self.log_line(&format!("output: {out}"));
-                    return Err(Error::CommandFailed {
-                        machine: self.name().to_string(),
-                        command: cmd.clone(),
-                        code,
-                        output: out,
-                    });
-                }
-                Ok(out)
-            })?;
-            output.push_str(&out);
-        }
-        Ok(output)
+        self.run_each(commands, timeout, "must succeed", |cmd, code, output| {
+            (code != 0).then(|| Error::CommandFailed {
+                machine: self.name().to_string(),
+                command: cmd.to_string(),
+                code,
+                output: output.to_string(),
+            })
+        })
     }
 
     /// Runs each command, requiring a non-zero exit code (NixOS `fail`); returns the
@@ -78,21 +66,38 @@ impl Machine {
         commands: impl Commands,
         timeout: impl IntoTimeout,
     ) -> Result<String> {
+        self.run_each(commands, timeout, "must fail", |cmd, code, output| {
+            (code == 0).then(|| Error::UnexpectedSuccess {
+                machine: self.name().to_string(),
+                command: cmd.to_string(),
+                output: output.to_string(),
+            })
+        })
+    }
+
+    /// Runs each command in a nested `<what>: <cmd>` block; `unexpected(cmd, code, output)` names
+    /// the error when the exit code is not the wanted one (the output is logged first). Returns
+    /// the concatenated stdout.
+    fn run_each(
+        &self,
+        commands: impl Commands,
+        timeout: impl IntoTimeout,
+        what: &str,
+        unexpected: impl Fn(&str, i32, &str) -> Option<Error>,
+    ) -> Result<String> {
         let t = timeout.into_timeout().map(|d| self.ctx.scaled(d));
         let mut output = String::new();
         for cmd in commands.commands() {
-            let out = self.nested(&format!("must fail: {cmd}"), || {
+            let out = self.nested(&format!("{what}: {cmd}"), || {
                 let (code, out) = self.run_command(&cmd, t)?;
                 let out = String::from_utf8_lossy(&out).into_owned();
-                if code == 0 {
-                    self.log_line(&format!("output: {out}"));
-                    return Err(Error::UnexpectedSuccess {
-                        machine: self.name().to_string(),
-                        command: cmd.clone(),
-                        output: out,
-                    });
+                match unexpected(&cmd, code, &out) {
+                    Some(e) => {
+                        self.log_line(&format!("output: {out}"));
+                        Err(e)
+                    }
+                    None => Ok(out),
                 }
-                Ok(out)
             })?;
             output.push_str(&out);
         }
