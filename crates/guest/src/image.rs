@@ -311,17 +311,10 @@ pub fn bundled_specs() -> Vec<(&'static str, ImageSpec)> {
     ]
 }
 
-/// The machinist cache directory: `$MACHINIST_CACHE_DIR`, else `$XDG_CACHE_HOME/machinist`,
-/// else `~/.cache/machinist`.
+/// The machinist cache directory, shared by every crate: `$MACHINIST_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/machinist`, else `~/.cache/machinist` ([`machinist_qemu::cache_dir`]).
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("MACHINIST_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("machinist");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/machinist")
+    machinist_qemu::cache_dir()
 }
 
 const MANIFEST: &str = "manifest.json";
