@@ -443,7 +443,10 @@ impl Shell {
         let mut kill: Option<KillReason> = None;
         let mut kill_sent = false;
         let mut grace: Option<Instant> = None;
-        let mut respawn_suspect: Option<Instant> = None;
+        let mut last_read = Instant::now();
+        // A greeting among the stray bytes before the start line: the shell died and a new one
+        // greeted before the old relay copied the start line (the relay is a separate process).
+        let mut greeted_before_start = false;
         loop {
             if pid.is_none() {
                 // The start line can be lost if the command killed the output relay before it
@@ -464,6 +467,8 @@ impl Shell {
                                 self.desync(format!("malformed start line for `{command}`"))
                             })?;
                         out = self.buf.split_off(i + nl + 1);
+                        greeted_before_start |=
+                            find(&self.buf[..i], GREETING_LINE.as_bytes(), 0).is_some();
                         self.drop_stray(i, "before a command started");
                         self.buf.clear();
                         pid = Some(p);
@@ -528,6 +533,14 @@ impl Shell {
                 continue;
             }
             let far = Instant::now() + Duration::from_secs(86400 * 365);
+            // A new greeting at the very end (or before the start line), and silence after it:
+            // the guest rebooted or the shell was re-spawned (a new shell says nothing after its
+            // greeting; output that merely ends with the greeting text is followed by the end
+            // line).
+            let tail = if pid.is_some() { &out } else { &self.buf };
+            let respawn_suspect = (greeted_before_start
+                || tail.ends_with(GREETING_LINE.as_bytes()))
+            .then_some(last_read + RESPAWN_QUIET);
             let target = if pid.is_some() {
                 &mut out
             } else {
@@ -536,7 +549,7 @@ impl Shell {
             tokio::select! {
                 r = read_some(&mut self.stream, target) => match r {
                     Ok(0) => return Err(ShellError::Disconnected { name: self.opts.name.clone(), command: Some(command.to_owned()) }),
-                    Ok(_) => {}
+                    Ok(_) => last_read = Instant::now(),
                     Err(e) => return Err(self.io_err("reading command output", e)),
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && kill.is_none() => {
@@ -545,9 +558,8 @@ impl Shell {
                 }
                 _ = &mut notified, if kill.is_none() => {}
                 _ = tokio::time::sleep_until(respawn_suspect.unwrap_or(far)), if respawn_suspect.is_some() => {
-                    let tail = if pid.is_some() { &out } else { &self.buf };
-                    let greeting = tail[tail.len() - GREETING_LINE.len()..].to_vec();
-                    self.buf = greeting;
+                    // Leave one greeting for `reconnect` to find.
+                    self.buf = GREETING_LINE.as_bytes().to_vec();
                     return Err(ShellError::Respawned {
                         name: self.opts.name.clone(),
                         command: command.to_owned(),
@@ -562,14 +574,6 @@ impl Shell {
                     )));
                 }
             }
-            // A new greeting at the very end, and silence after it: the guest rebooted or the
-            // shell was re-spawned (a new shell says nothing after its greeting; output that
-            // merely ends with the greeting text is followed by the end line).
-            let greeting_line = GREETING_LINE.as_bytes();
-            let tail = if pid.is_some() { &out } else { &self.buf };
-            respawn_suspect = tail
-                .ends_with(greeting_line)
-                .then(|| Instant::now() + RESPAWN_QUIET);
         }
     }
 
