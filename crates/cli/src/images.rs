@@ -1,10 +1,12 @@
 //! `machinist build-images`: build (or reuse) the guest images the bundled tests boot, with
-//! progress, so that the first test run does not pay for them.
+//! progress, and (when warm start is on) the warm-start snapshot of each of their machines, so
+//! that the first test run does not pay for them.
 
 use std::time::Instant;
 
 use machinist_guest::{bundled_specs, ImageCache, Progress};
 
+use crate::args::RunArgs;
 use crate::{EXIT_PASS, EXIT_USAGE};
 
 /// Ensures every image of [`bundled_specs`] is in the cache (`MACHINIST_CACHE_DIR`, ...),
@@ -36,6 +38,65 @@ pub fn build_bundled(rebuild: bool) -> u8 {
         "machinist: images ready in {:.1} s (cache: {})",
         total.elapsed().as_secs_f64(),
         cache.images_dir().display()
+    );
+    if !machinist::warm::warm_start_from_env() {
+        eprintln!("machinist: warm start is off (MACHINIST_WARM_START=0): no snapshots to build");
+        return EXIT_PASS;
+    }
+    build_snapshots()
+}
+
+/// Builds (or reuses) the warm-start snapshot of every machine of every bundled test. A test
+/// that cannot be declared here (e.g. no PostgREST binary yet) is skipped with a note: its
+/// snapshots are then built by its first run.
+fn build_snapshots() -> u8 {
+    let total = Instant::now();
+    for test in crate::bundled::tests() {
+        let scratch = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("machinist: creating a scratch directory: {e}");
+                return EXIT_USAGE;
+            }
+        };
+        let decl = match (test.declare)(&RunArgs::for_test(&test.name)) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!(
+                    "machinist: snapshots of test {} skipped (its first run builds them): {e}",
+                    test.name
+                );
+                continue;
+            }
+        };
+        let run = decl
+            .output_dir(scratch.path())
+            .start()
+            .and_then(|run| run.prepare_warm_start());
+        match run {
+            Ok(machines) => {
+                for (machine, outcome) in machines {
+                    match outcome {
+                        Ok(key) => eprintln!(
+                            "machinist: snapshot of {}/{machine}: ready ({key})",
+                            test.name
+                        ),
+                        Err(why) => {
+                            eprintln!("machinist: {}/{machine} boots cold: {why}", test.name)
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("machinist: snapshots of test {} failed: {e}", test.name);
+                return EXIT_USAGE;
+            }
+        }
+    }
+    eprintln!(
+        "machinist: snapshots ready in {:.1} s (cache: {})",
+        total.elapsed().as_secs_f64(),
+        machinist::warm::snapshot_root().display()
     );
     EXIT_PASS
 }

@@ -159,6 +159,15 @@ impl TestRun {
         self.ctx.logger.nested(None, message, f)
     }
 
+    /// Builds (or reuses) the warm-start snapshot of every machine, without starting any; one
+    /// entry per machine in name order: the snapshot key, or why the machine boots cold.
+    pub fn prepare_warm_start(&self) -> Result<Vec<(String, std::result::Result<String, String>)>> {
+        self.machines()
+            .iter()
+            .map(|m| Ok((m.name().to_string(), m.prepare_warm_start()?)))
+            .collect()
+    }
+
     /// Starts every machine concurrently; returns once every QEMU runs, without waiting for the
     /// guests to boot (the first command on each machine waits for it).
     pub fn start_all(&self) -> Result<()> {

@@ -157,7 +157,7 @@ impl<'a> Test<'a> {
         self
     }
 
-    /// Warm start (default: `MACHINIST_WARM_START`, off when unset): each machine's first start
+    /// Warm start (default: on unless `MACHINIST_WARM_START=0`): each machine's first start
     /// restores a saved, booted guest of the same image and shape and then applies the node's
     /// identity; `false` cold-boots every machine. Nodes with kernel or QEMU arguments always
     /// boot cold.
@@ -657,6 +657,10 @@ fn warm_choice(
     if !cfg.qemu_args.is_empty() {
         return WarmChoice::Cold("the node has extra QEMU arguments".into());
     }
+    let layer_tar = match layer.to_tar() {
+        Ok(t) => t,
+        Err(e) => return WarmChoice::Cold(format!("the node layer cannot be archived ({e})")),
+    };
     let mut nic_names: Vec<String> = planned.interfaces.iter().map(|i| i.name.clone()).collect();
     let mut nic_macs: Vec<String> = planned.interfaces.iter().map(|i| i.mac.clone()).collect();
     if let Some(u) = &planned.user_interface {
@@ -666,7 +670,7 @@ fn warm_choice(
     WarmChoice::Warm(WarmPlan {
         image_hash: img.hash.clone(),
         plain_initrd: img.initrd.clone(),
-        live_script: layer.live_apply_script("/run/machinist-layer"),
+        layer_tar: std::sync::Arc::new(layer_tar),
         masked: cfg.masked_units.clone(),
         nic_names,
         nic_macs,

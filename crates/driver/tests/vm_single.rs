@@ -7,13 +7,25 @@ use std::time::{Duration, Instant};
 
 use machinist::{Error, NodeConfig, Test, WaitForUnit};
 
+/// Warm start (the default): the machine is restored from a snapshot.
 #[test]
 fn vm_single_machine_methods() {
+    single_machine_methods(true);
+}
+
+/// The same with a cold boot (`MACHINIST_WARM_START=0`).
+#[test]
+fn vm_single_machine_methods_cold() {
+    single_machine_methods(false);
+}
+
+fn single_machine_methods(warm: bool) {
     let _lock = common::vm_lock();
-    let out = common::out_dir("vm_single");
+    let out = common::out_dir(if warm { "vm_single" } else { "vm_single_cold" });
     let host_dir = tempfile::tempdir().unwrap();
     let report = Test::new("vm-single")
         .node("machine", NodeConfig::new().user_net(true).open_tcp_port(8080))
+        .warm_start(warm)
         .output_dir(&out)
         .serial_stdout(false)
         .script(|t| {

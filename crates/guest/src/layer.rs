@@ -293,29 +293,45 @@ impl NodeLayer {
         w.finish().map_err(err)
     }
 
-    /// A bash script that writes the layer to `dir` on a running machine and applies it with
-    /// `apply-layer --live` (for the driver's warm start: run it through the backdoor).
-    pub fn live_apply_script(&self, dir: &str) -> String {
-        let mut s = format!("set -euo pipefail\nrm -rf {dir}\nmkdir -p {dir}\n");
+    /// The layer as a ustar archive (paths relative to the layer directory), the form a running
+    /// machine receives it in.
+    pub fn to_tar(&self) -> Result<Vec<u8>, GuestError> {
+        let mut w = crate::tar::TarWriter::new();
         for (path, entry) in &self.entries {
-            let full = format!("{dir}/{path}");
-            let parent = full.rsplit_once('/').map(|(p, _)| p).unwrap_or(dir);
-            let _ = writeln!(s, "mkdir -p '{parent}'");
-            match entry {
-                LayerEntry::File { contents, mode } => {
-                    let _ = writeln!(
-                        s,
-                        "base64 -d > '{full}' <<'MACHINIST_EOF'\n{}\nMACHINIST_EOF\nchmod {mode:o} '{full}'",
-                        base64_lines(contents)
-                    );
-                }
-                LayerEntry::Symlink { target } => {
-                    let _ = writeln!(s, "ln -sfn '{target}' '{full}'");
-                }
-            }
+            let r = match entry {
+                LayerEntry::File { contents, mode } => w.file(path, *mode, contents),
+                LayerEntry::Symlink { target } => w.symlink(path, target),
+            };
+            r.map_err(|e| {
+                GuestError::Invalid(vec![FieldError {
+                    node: self.node.clone(),
+                    field: "files".into(),
+                    message: e.to_string(),
+                }])
+            })?;
         }
-        let _ = writeln!(s, "sh {APPLY_LAYER_PATH} --live {dir}");
-        s
+        Ok(w.finish())
+    }
+
+    /// A shell script that unpacks the archive at `tar` (from [`NodeLayer::to_tar`]) into `dir`
+    /// and applies it with `apply-layer --live`: the warm start's step, after the archive was
+    /// written to the guest.
+    pub fn apply_tar_script(tar: &str, dir: &str) -> String {
+        format!(
+            "rm -rf '{dir}'\nmkdir -p '{dir}'\ntar -xf '{tar}' -C '{dir}'\nrm -f '{tar}'\nsh {APPLY_LAYER_PATH} --live '{dir}'\n"
+        )
+    }
+
+    /// A self-contained bash script that writes the layer to `dir` on a running machine (the
+    /// archive as base64) and applies it with `apply-layer --live`, for running through a
+    /// backdoor command.
+    pub fn live_apply_script(&self, dir: &str) -> Result<String, GuestError> {
+        let tar = format!("{dir}.tar");
+        Ok(format!(
+            "set -euo pipefail\nbase64 -d > '{tar}' <<'MACHINIST_EOF'\n{}\nMACHINIST_EOF\n{}",
+            base64_lines(&self.to_tar()?),
+            Self::apply_tar_script(&tar, dir)
+        ))
     }
 
     /// A readable listing of the whole layer (paths, modes, symlinks, text contents), used by the

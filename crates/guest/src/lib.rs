@@ -17,6 +17,7 @@ mod layer;
 mod network;
 pub mod presets;
 mod progress;
+pub mod tar;
 pub mod testvm;
 pub mod tuning;
 pub mod units;

@@ -86,7 +86,8 @@ pub fn service_unit(s: &ServiceSpec) -> String {
     out
 }
 
-/// The unit file of a first-boot script.
+/// The unit file of a first-boot script: runs once (a stamp, synced to disk so that a crash
+/// right after it does not run it again against durable state such as a database).
 pub fn first_boot_unit(f: &FirstBootScript) -> String {
     let mut out = String::from("[Unit]\n");
     let _ = writeln!(out, "Description=Machinist first-boot script {}", f.name);
@@ -103,8 +104,8 @@ pub fn first_boot_unit(f: &FirstBootScript) -> String {
     let _ = writeln!(out, "ExecStart={FIRST_BOOT_DIR}/{}", f.name);
     let _ = writeln!(
         out,
-        "ExecStartPost=+/bin/sh -c 'mkdir -p {FIRST_BOOT_STAMP_DIR} && touch {FIRST_BOOT_STAMP_DIR}/{}.done'",
-        f.name
+        "ExecStartPost=+/bin/sh -c 'mkdir -p {FIRST_BOOT_STAMP_DIR} && touch {n}.done && sync -f {n}.done'",
+        n = format_args!("{FIRST_BOOT_STAMP_DIR}/{}", f.name)
     );
     out.push_str("\n[Install]\nWantedBy=multi-user.target\n");
     out

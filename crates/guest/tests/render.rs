@@ -103,7 +103,8 @@ fn live_apply_script_is_valid_bash() {
     let plan = NetworkPlan::new(&[("server", &s)]);
     let script = NodeLayer::render("server", &s, &plan)
         .unwrap()
-        .live_apply_script("/run/machinist-layer");
+        .live_apply_script("/run/machinist-layer")
+        .unwrap();
     let out = std::process::Command::new("bash")
         .args(["-n", "-c", &script])
         .output()
@@ -113,7 +114,7 @@ fn live_apply_script_is_valid_bash() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(script.ends_with("sh /usr/lib/machinist/apply-layer --live /run/machinist-layer\n"));
+    assert!(script.ends_with("sh /usr/lib/machinist/apply-layer --live '/run/machinist-layer'\n"));
 }
 
 #[test]

@@ -301,7 +301,7 @@ fn vm_live_apply_changes_a_running_machine() {
     let plan = NetworkPlan::new(&[("first", &after)]);
     let layer = NodeLayer::render("first", &after, &plan).unwrap();
     let out = vm
-        .succeed(&layer.live_apply_script("/run/machinist-layer"))
+        .succeed(&layer.live_apply_script("/run/machinist-layer").unwrap())
         .unwrap();
     eprintln!("{out}");
     assert_eq!(vm.succeed("hostname").unwrap().trim(), "second");

@@ -417,33 +417,8 @@ impl Machine {
             ConnectOptions::new(self.name.clone()).timeout(remaining.max(Duration::from_millis(1)));
         let mut taken =
             std::mem::replace(slot, ShellSlot::Broken("connecting was interrupted".into()));
+        warm::wake_restored(&self.name, run, &mut taken, remaining).await?;
         let restore = run.restore.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let (Some(p), ShellSlot::Pending { main, control }) = (&restore, &mut taken) {
-            use tokio::io::AsyncWriteExt as _;
-            let payload = p.payload();
-            let wake = async {
-                let (a, b) = tokio::join!(main.write_all(&payload), control.write_all(b"\n"));
-                a.and(b)
-            };
-            match tokio::time::timeout(remaining.max(Duration::from_millis(1)), wake).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Err(Error::backend(
-                        Some(&self.name),
-                        "waking the restored backdoor",
-                        e,
-                    ))
-                }
-                Err(_) => {
-                    return Err(Error::BootTimeout {
-                        machine: self.name.clone(),
-                        deadline,
-                        reason: "the restored guest did not read its identity".into(),
-                        console_log: self.console_file.clone(),
-                    })
-                }
-            }
-        }
         let fut = async {
             match taken {
                 ShellSlot::Pending { main, control } => {

@@ -29,8 +29,9 @@ pub(crate) struct WarmPlan {
     pub(crate) image_hash: String,
     /// The image's own initrd (the builder boots it without a node layer).
     pub(crate) plain_initrd: PathBuf,
-    /// `NodeLayer::live_apply_script`: the same apply-layer step as at a cold boot, live.
-    pub(crate) live_script: String,
+    /// `NodeLayer::to_tar`: the node layer, applied by the same apply-layer step as at a cold
+    /// boot, live.
+    pub(crate) layer_tar: Arc<Vec<u8>>,
     /// Units the node masks (stopped before the layer is applied: the snapshot may run them).
     pub(crate) masked: Vec<String>,
     /// Interface name of each NIC (VLAN NICs in order, then the user NIC).
@@ -43,12 +44,15 @@ pub(crate) struct WarmPlan {
 #[derive(Debug)]
 pub(crate) struct PendingIdentity {
     pub(crate) key: String,
+    /// Whether the payload was sent (by the eager task after the restore, or the first connect).
+    sent: bool,
     script: String,
+    layer_tar: Arc<Vec<u8>>,
 }
 
 impl PendingIdentity {
-    /// The bytes that wake the armed main shell: the length as 12 digits, then the identity script. The clock value
-    /// is taken now, right before it is sent.
+    /// The bytes that wake the armed main shell: the identity script and the layer archive, each
+    /// preceded by its length as 12 digits. The clock value is taken now, right before sending.
     pub(crate) fn payload(&self) -> Vec<u8> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -68,9 +72,11 @@ impl PendingIdentity {
             now.as_secs(),
             now.subsec_nanos()
         );
+        s.push_str("mark clock\n");
         // Entropy: mix host bytes in, then credit them (RNDADDENTROPY) and force a reseed of the
         // CRNG (RNDRESEEDCRNG), so machines restored from one snapshot diverge at once.
         let _ = writeln!(s, "printf '{esc}' > /dev/urandom");
+        s.push_str("mark urandom\n");
         let _ = writeln!(
             s,
             "perl -e 'open(my $f, \">\", \"/dev/urandom\") or die \"open: $!\"; my $d = pack(\"H*\", $ARGV[0]); ioctl($f, 0x40085203, pack(\"ii\", 8 * length($d), length($d)) . $d) or die \"RNDADDENTROPY: $!\"; ioctl($f, 0x5207, 0) or die \"RNDRESEEDCRNG: $!\";' {hex} || echo 'machinist: entropy mixed in but not credited (perl ioctl failed)'"
@@ -80,17 +86,25 @@ impl PendingIdentity {
         s.push_str("mark done\n");
         let mut out = format!("{:012}", s.len()).into_bytes();
         out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(format!("{:012}", self.layer_tar.len()).as_bytes());
+        out.extend_from_slice(&self.layer_tar);
         out
     }
 }
 
 fn identity_script(plan: &WarmPlan) -> String {
     let mut s = String::new();
+    // One `ip -batch` for every NIC (each program run costs ~0.1 s under TCG); the interfaces are
+    // found by the builder's MACs, read with the shell's own `read`.
     s.push_str(
-        "machinist_nic() {\n  local f\n  for f in /sys/class/net/*; do\n    if [ \"$(cat \"$f/address\")\" = \"$1\" ]; then\n      ip link set dev \"${f##*/}\" down\n      ip link set dev \"${f##*/}\" address \"$2\" name \"$3\"\n      return 0\n    fi\n  done\n  echo \"machinist: no NIC with MAC $1\" >&2\n  return 1\n}\n",
+        "machinist_nic() {\n  local f a\n  for f in /sys/class/net/*; do\n    read -r a < \"$f/address\" || continue\n    if [ \"$a\" = \"$1\" ]; then\n      printf 'link set dev %s down\\nlink set dev %s address %s name %s\\n' \"${f##*/}\" \"${f##*/}\" \"$2\" \"$3\"\n      return 0\n    fi\n  done\n  echo \"machinist: no NIC with MAC $1\" >&2\n  return 1\n}\n",
     );
-    for (i, (name, mac)) in plan.nic_names.iter().zip(&plan.nic_macs).enumerate() {
-        let _ = writeln!(s, "machinist_nic {} {mac} {name}", warm::builder_mac(i));
+    if !plan.nic_names.is_empty() {
+        s.push_str("{\n");
+        for (i, (name, mac)) in plan.nic_names.iter().zip(&plan.nic_macs).enumerate() {
+            let _ = writeln!(s, "machinist_nic {} {mac} {name}", warm::builder_mac(i));
+        }
+        s.push_str("} > /run/machinist-nics\nip -batch /run/machinist-nics\n");
     }
     if !plan.masked.is_empty() {
         let _ = writeln!(
@@ -100,11 +114,75 @@ fn identity_script(plan: &WarmPlan) -> String {
         );
     }
     s.push_str("mark nics\n");
-    s.push_str(&plan.live_script);
+    s.push_str(&machinist_guest::NodeLayer::apply_tar_script(
+        warm::RESTORE_LAYER_TAR,
+        "/run/machinist-layer",
+    ));
     s
 }
 
+/// Sends a restored machine's identity payload (main shell) and wakes its control shell, once;
+/// the caller holds the shell slot, so the eager task and the first connect never both send.
+pub(super) async fn wake_restored(
+    name: &str,
+    run: &super::Running,
+    slot: &mut super::ShellSlot,
+    within: Duration,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let payload = {
+        let mut pending = run.restore.lock().unwrap_or_else(|p| p.into_inner());
+        match pending.as_mut() {
+            Some(p) if !p.sent => {
+                p.sent = true;
+                p.payload()
+            }
+            _ => return Ok(()),
+        }
+    };
+    let super::ShellSlot::Pending { main, control } = slot else {
+        return Ok(());
+    };
+    let wake = async {
+        let (a, b) = tokio::join!(main.write_all(&payload), control.write_all(b"\n"));
+        a.and(b)
+    };
+    match tokio::time::timeout(within.max(Duration::from_millis(1)), wake).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::backend(
+            Some(name),
+            "waking the restored backdoor",
+            e,
+        )),
+        Err(_) => Err(Error::backend(
+            Some(name),
+            "waking the restored backdoor",
+            format!(
+                "the restored guest did not read its identity within {} s",
+                within.as_secs()
+            ),
+        )),
+    }
+}
+
 impl Machine {
+    /// Builds (or reuses) the snapshot this machine's first start would restore, without
+    /// starting the machine: what `machinist build-images` does ahead of a test. Returns the
+    /// snapshot key, or `None` (with the reason) when the machine boots cold.
+    pub fn prepare_warm_start(&self) -> Result<std::result::Result<String, String>> {
+        let plan = match &self.spec.warm {
+            WarmChoice::Warm(p) => p,
+            WarmChoice::Cold(reason) => return Ok(Err(reason.clone())),
+        };
+        let version = machinist_qemu::qemu_version()
+            .map_err(|e| Error::backend(Some(&self.name), "reading the QEMU version", e))?
+            .text;
+        let key = warm::shape_key(&self.spec, &plan.image_hash, &plan.plain_initrd, &version);
+        self.ensure_snapshot(plan, &key)
+            .map_err(|e| Error::backend(Some(&self.name), "building the warm-start snapshot", e))?;
+        Ok(Ok(key))
+    }
+
     /// Tries a warm start; `Ok(None)` means boot cold (the reason is logged).
     pub(super) fn spawn_warm(&self, allow_reboot: bool) -> Result<Option<Arc<Running>>> {
         let plan = match &self.spec.warm {
@@ -224,6 +302,8 @@ impl Machine {
         let pending = PendingIdentity {
             key: snap.key.clone(),
             script: identity_script(plan),
+            sent: false,
+            layer_tar: plan.layer_tar.clone(),
         };
         let run = self.spawn_cmd(&cmd, allow_reboot, Some(pending))?;
         let t = self.ctx.scaled(Duration::from_secs(60));
@@ -275,6 +355,15 @@ impl Machine {
             let _ = run.process.wait_timeout_blocking(Duration::from_secs(5));
             return Err(e);
         }
+        // Wake the guest now: it applies its identity while the host goes on (the guide's script
+        // may never send the server a command, yet expects its services to come up).
+        let (r2, name, t) = (run.clone(), self.name.clone(), self.ctx.boot_deadline);
+        self.ctx.handle.spawn(async move {
+            let mut slot = r2.shell.lock().await;
+            if let Err(e) = wake_restored(&name, &r2, &mut slot, t).await {
+                *slot = super::ShellSlot::Broken(e.to_string());
+            }
+        });
         Ok(run)
     }
 
@@ -309,5 +398,62 @@ impl Machine {
                  (run with MACHINIST_WARM_START=0 to boot cold); exit code and log:\n{text}"
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> WarmPlan {
+        WarmPlan {
+            image_hash: "h".into(),
+            plain_initrd: PathBuf::from("/nonexistent/initrd"),
+            layer_tar: Arc::new(vec![7u8; 1000]),
+            masked: vec!["postgresql.service".into()],
+            nic_names: vec!["vlan1".into(), "vlan2".into()],
+            nic_macs: vec!["52:54:00:12:01:01".into(), "52:54:00:12:02:01".into()],
+        }
+    }
+
+    /// The wake-up payload is `<12 digits><script><12 digits><archive>`, as the armed shell
+    /// reads it with `head -c`.
+    #[test]
+    fn payload_is_two_length_prefixed_parts() {
+        let p = PendingIdentity {
+            key: "k".into(),
+            sent: false,
+            script: identity_script(&plan()),
+            layer_tar: plan().layer_tar,
+        };
+        let bytes = p.payload();
+        let n: usize = std::str::from_utf8(&bytes[..12]).unwrap().parse().unwrap();
+        let script = std::str::from_utf8(&bytes[12..12 + n]).unwrap();
+        assert!(script.starts_with("set -euo pipefail\n"));
+        assert!(script.contains("date -s @"));
+        assert!(script.ends_with("mark done\n"));
+        let rest = &bytes[12 + n..];
+        let m: usize = std::str::from_utf8(&rest[..12]).unwrap().parse().unwrap();
+        assert_eq!(m, 1000);
+        assert_eq!(&rest[12..], &[7u8; 1000][..]);
+    }
+
+    /// The identity script is valid bash and renames each NIC found by its builder MAC.
+    #[test]
+    fn identity_script_is_valid_bash() {
+        let s = identity_script(&plan());
+        assert!(s.contains("machinist_nic 52:54:00:ee:00:01 52:54:00:12:01:01 vlan1\n"));
+        assert!(s.contains("machinist_nic 52:54:00:ee:00:02 52:54:00:12:02:01 vlan2\n"));
+        assert!(s.contains("systemctl stop -- postgresql.service"));
+        assert!(s.ends_with("--live '/run/machinist-layer'\n"));
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &s])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

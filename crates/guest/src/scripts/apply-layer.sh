@@ -59,20 +59,25 @@ if [ -s "$L/owners" ]; then
 fi
 
 [ "$LIVE" = 1 ] || exit 0
+# Each step logs when it is done (seconds since boot), to see where a warm start spends its time.
+T() { read -r up _ </proc/uptime; echo "apply-layer: $1 done at $up"; }
+T files+users
 
 # 4. Live: make the running system match.
 cat /etc/hostname > /proc/sys/kernel/hostname
 if [ -s /etc/tmpfiles.d/machinist.conf ]; then
 	systemd-tmpfiles --create /etc/tmpfiles.d/machinist.conf
 fi
+T tmpfiles
 systemctl daemon-reload
+T daemon-reload
 if [ -e /etc/systemd/system/sysinit.target.wants/machinist-firewall.service ]; then
 	nft -f /etc/nftables.conf
 else
 	nft flush ruleset 2>/dev/null || true
 fi
-systemctl restart systemd-networkd.service
-if [ -s "$L/units" ]; then
-	# shellcheck disable=SC2046
-	systemctl --no-block restart $(cat "$L/units")
-fi
+T nft
+# Not waited for: at a cold boot networkd also configures the links while the units start.
+# shellcheck disable=SC2046
+systemctl --no-block restart systemd-networkd.service $(cat "$L/units" 2>/dev/null)
+T units
