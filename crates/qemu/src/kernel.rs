@@ -1,6 +1,7 @@
-//! A test kernel without a guest image: Debian's `linux-image-cloud-amd64`, fetched with
-//! `apt-get download` and unpacked with `dpkg-deb -x` into the cache (no root needed), plus a
-//! tiny busybox initramfs builder so any crate's tests can boot a real kernel in ~2 s.
+//! A test kernel without a guest image: Debian's `linux-image-cloud-amd64` (or, for comparison,
+//! the generic `linux-image-amd64`: [`KernelFlavour`]), fetched with `apt-get download` and
+//! unpacked with `dpkg-deb -x` into the cache (no root needed), plus a tiny busybox initramfs
+//! builder so any crate's tests can boot a real kernel in ~2 s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -14,6 +15,43 @@ use crate::cpio::NewcWriter;
 
 /// The Debian metapackage whose dependency is the versioned cloud kernel.
 pub const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
+/// The Debian metapackage whose dependency is the versioned generic kernel.
+pub const GENERIC_KERNEL_METAPACKAGE: &str = "linux-image-amd64";
+
+/// Which Debian amd64 kernel to fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KernelFlavour {
+    /// `linux-image-cloud-amd64` (release `*-cloud-amd64`): virtio and little else; the kernel
+    /// every test and image uses.
+    #[default]
+    Cloud,
+    /// `linux-image-amd64` (release `*-amd64`): the generic distribution kernel, for comparison.
+    Generic,
+}
+
+impl KernelFlavour {
+    /// The Debian metapackage that depends on the current versioned kernel of this flavour.
+    pub fn metapackage(self) -> &'static str {
+        match self {
+            KernelFlavour::Cloud => KERNEL_METAPACKAGE,
+            KernelFlavour::Generic => GENERIC_KERNEL_METAPACKAGE,
+        }
+    }
+
+    /// The flavour part of a kernel release (`6.1.0-57-cloud-amd64` -> `cloud-amd64`).
+    fn release_tail(self) -> &'static str {
+        match self {
+            KernelFlavour::Cloud => "cloud-amd64",
+            KernelFlavour::Generic => "amd64",
+        }
+    }
+
+    /// Whether `release` (e.g. `6.1.0-57-amd64`) is a kernel of this flavour.
+    pub fn matches_release(self, release: &str) -> bool {
+        // <upstream>-<abi>-<flavour>: the flavour is everything after the second `-`.
+        release.splitn(3, '-').nth(2) == Some(self.release_tail())
+    }
+}
 /// Modules (with their dependencies resolved automatically) for a virtio console.
 pub const VIRTIO_CONSOLE_MODULES: &[&str] = &["virtio_pci", "virtio_console"];
 /// Kernel command line for booting a [`TinyInitramfs`] on the serial console.
@@ -72,9 +110,20 @@ pub fn test_kernel() -> Result<TestKernel, KernelError> {
 
 /// [`test_kernel`] with an explicit kernel cache directory.
 pub fn test_kernel_in(dir: &Path) -> Result<TestKernel, KernelError> {
+    test_kernel_of_in(KernelFlavour::Cloud, dir)
+}
+
+/// Like [`test_kernel`] for any [`KernelFlavour`] (same cache directory; releases of different
+/// flavours have different names, so they sit side by side).
+pub fn test_kernel_of(flavour: KernelFlavour) -> Result<TestKernel, KernelError> {
+    test_kernel_of_in(flavour, &cache_dir().join("kernel"))
+}
+
+/// [`test_kernel_of`] with an explicit kernel cache directory.
+pub fn test_kernel_of_in(flavour: KernelFlavour, dir: &Path) -> Result<TestKernel, KernelError> {
     std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     // Fast path, offline: the local apt lists name the current versioned package.
-    let wanted = resolve_versioned_package_offline();
+    let wanted = resolve_versioned_package_offline(flavour.metapackage());
     if let Some(pkg) = &wanted {
         if let Some(k) = cached(dir, release_of(pkg)) {
             return Ok(k);
@@ -88,10 +137,10 @@ pub fn test_kernel_in(dir: &Path) -> Result<TestKernel, KernelError> {
             return Ok(k);
         }
     }
-    match download(dir) {
+    match download(dir, flavour) {
         Ok(k) => Ok(k),
         Err(e) => {
-            if let Some(k) = newest_cached(dir) {
+            if let Some(k) = newest_cached(dir, flavour) {
                 tracing::warn!(
                     "cannot refresh the test kernel ({e}); using cached {}",
                     k.release
@@ -120,33 +169,34 @@ fn cached(dir: &Path, release: &str) -> Option<TestKernel> {
     })
 }
 
-fn newest_cached(dir: &Path) -> Option<TestKernel> {
+fn newest_cached(dir: &Path, flavour: KernelFlavour) -> Option<TestKernel> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.'))
+        .filter(|n| !n.starts_with('.') && flavour.matches_release(n))
         .collect();
     names.sort();
     names.iter().rev().find_map(|n| cached(dir, n))
 }
 
-fn resolve_versioned_package_offline() -> Option<String> {
+fn resolve_versioned_package_offline(metapackage: &str) -> Option<String> {
     let out = Command::new("apt-cache")
-        .args(["depends", "--important", KERNEL_METAPACKAGE])
+        .args(["depends", "--important", metapackage])
         .output()
         .ok()?;
     if !out.status.success() {
         return None;
     }
-    parse_kernel_dep(&String::from_utf8_lossy(&out.stdout))
+    parse_kernel_dep(&String::from_utf8_lossy(&out.stdout), metapackage)
 }
 
-/// Finds the first `linux-image-<release>` in a Depends field or `apt-cache depends` output.
-fn parse_kernel_dep(text: &str) -> Option<String> {
+/// Finds the first `linux-image-<release>` other than `metapackage` in a Depends field or
+/// `apt-cache depends` output.
+fn parse_kernel_dep(text: &str, metapackage: &str) -> Option<String> {
     text.split([',', '\n', '|'])
         .map(|s| s.trim().trim_start_matches("Depends:").trim())
         .map(|s| s.split_whitespace().next().unwrap_or(""))
-        .find(|s| s.starts_with("linux-image-") && *s != KERNEL_METAPACKAGE)
+        .find(|s| s.starts_with("linux-image-") && *s != metapackage)
         .map(str::to_string)
 }
 
@@ -167,12 +217,12 @@ fn run(cmd: &mut Command, hint: &str) -> Result<String, KernelError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn download(dir: &Path) -> Result<TestKernel, KernelError> {
+fn download(dir: &Path, flavour: KernelFlavour) -> Result<TestKernel, KernelError> {
     let started = Instant::now();
     let tmp = dir.join(format!(".tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-    let result = download_into(dir, &tmp);
+    let result = download_into(dir, &tmp, flavour.metapackage());
     let _ = std::fs::remove_dir_all(&tmp);
     if let Ok(k) = &result {
         tracing::info!(
@@ -205,15 +255,15 @@ fn apt_download(tmp: &Path, pkg: &str) -> Result<PathBuf, KernelError> {
         .ok_or_else(|| KernelError::Layout(format!("apt-get download {pkg} produced no .deb")))
 }
 
-fn download_into(dir: &Path, tmp: &Path) -> Result<TestKernel, KernelError> {
-    let meta = apt_download(tmp, KERNEL_METAPACKAGE)?;
+fn download_into(dir: &Path, tmp: &Path, metapackage: &str) -> Result<TestKernel, KernelError> {
+    let meta = apt_download(tmp, metapackage)?;
     let depends = run(
         Command::new("dpkg-deb").arg("-f").arg(&meta).arg("Depends"),
         "dpkg-deb is part of the Debian package dpkg",
     )?;
-    let pkg = parse_kernel_dep(&depends).ok_or_else(|| {
+    let pkg = parse_kernel_dep(&depends, metapackage).ok_or_else(|| {
         KernelError::Layout(format!(
-            "{KERNEL_METAPACKAGE} depends on no linux-image package: {depends}"
+            "{metapackage} depends on no linux-image package: {depends}"
         ))
     })?;
     let release = release_of(&pkg).to_string();
@@ -513,18 +563,63 @@ mod tests {
 
     #[test]
     fn parses_kernel_dependency() {
+        let cloud = KERNEL_METAPACKAGE;
         assert_eq!(
-            parse_kernel_dep("linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)\n").as_deref(),
+            parse_kernel_dep("linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)\n", cloud).as_deref(),
             Some("linux-image-6.1.0-56-cloud-amd64")
         );
         assert_eq!(
             parse_kernel_dep(
-                "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n"
+                "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n",
+                cloud
             )
             .as_deref(),
             Some("linux-image-6.1.0-56-cloud-amd64")
         );
-        assert_eq!(parse_kernel_dep("libc6"), None);
+        assert_eq!(parse_kernel_dep("libc6", cloud), None);
+        let generic = KernelFlavour::Generic.metapackage();
+        assert_eq!(
+            parse_kernel_dep(
+                "linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n",
+                generic
+            )
+            .as_deref(),
+            Some("linux-image-6.1.0-57-amd64")
+        );
+    }
+
+    #[test]
+    fn flavours_tell_their_releases_apart() {
+        use KernelFlavour::{Cloud, Generic};
+        assert_eq!(KernelFlavour::default(), Cloud);
+        assert_eq!(Cloud.metapackage(), "linux-image-cloud-amd64");
+        assert_eq!(Generic.metapackage(), "linux-image-amd64");
+        assert!(Cloud.matches_release("6.1.0-57-cloud-amd64"));
+        assert!(!Cloud.matches_release("6.1.0-57-amd64"));
+        assert!(Generic.matches_release("6.1.0-57-amd64"));
+        assert!(!Generic.matches_release("6.1.0-57-cloud-amd64"));
+        assert!(!Generic.matches_release("6.1.0-57-rt-amd64"));
+        assert!(!Generic.matches_release(".tmp-123"));
+    }
+
+    #[test]
+    fn newest_cached_keeps_to_its_flavour() {
+        let dir = tempfile::tempdir().unwrap();
+        for release in ["6.1.0-56-amd64", "6.1.0-57-cloud-amd64"] {
+            let root = dir.path().join(release);
+            std::fs::create_dir_all(root.join("boot")).unwrap();
+            std::fs::create_dir_all(root.join("lib/modules").join(release)).unwrap();
+            std::fs::write(root.join(format!("boot/vmlinuz-{release}")), b"").unwrap();
+        }
+        let name = |f| newest_cached(dir.path(), f).map(|k| k.release);
+        assert_eq!(
+            name(KernelFlavour::Cloud).as_deref(),
+            Some("6.1.0-57-cloud-amd64")
+        );
+        assert_eq!(
+            name(KernelFlavour::Generic).as_deref(),
+            Some("6.1.0-56-amd64")
+        );
     }
 
     #[test]
