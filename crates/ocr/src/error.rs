@@ -53,6 +53,34 @@ pub enum OcrError {
         #[source]
         source: std::io::Error,
     },
+    /// The in-process backend (cargo feature `libtesseract`) could not initialise libtesseract
+    /// for the configured language(s).
+    #[error(
+        "libtesseract (in-process backend) could not load language `{lang}` ({detail}); install \
+         the Debian package(s) {packages} (models live in /usr/share/tesseract-ocr/5/tessdata, \
+         or set TESSDATA_PREFIX), or change TesseractConfig::lang"
+    )]
+    LibTesseractInit {
+        /// The configured language(s), e.g. `eng`.
+        lang: String,
+        /// The Debian packages that provide them.
+        packages: String,
+        /// The `tesseract` crate's error.
+        detail: String,
+    },
+    /// The in-process backend (cargo feature `libtesseract`) failed while reading an image.
+    #[error(
+        "libtesseract (in-process backend) failed on variant `{variant}` while {step}: {detail}; \
+         compare with Backend::Cli, which runs the `tesseract` program and shows its stderr"
+    )]
+    LibTesseractFailed {
+        /// The preprocessing variant whose image was being read.
+        variant: String,
+        /// What it was doing ("recognising", ...).
+        step: String,
+        /// The `tesseract` crate's error.
+        detail: String,
+    },
     /// tesseract's TSV output could not be parsed.
     #[error(
         "tesseract printed unexpected TSV on line {line}: {detail} (is this tesseract 4 or newer?)"

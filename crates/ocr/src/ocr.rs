@@ -9,7 +9,7 @@ use regex::Regex;
 
 use crate::console::{read_console, ConsoleFont};
 use crate::preprocess::{default_variants, Reader, Variant};
-use crate::tesseract::{Canceller, TesseractConfig};
+use crate::tesseract::{Backend, Canceller, TesseractConfig};
 use crate::tsv::{assemble, parse_tsv, WordBox, Words};
 use crate::{encode_pgm, OcrError};
 
@@ -73,24 +73,56 @@ impl VariantText {
     }
 }
 
-/// An OCR engine (cheap to clone; holds only configuration).
+/// What one variant race did (see [`Ocr::find_text_with_stats`]). Every variant is counted
+/// once: `read + killed + not_started` is the number of variants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaceStats {
+    /// Variants that were read to the end (the winner, and any that finished first or in time).
+    pub read: usize,
+    /// tesseract processes killed while still running because another variant had matched.
+    pub killed: usize,
+    /// Variants never started because another variant had matched (or the exact console reader
+    /// showed the pattern is not on the screen).
+    pub not_started: usize,
+}
+
+/// An OCR engine (cheap to clone; holds configuration, and with the in-process backend a
+/// shared pool of initialised libtesseract engines).
 #[derive(Debug, Clone)]
 pub struct Ocr {
     config: OcrConfig,
     version: String,
+    #[cfg(feature = "libtesseract")]
+    engines: Option<std::sync::Arc<crate::libtesseract::EnginePool>>,
 }
 
 impl Ocr {
-    /// Checks that tesseract runs and that at least one variant is configured.
-    /// The error names the Debian package `tesseract-ocr` when tesseract is missing.
+    /// Checks that tesseract runs (the CLI backend: the program starts and has the languages;
+    /// the in-process backend: libtesseract loads the languages) and that at least one variant
+    /// is configured. The error names the Debian package to install when something is missing.
     pub fn new(config: OcrConfig) -> Result<Ocr, OcrError> {
-        let version = config.tesseract.check()?;
         if config.variants.is_empty() {
             return Err(OcrError::Config(
                 "OcrConfig::variants is empty: configure at least one preprocessing variant".into(),
             ));
         }
-        Ok(Ocr { config, version })
+        match config.tesseract.backend {
+            Backend::Cli => Ok(Ocr {
+                version: config.tesseract.check()?,
+                config,
+                #[cfg(feature = "libtesseract")]
+                engines: None,
+            }),
+            #[cfg(feature = "libtesseract")]
+            Backend::InProcess => {
+                let pool = crate::libtesseract::EnginePool::new(&config.tesseract)?;
+                Ok(Ocr {
+                    version: crate::libtesseract::version(),
+                    config,
+                    engines: Some(std::sync::Arc::new(pool)),
+                })
+            }
+        }
     }
 
     /// The configuration.
@@ -98,7 +130,8 @@ impl Ocr {
         &self.config
     }
 
-    /// tesseract's version line, e.g. `tesseract 5.3.0`.
+    /// tesseract's version line, e.g. `tesseract 5.3.0`, or `libtesseract 5.3.0 (in process)`
+    /// with the in-process backend.
     pub fn tesseract_version(&self) -> &str {
         &self.version
     }
@@ -140,9 +173,24 @@ impl Ocr {
         let prepared = variant.apply(img);
         let psm = variant.psm.unwrap_or(self.config.tesseract.psm);
         let tesseract = &self.config.tesseract;
-        let Some(tsv) =
-            tesseract.run_with_psm(&encode_pgm(&prepared), &variant.name, psm, cancel)?
-        else {
+        let tsv = match tesseract.backend {
+            Backend::Cli => {
+                tesseract.run_with_psm(&encode_pgm(&prepared), &variant.name, psm, cancel)?
+            }
+            #[cfg(feature = "libtesseract")]
+            Backend::InProcess => {
+                if cancel.is_cancelled() {
+                    None
+                } else {
+                    let engines = self
+                        .engines
+                        .as_ref()
+                        .expect("Ocr::new made the engine pool");
+                    Some(engines.recognize(&prepared, &variant.name, psm)?)
+                }
+            }
+        };
+        let Some(tsv) = tsv else {
             return Ok(None);
         };
         let words = assemble(parse_tsv(&tsv, variant.scale())?);
@@ -199,8 +247,19 @@ impl Ocr {
     /// in screenshot pixels). Variants are tried concurrently; the first variant with a match
     /// wins and the others are killed. Empty when no variant finds it.
     pub fn find_text(&self, img: &RgbImage, re: &Regex) -> Result<Vec<WordBox>, OcrError> {
+        Ok(self.find_text_with_stats(img, re)?.0)
+    }
+
+    /// [`Ocr::find_text`], also saying what the race did: how many variants were read, how
+    /// many tesseract processes were killed because another variant had matched, and how many
+    /// were never started.
+    pub fn find_text_with_stats(
+        &self,
+        img: &RgbImage,
+        re: &Regex,
+    ) -> Result<(Vec<WordBox>, RaceStats), OcrError> {
         let race = self.race(img, Some(re))?;
-        Ok(race
+        let boxes = race
             .winner
             .map(|i| {
                 race.results[i]
@@ -209,7 +268,8 @@ impl Ocr {
                     .words
                     .find(re)
             })
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok((boxes, race.stats))
     }
 
     /// Runs the variants on up to `parallelism` threads. With `stop_at`, the first variant whose
@@ -228,20 +288,14 @@ impl Ocr {
             if let Some(re) = stop_at {
                 if vt.applicable && re.is_match(vt.text()) {
                     early[i] = Some(vt);
-                    return Ok(Race {
-                        results: early,
-                        winner: Some(i),
-                    });
+                    return Ok(Race::new(early, Some(i), 0));
                 }
                 exact_miss |= vt.exact;
             }
             early[i] = Some(vt);
         }
         if exact_miss && self.config.trust_exact_console {
-            return Ok(Race {
-                results: early,
-                winner: None,
-            });
+            return Ok(Race::new(early, None, 0));
         }
         let todo: Vec<usize> = (0..variants.len())
             .filter(|&i| variants[i].reader != Reader::ConsoleFont)
@@ -287,7 +341,7 @@ impl Ocr {
                 return Err(e);
             }
         }
-        Ok(Race { results, winner })
+        Ok(Race::new(results, winner, cancel.killed()))
     }
 }
 
@@ -298,4 +352,22 @@ pub(crate) struct Race {
     pub results: Vec<Option<VariantText>>,
     /// The index of the first variant that matched.
     pub winner: Option<usize>,
+    /// What happened to each variant.
+    pub stats: RaceStats,
+}
+
+impl Race {
+    fn new(results: Vec<Option<VariantText>>, winner: Option<usize>, killed: usize) -> Race {
+        let read = results.iter().flatten().count();
+        let stats = RaceStats {
+            read,
+            killed,
+            not_started: results.len().saturating_sub(read + killed),
+        };
+        Race {
+            results,
+            winner,
+            stats,
+        }
+    }
 }

@@ -1,17 +1,38 @@
 //! Running the `tesseract` CLI: argv, image on stdin, TSV on stdout, and cancellation (a
 //! running call can be killed from another thread when a different variant already matched).
+//! [`Backend`] chooses between this and libtesseract in process (cargo feature `libtesseract`).
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use crate::OcrError;
 
+/// Which tesseract does the recognition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The `tesseract` program (Debian package tesseract-ocr), one process per call, image on
+    /// stdin and TSV on stdout. A call still running when another variant has matched is killed.
+    #[default]
+    Cli,
+    /// libtesseract linked into this process (cargo feature `libtesseract`; building it needs
+    /// the Debian packages libtesseract-dev, libleptonica-dev, clang and libclang-dev). Same
+    /// image, language, page segmentation mode, settings and TSV as [`Backend::Cli`], without a
+    /// process start and model load per call. A running call cannot be interrupted: a losing
+    /// variant runs to its end. `program` and `omp_threads` do not apply (OpenMP reads
+    /// `OMP_THREAD_LIMIT` from the environment once, when the process starts).
+    #[cfg(feature = "libtesseract")]
+    InProcess,
+}
+
 /// How tesseract is invoked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TesseractConfig {
+    /// The CLI (default) or libtesseract in process.
+    pub backend: Backend,
     /// The executable (default `tesseract`, looked up on PATH).
     pub program: PathBuf,
     /// Language(s), e.g. `eng` or `eng+deu`.
@@ -28,6 +49,7 @@ pub struct TesseractConfig {
 impl Default for TesseractConfig {
     fn default() -> Self {
         TesseractConfig {
+            backend: Backend::Cli,
             program: PathBuf::from("tesseract"),
             lang: "eng".into(),
             psm: 11,
@@ -75,7 +97,9 @@ impl TesseractConfig {
         s + " < image"
     }
 
-    /// Checks that tesseract can be started (`tesseract --version`); returns its first line.
+    /// Checks that the tesseract program can be started (`tesseract --version`) and has the
+    /// configured languages; returns its first line. (The CLI backend's check; `Ocr::new` checks
+    /// the in-process backend by loading the model.)
     pub fn check(&self) -> Result<String, OcrError> {
         let out = Command::new(&self.program)
             .arg("--version")
@@ -197,6 +221,9 @@ impl TesseractConfig {
         let status = slot.lock().expect("child lock").wait().map_err(io_err)?;
         cancel.forget(&slot);
         if cancel.is_cancelled() && !status.success() {
+            if status.signal() == Some(KILL_SIGNAL) {
+                cancel.inner.lock().expect("cancel lock").killed += 1;
+            }
             return Ok(None);
         }
         if !status.success() {
@@ -236,7 +263,12 @@ pub struct Canceller {
 struct CancelState {
     cancelled: bool,
     children: Vec<Arc<Mutex<Child>>>,
+    /// Processes that died of the SIGKILL sent by `cancel` (not ones that had already exited).
+    killed: usize,
 }
+
+/// SIGKILL, what `Child::kill` sends.
+const KILL_SIGNAL: i32 = 9;
 
 impl Canceller {
     /// A fresh, not-cancelled set.
@@ -247,6 +279,12 @@ impl Canceller {
     /// Whether `cancel` was called.
     pub fn is_cancelled(&self) -> bool {
         self.inner.lock().expect("cancel lock").cancelled
+    }
+
+    /// How many processes died of [`Canceller::cancel`]'s kill while still running (counted
+    /// when their `run` call returns; a process that had already exited is not counted).
+    pub fn killed(&self) -> usize {
+        self.inner.lock().expect("cancel lock").killed
     }
 
     /// Kills every running process and refuses new ones.
@@ -322,5 +360,35 @@ mod tests {
         c.cancel();
         let cfg = TesseractConfig::default();
         assert_eq!(cfg.run(b"P5\n1 1\n255\n\0", "raw", &c).unwrap(), None);
+        assert_eq!(c.killed(), 0, "nothing ran, so nothing was killed");
+    }
+
+    #[test]
+    fn cancel_kills_a_running_call_and_counts_it() {
+        // A large noisy image keeps tesseract busy for seconds; cancel as soon as it runs.
+        let (w, h) = (1600u32, 1200u32);
+        let mut pgm = format!("P5\n{w} {h}\n255\n").into_bytes();
+        let mut x: u32 = 12345;
+        pgm.extend((0..w * h).map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 24) as u8
+        }));
+        let c = Canceller::new();
+        let cfg = TesseractConfig::default();
+        std::thread::scope(|s| {
+            let call = s.spawn(|| cfg.run(&pgm, "noise", &c));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while c.inner.lock().unwrap().children.is_empty() {
+                assert!(!call.is_finished(), "tesseract finished before it was seen");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "tesseract never started"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            c.cancel();
+            assert_eq!(call.join().unwrap().unwrap(), None);
+        });
+        assert_eq!(c.killed(), 1);
     }
 }
