@@ -1,7 +1,8 @@
-//! Time per image of the in-process backend (feature `libtesseract`) against the CLI backend,
-//! one tesseract variant, on corpus images:
+//! Time per image of the in-process backend (feature `libtesseract`) against the CLI backend on
+//! corpus images: one tesseract variant (`read_variant`, the first tesseract variant) and all
+//! tesseract variants concurrently (`read_all`), preprocessing included, median of RUNS:
 //! `cargo run --release -p machinist-ocr --features libtesseract --example inprocess [RUNS] [IMAGE...]`
-//! Prints `<image> <variant> cli=<median s> inprocess=<median s> same_text=<bool>`.
+//! Prints `<image> <variant> cli=<s> inprocess=<s> same_text=<bool> | all: cli=<s> inprocess=<s>`.
 
 use std::time::Instant;
 
@@ -38,22 +39,29 @@ fn main() -> Result<(), OcrError> {
         }
         let variant = &cli.config().variants[0];
         let mut times = [Vec::new(), Vec::new()];
+        let mut all_times = [Vec::new(), Vec::new()];
         let mut texts = [String::new(), String::new()];
         for _ in 0..runs {
             for (k, ocr) in [&cli, &lib].into_iter().enumerate() {
                 let t = Instant::now();
                 texts[k] = ocr.read_variant(&e.image, variant)?.words.text;
                 times[k].push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                ocr.read_all(&e.image)?;
+                all_times[k].push(t.elapsed().as_secs_f64());
             }
         }
         let [c, l] = times;
+        let [ac, al] = all_times;
         println!(
-            "{} {} cli={:.3} inprocess={:.3} same_text={}",
+            "{} {} cli={:.3} inprocess={:.3} same_text={} | all: cli={:.3} inprocess={:.3}",
             e.name,
             variant.name,
             median(c),
             median(l),
-            texts[0] == texts[1]
+            texts[0] == texts[1],
+            median(ac),
+            median(al)
         );
     }
     Ok(())

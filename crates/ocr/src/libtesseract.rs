@@ -7,6 +7,7 @@
 //! `-c` settings, as the CLI backend, and returns the same TSV (`TessBaseAPI::GetTSVText`, which
 //! is what `tesseract ... tsv` prints), so the same parser turns it into word boxes.
 
+use std::os::raw::c_int;
 use std::sync::Mutex;
 
 use image::GrayImage;
@@ -18,10 +19,32 @@ use crate::{OcrError, TesseractConfig};
 const TSV_HEADER: &str =
     "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext\n";
 
+// OpenMP's per-thread controls, from libgomp (Debian's libtesseract is built with OpenMP).
+// tesseract asks for teams of 4 threads (`num_threads(4)` in its LSTM code); with dynamic
+// adjustment on, the calling thread's nthreads setting caps that. This is the in-process
+// equivalent of the CLI backend's `OMP_THREAD_LIMIT`, which OpenMP reads only at process start.
+#[link(name = "gomp")]
+extern "C" {
+    fn omp_set_dynamic(dynamic_threads: c_int);
+    fn omp_set_num_threads(num_threads: c_int);
+}
+
+/// At most `n` OpenMP threads for parallel regions started by the calling thread.
+fn limit_openmp_threads(n: u32) {
+    let n = c_int::try_from(n.max(1)).unwrap_or(c_int::MAX);
+    // SAFETY: both take an int and only set the calling thread's OpenMP control variables
+    // (libgomp makes a per-thread copy for threads it did not create); no pointers involved.
+    unsafe {
+        omp_set_dynamic(1);
+        omp_set_num_threads(n);
+    }
+}
+
 /// Idle, initialised libtesseract engines for one language and set of settings.
 pub(crate) struct EnginePool {
     lang: String,
     settings: Vec<(String, String)>,
+    omp_threads: Option<u32>,
     idle: Mutex<Vec<Tesseract>>,
     /// Serialises `Init` (loading a model); recognition runs concurrently.
     creating: Mutex<()>,
@@ -78,6 +101,7 @@ impl EnginePool {
         let pool = EnginePool {
             lang: cfg.lang.clone(),
             settings: cfg.settings.clone(),
+            omp_threads: cfg.omp_threads,
             idle: Mutex::new(Vec::new()),
             creating: Mutex::new(()),
         };
@@ -135,6 +159,9 @@ impl EnginePool {
             None => self.create()?,
         };
         engine.set_page_seg_mode(mode);
+        if let Some(n) = self.omp_threads {
+            limit_openmp_threads(n);
+        }
         // 8-bit gray, rows packed: exactly the PGM the CLI backend writes to tesseract's stdin.
         let mut engine = engine
             .set_frame(img.as_raw(), width, height, 1, width)

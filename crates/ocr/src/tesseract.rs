@@ -22,8 +22,9 @@ pub enum Backend {
     /// the Debian packages libtesseract-dev, libleptonica-dev, clang and libclang-dev). Same
     /// image, language, page segmentation mode, settings and TSV as [`Backend::Cli`], without a
     /// process start and model load per call. A running call cannot be interrupted: a losing
-    /// variant runs to its end. `program` and `omp_threads` do not apply (OpenMP reads
-    /// `OMP_THREAD_LIMIT` from the environment once, when the process starts).
+    /// variant runs to its end. `program` does not apply; `omp_threads` caps the OpenMP threads
+    /// of each call (through libgomp's per-thread controls, as `OMP_THREAD_LIMIT` is read only
+    /// when the process starts).
     #[cfg(feature = "libtesseract")]
     InProcess,
 }
@@ -40,7 +41,8 @@ pub struct TesseractConfig {
     /// Page segmentation mode; 11 = sparse text (as NixOS uses), good for screens.
     pub psm: u8,
     /// `OMP_THREAD_LIMIT` for each call; `Some(1)` avoids OpenMP oversubscription when several
-    /// calls run at once. `None` leaves the environment alone.
+    /// calls run at once. `None` leaves the environment alone. (In process: the same cap, set
+    /// with `omp_set_dynamic`/`omp_set_num_threads` on the calling thread.)
     pub omp_threads: Option<u32>,
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
