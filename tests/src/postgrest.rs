@@ -43,6 +43,9 @@ impl Default for Tutorial {
 /// The name of the node option holding the [`Tutorial`] (`nodes.server.config.tutorial.port`).
 pub const TUTORIAL_OPTION: &str = "tutorial";
 
+/// The server node's option that says which PostgREST it runs (a sentence, for the log).
+pub const POSTGREST_OPTION: &str = "postgrest";
+
 /// Where the template files live (`tests/postgrest/`).
 pub fn fixture_dir() -> PathBuf {
     crate::postgrest_binary::workspace_root().join("tests/postgrest")
@@ -86,6 +89,7 @@ pub fn server_config(
     Ok(NodeConfig::new()
         .package("postgresql")
         .option(TUTORIAL_OPTION, tutorial)
+        .option(POSTGREST_OPTION, postgrest.to_string())
         .open_tcp_port(u32::from(tutorial.port))
         .group(GroupSpec::new("database"))
         .user(UserSpec::new(&tutorial.user).group("database"))
@@ -173,6 +177,8 @@ pub fn script(t: &TestRun) -> ScriptResult {
     let (server, client) = (t.machine("server"), t.machine("client"));
     let url = format!("http://server:{}/todos", tutorial.port);
     let curl = format!("curl --fail --silent {url}");
+    let which: String = t.node("server").option(POSTGREST_OPTION)?;
+    t.log(&format!("PostgREST on the server: {which}"));
 
     t.start_all()?;
     t.subtest("the guide's script: curl the todos from the client", || {
@@ -186,7 +192,14 @@ pub fn script(t: &TestRun) -> ScriptResult {
         "block() on the server cuts the client off, unblock() restores it",
         || {
             server.block()?;
-            client.fail(format!("curl --fail --silent --max-time 2 {url}"))?;
+            // curl's exit code 28 is "operation timed out": the packets vanish (a refused
+            // connection, 7, would mean something else answered).
+            let (code, _) = client.execute(&format!("curl --fail --silent --max-time 2 {url}"))?;
+            if code != 28 {
+                return Err(machinist::Error::Script(format!(
+                    "curl to the blocked server exited with {code}, not 28 (timed out)"
+                )));
+            }
             server.unblock()?;
             client.wait_until_succeeds(&curl, 30)?;
             Ok(())

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [boot|backdoor|switch|ocr|warm|all]`: each crate's benchmark, built in release
+//! `cargo xtask bench [boot|backdoor|switch|ocr|warm|driver|all]`: each crate's benchmark, built in release
 //! mode and run in this process's terminal. Every benchmark prints
 //! `bench <name>: <metric> ours=<v> baseline=<v> ratio=<r>` with its baseline measured in the same
 //! run (ratio above 1 = ours better).
@@ -20,16 +20,14 @@ fn cargo_args(which: BenchKind) -> &'static [&'static str] {
             "--example",
             "bench-boot",
         ],
-        // Our protocol vs the NixOS protocol on the same guest bash, through a real QEMU port.
+        // Our protocol vs the NixOS protocol on the same booted Debian guest, through its port.
         BenchKind::Backdoor => &[
-            "test",
+            "run",
             "--release",
             "-p",
-            "machinist-backdoor",
-            "--test",
-            "vm_backdoor",
-            "--",
-            "--nocapture",
+            "machinist",
+            "--example",
+            "bench-backdoor",
         ],
         // Our switch vs Debian's vde_switch, same VDE transport (plus our stream transport).
         BenchKind::Switch => &[
@@ -60,6 +58,15 @@ fn cargo_args(which: BenchKind) -> &'static [&'static str] {
             "--example",
             "bench-warm",
         ],
+        // Polling conditions and in-guest waits vs the NixOS behaviour, on one booted machine.
+        BenchKind::Driver => &[
+            "run",
+            "--release",
+            "-p",
+            "machinist",
+            "--example",
+            "bench_driver",
+        ],
         BenchKind::All => &[],
     }
 }
@@ -72,6 +79,7 @@ pub fn bench(which: BenchKind) -> Result<()> {
         BenchKind::Switch,
         BenchKind::Ocr,
         BenchKind::Warm,
+        BenchKind::Driver,
     ];
     let kinds: &[BenchKind] = if which == BenchKind::All {
         &all

@@ -55,6 +55,9 @@ enum Cmd {
         /// Write logs and artefacts here (default: target/test-postgrest).
         #[arg(long, value_name = "DIR")]
         output: Option<PathBuf>,
+        /// Boot every machine cold instead of restoring saved snapshots (warm start).
+        #[arg(long)]
+        cold_boot: bool,
     },
     /// Build (or reuse) the guest images the bundled tests need.
     BuildImages {
@@ -92,6 +95,8 @@ pub enum BenchKind {
     Ocr,
     /// Warm start from saved VM state vs cold boot (issue 11).
     Warm,
+    /// Driver: polling conditions and waits vs the NixOS behaviour (issue 8).
+    Driver,
     /// All of the above.
     All,
 }
@@ -122,7 +127,18 @@ fn machinist(args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Paths the user gave are relative to where they typed the command, not to the workspace.
+    if let Cmd::TestPostgrest {
+        postgrest, output, ..
+    } = &mut cli.command
+    {
+        for p in [postgrest, output].into_iter().flatten() {
+            if let Ok(abs) = std::path::absolute(&*p) {
+                *p = abs;
+            }
+        }
+    }
     if let Err(e) = std::env::set_current_dir(workspace_root()) {
         eprintln!("xtask: cannot enter the workspace root: {e}");
         return ExitCode::from(2);
@@ -140,10 +156,12 @@ fn main() -> ExitCode {
             postgrest,
             keep_state,
             output,
+            cold_boot,
         } => postgrest::run(&postgrest::Options {
             postgrest,
             keep_state,
             output,
+            cold_boot,
         }),
         Cmd::BuildImages { rebuild } => {
             let mut args = vec!["build-images"];
@@ -152,9 +170,12 @@ fn main() -> ExitCode {
             }
             deps::ensure().and_then(|()| machinist(&args))
         }
-        Cmd::Interactive { test } => {
-            deps::ensure().and_then(|()| machinist(&["interactive", &test]))
-        }
+        Cmd::Interactive { test } => deps::ensure().and_then(|()| {
+            // Ctrl-C belongs to the REPL (it interrupts the running guest command); xtask must
+            // outlive it, or the shell takes the terminal back from a REPL still running.
+            run::survive_ctrl_c();
+            machinist(&["interactive", &test])
+        }),
         Cmd::Bench { which } => bench::bench(which),
         Cmd::Ci => run::run(std::process::Command::new("bash").arg(".ci/run")),
         Cmd::CheckFeatures => check_features::run_all(),
@@ -201,6 +222,7 @@ mod tests {
             "--keep-state",
             "--output",
             "out",
+            "--cold-boot",
         ])
         .unwrap();
         match cli.command {
@@ -208,10 +230,12 @@ mod tests {
                 postgrest,
                 keep_state,
                 output,
+                cold_boot,
             } => {
                 assert_eq!(postgrest, Some(PathBuf::from("/opt/postgrest")));
                 assert!(keep_state);
                 assert_eq!(output, Some(PathBuf::from("out")));
+                assert!(cold_boot);
             }
             other => panic!("{other:?}"),
         }

@@ -30,6 +30,8 @@ pub struct Options {
     pub keep_state: bool,
     /// Where the logs and artefacts go.
     pub output: Option<PathBuf>,
+    /// Boot every machine cold (no warm start from saved snapshots).
+    pub cold_boot: bool,
 }
 
 /// The environment variable the tests crate reads for a real PostgREST binary.
@@ -106,6 +108,12 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.keep_state {
         cmd.arg("--keep-state");
     }
+    if opts.cold_boot {
+        cmd.arg("--cold-boot");
+    }
+    // Ctrl-C stops the test (the machinist command cleans up and exits); xtask stays to print
+    // the summary of what ran.
+    crate::run::survive_ctrl_c();
     let test = timed(&mut phases, "test", || {
         eprintln!("xtask: $ {}", show(&cmd));
         cmd.status()

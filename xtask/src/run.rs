@@ -60,3 +60,15 @@ pub fn have_nextest() -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Makes Ctrl-C (SIGINT) a no-op for xtask itself, so the child it runs next decides what Ctrl-C
+/// does (the REPL interrupts a guest command; `machinist run` cleans up and exits) while xtask
+/// lives on to take the terminal back and print its summary. A handler, not `SIG_IGN`: handlers
+/// are reset to the default in children at exec, an ignored signal would stay ignored.
+pub fn survive_ctrl_c() {
+    extern "C" fn ignore(_: libc::c_int) {}
+    // SAFETY: installs an async-signal-safe handler that does nothing.
+    unsafe {
+        libc::signal(libc::SIGINT, ignore as *const () as libc::sighandler_t);
+    }
+}

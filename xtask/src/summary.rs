@@ -30,6 +30,8 @@ pub struct RunLog {
     /// Per machine: seconds from its first `starting vm` to its first `connected to guest root
     /// shell` (the first boot; a machine's shell connects when the script first uses it).
     pub boots: BTreeMap<String, f64>,
+    /// Per machine: how its first boot went, `warm` (restored from a snapshot) or `cold`.
+    pub boot_kinds: BTreeMap<String, &'static str>,
     /// `ensuring image ...` blocks (image lookups/builds the run itself did).
     pub images: Vec<Block>,
     /// `run the VM test script`.
@@ -100,6 +102,16 @@ pub fn parse_log(text: &str) -> RunLog {
             }
             "log" => {
                 if let Some(m) = machine {
+                    let kind = if message.starts_with("warm start: restored") {
+                        Some("warm")
+                    } else if message.starts_with("cold boot:") {
+                        Some("cold")
+                    } else {
+                        None
+                    };
+                    if let Some(k) = kind {
+                        log.boot_kinds.entry(m.to_string()).or_insert(k);
+                    }
                     if message == "starting vm" {
                         starting.entry(m.to_string()).or_insert(time);
                     } else if message == "connected to guest root shell" {
@@ -228,7 +240,10 @@ impl Summary {
             let each: Vec<String> = log
                 .boots
                 .iter()
-                .map(|(m, t)| format!("{m} {t:.1} s"))
+                .map(|(m, t)| match log.boot_kinds.get(m) {
+                    Some(k) => format!("{m} {t:.1} s {k}"),
+                    None => format!("{m} {t:.1} s"),
+                })
                 .collect();
             let _ = writeln!(
                 s,
@@ -280,6 +295,8 @@ mod tests {
 {"id":4,"machine":null,"message":"start all VMs","parent":3,"time":0.017,"type":"nest"}
 {"machine":"client","message":"starting vm","parent":null,"time":0.017,"type":"log"}
 {"machine":"server","message":"starting vm","parent":null,"time":0.019,"type":"log"}
+{"machine":"client","message":"warm start: restored from snapshot 0123abcd (0.31 s to running)","parent":null,"time":0.4,"type":"log"}
+{"machine":"server","message":"cold boot: warm start is off (MACHINIST_WARM_START=0 or Test::warm_start(false))","parent":null,"time":0.02,"type":"log"}
 {"duration":0.133,"id":4,"ok":true,"time":0.151,"type":"finished"}
 {"id":5,"machine":null,"message":"subtest: the guide's script","parent":3,"time":0.151,"type":"nest"}
 {"line":"machinist-initrd: start at 3.18 s","machine":"server","time":5.235,"type":"serial"}
@@ -307,6 +324,8 @@ mod tests {
             (log.boots["server"] - 12.252).abs() < 1e-6,
             "first boot only"
         );
+        assert_eq!(log.boot_kinds["client"], "warm");
+        assert_eq!(log.boot_kinds["server"], "cold");
         assert_eq!(log.subtests.len(), 2);
         assert_eq!(log.subtests[1].ok, Some(false));
         assert_eq!(log.script.as_ref().unwrap().ok, Some(false));

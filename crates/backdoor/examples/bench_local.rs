@@ -1,6 +1,6 @@
 //! Sanity run of the benchmark against the host's bash (no VM):
 //! `cargo run -p machinist-backdoor --example bench_local --release`.
-//! Against a booted guest, `cargo xtask bench backdoor` calls `bench::run` on the guest's hvc0.
+//! Against a booted guest, `cargo xtask bench backdoor` calls `bench::run` on a booted Debian guest's main shell (crates/driver's backdoor_bench).
 
 use machinist_backdoor::bench::{self, BenchOptions};
 use machinist_backdoor::local::LocalShell;

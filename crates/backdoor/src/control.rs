@@ -1,4 +1,4 @@
-//! The control shell (`hvc1`): a second, independent guest shell speaking the same protocol. It
+//! The control shell (the second port, `vport0p2`; `hvc1` on a NixOS-style guest): a second, independent guest shell speaking the same protocol. It
 //! kills the main shell's running command (timeouts, Ctrl-C), runs short checks while the main
 //! shell is busy (polling conditions), and tells whether a guest process is alive.
 

@@ -121,7 +121,7 @@ pub enum ShellError {
     #[error(
         "guest shell {name}: command `{command}` timed out or was cancelled but cannot be stopped \
          without a control shell; it is still running and the shell is unusable; attach one with \
-         `Shell::set_control` (the control shell runs on hvc1)"
+         `Shell::set_control` (the control shell runs on the guest's second virtio serial port, vport0p2)"
     )]
     NoControl {
         /// The shell's name.

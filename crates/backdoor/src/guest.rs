@@ -148,7 +148,7 @@ pub fn files() -> Vec<GuestFile> {
     ]
 }
 
-/// The enablement symlinks: the main shell on hvc0 and the control shell on hvc1, both wanted by
+/// The enablement symlinks: the main shell on `vport0p1` and the control shell on `vport0p2`, both wanted by
 /// `sysinit.target`.
 pub fn symlinks() -> Vec<GuestSymlink> {
     [MAIN_DEVICE, CONTROL_DEVICE]

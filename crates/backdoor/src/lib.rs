@@ -3,11 +3,11 @@
 //!
 //! * [`guest`]: the script and systemd units installed in every image (NixOS-compatible greeting,
 //!   raw console, stderr on the serial port; started early in `sysinit.target`).
-//! * [`Shell`]: the main shell (`hvc0`). [`Shell::connect`] waits for the greeting and installs a
+//! * [`Shell`]: the main shell (the first virtio serial port, `vport0p1`). [`Shell::connect`] waits for the greeting and installs a
 //!   preamble of bash helpers; [`Shell::execute`] runs one command per round trip in its own
 //!   subshell, streams its output lines, returns its exit code and raw output bytes, detects
 //!   background processes left holding its stdout, and enforces a host-side timeout.
-//! * [`Control`]: the control shell (`hvc1`), which kills a running command's process tree
+//! * [`Control`]: the control shell (the second port, `vport0p2`), which kills a running command's process tree
 //!   (timeouts, [`Canceller`]) and runs polling checks while the main shell is busy.
 //! * [`Shell::attach_raw`]: interactive raw mode, handing the channel back resynchronised.
 //! * [`nixos`]: the NixOS protocol, byte for byte, as the benchmark baseline; [`bench`] compares.

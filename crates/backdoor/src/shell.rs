@@ -39,7 +39,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ShellStream for T {}
 pub struct ConnectOptions {
     /// Name used in logs and errors, e.g. `server` or `server/control`.
     pub name: String,
-    /// The guest console device serving this shell (`hvc0` main, `hvc1` control); used in hints.
+    /// The guest console device serving this shell (`vport0p1` main, `vport0p2` control; `hvc0`/`hvc1` on a virtconsole); used in hints.
     pub device: String,
     /// Deadline for the greeting and the preamble (the guest's boot time).
     pub timeout: Duration,
@@ -48,7 +48,7 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Options for the main shell (`hvc0`) named `name`, with a 300 s boot deadline.
+    /// Options for the main shell (`vport0p1`) named `name`, with a 300 s boot deadline.
     pub fn new(name: impl Into<String>) -> Self {
         ConnectOptions {
             name: name.into(),
@@ -58,7 +58,7 @@ impl ConnectOptions {
         }
     }
 
-    /// The same options for the control shell (`hvc1`), named `<name>/control`.
+    /// The same options for the control shell (`vport0p2`), named `<name>/control`.
     pub fn control(&self) -> Self {
         ConnectOptions {
             name: format!("{}/control", self.name),
@@ -121,7 +121,7 @@ enum KillReason {
     Cancel,
 }
 
-/// A connected guest root shell (the main channel, `hvc0`).
+/// A connected guest root shell (the main channel, `vport0p1`).
 pub struct Shell {
     opts: ConnectOptions,
     stream: Box<dyn ShellStream>,

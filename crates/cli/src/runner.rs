@@ -72,6 +72,9 @@ pub fn run(test: &BundledTest, args: &RunArgs, mode: Mode) -> u8 {
         let ns = namespace(py, &run).map_err(|e| machinist::Error::Script(e.to_string()))?;
         let outcome = match mode {
             Mode::Interactive => {
+                if args.global_timeout.is_none() {
+                    run.disarm_global_timeout();
+                }
                 repl(py, &ns, &test.name, &run);
                 Ok(())
             }
@@ -89,6 +92,7 @@ pub fn run(test: &BundledTest, args: &RunArgs, mode: Mode) -> u8 {
                 };
                 if r.is_err() && args.debug_on_failure {
                     eprintln!("machinist: the test failed; the machines are still running. Ctrl-D ends the session.");
+                    run.disarm_global_timeout();
                     repl(py, &ns, &test.name, &run);
                 }
                 r

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use machinist_tests::postgrest::guide_scripts;
 
-/// Runs `machinist run <test> --script <script>` and asserts it passes.
-fn run_script(test: &str, script: &Path) {
+/// Runs `machinist run <test> --script <script>`, asserts it passes, and returns its output
+/// directory.
+fn run_script(test: &str, script: &Path) -> tempfile::TempDir {
     let _lock = machinist_qemu::VmTestLock::acquire().expect("VM test lock");
     let out = tempfile::tempdir().expect("temp dir");
     let t0 = Instant::now();
@@ -36,6 +37,7 @@ fn run_script(test: &str, script: &Path) {
         "{} failed:\n{log}",
         script.display()
     );
+    out
 }
 
 #[test]
@@ -46,7 +48,7 @@ fn vm_guide_script_py_runs_verbatim() {
         text.contains("http://server:3000/todos"),
         "the guide's first version"
     );
-    run_script("postgrest", &first);
+    let _ = run_script("postgrest", &first);
 }
 
 #[test]
@@ -57,7 +59,7 @@ fn vm_guide_script_final_py_reads_the_port_from_the_node() {
         text.contains("nodes.server.config.tutorial.port"),
         "the guide's final version"
     );
-    run_script("postgrest", &last);
+    let _ = run_script("postgrest", &last);
 }
 
 #[test]
@@ -96,5 +98,17 @@ assert nodes.machine.config.memory_mib == 1024, nodes.machine.config.memory_mib
 "#,
     )
     .unwrap();
-    run_script("hello", &script);
+    let out = run_script("hello", &script);
+    // Each Python subtest is a JUnit test case, as the driver's own subtests are.
+    let junit = std::fs::read_to_string(out.path().join("junit.xml")).unwrap();
+    for case in [
+        "keyword arguments and timedelta timeouts",
+        "polling_condition guards a block",
+        "a failing command raises the driver",
+    ] {
+        assert!(
+            junit.contains(case),
+            "no test case {case:?} in junit.xml:\n{junit}"
+        );
+    }
 }

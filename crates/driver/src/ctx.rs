@@ -34,6 +34,8 @@ pub(crate) struct Ctx {
     pub(crate) keep_state: bool,
     /// Restore machines from snapshots (warm start) where possible.
     pub(crate) warm_start: bool,
+    /// The accelerator every machine of the run uses (probed once per host and cached).
+    pub(crate) accel: machinist_qemu::Accel,
     /// Every machine of the run (for boot settling).
     pub(crate) machines: std::sync::Mutex<Vec<std::sync::Weak<crate::machine::Machine>>>,
 }

@@ -25,6 +25,7 @@
 //!
 //! Templates for node files use strict `@name@` substitution: see [`template`].
 
+pub mod backdoor_bench;
 mod ctx;
 pub mod error;
 pub mod log;

@@ -446,6 +446,18 @@ impl TestRun {
         Ok(Arc::new(m))
     }
 
+    /// Turns the global timeout off for the rest of the run: for an interactive session, where
+    /// a person (not a deadline) decides when the machines stop.
+    pub fn disarm_global_timeout(&self) {
+        if let Some(w) = &self.watchdog {
+            w.disarm();
+            self.ctx.logger.log(
+                None,
+                "the global timeout is off for this interactive session",
+            );
+        }
+    }
+
     /// The (scaled) global timeout of this run.
     pub fn global_timeout(&self) -> Duration {
         self.global_timeout

@@ -254,6 +254,9 @@ impl<'a> Test<'a> {
             .build()
             .map_err(|e| Error::io("starting the tokio runtime", e))?;
         let (abort_tx, _) = tokio::sync::watch::channel(None);
+        // Never trust /dev/kvm without a probe: decided once per process (cached per host).
+        let accel = machinist_qemu::accel::choose();
+        logger.log(None, &format!("accelerator: {accel}"));
         let ctx = Arc::new(Ctx {
             logger: logger.clone(),
             handle: rt.handle().clone(),
@@ -269,6 +272,7 @@ impl<'a> Test<'a> {
                 .warm_start
                 .unwrap_or_else(crate::warm::warm_start_from_env),
             machines: std::sync::Mutex::new(Vec::new()),
+            accel: accel.accel,
         });
         let global_timeout = scale.apply(self.global_timeout);
         let mut run = TestRun {
@@ -621,6 +625,7 @@ pub(crate) fn build_machine(
         append,
         memory_mib: cfg.memory_mib,
         cores: cfg.cores,
+        accel: ctx.accel,
         nics,
         user_nic: planned
             .user_interface

@@ -60,6 +60,11 @@ impl Watchdog {
         Watchdog { stop: tx, thread }
     }
 
+    /// Disarms the timeout without joining the thread (it returns at once).
+    pub(crate) fn disarm(&self) {
+        let _ = self.stop.send(());
+    }
+
     pub(crate) fn stop(mut self) {
         let _ = self.stop.send(());
         if let Some(t) = self.thread.take() {

@@ -30,9 +30,29 @@ fn vm_two_machines() {
 
             t.subtest("block and unblock", || {
                 b.block()?;
-                a.fail("ping -c2 -W1 beta")?;
+                let s = Instant::now();
+                a.fail("ping -c1 -W1 beta")?;
+                let failed_after = s.elapsed();
+                eprintln!("METRIC ping to a blocked machine failed after {:.2} s", failed_after.as_secs_f64());
+                assert!(failed_after < Duration::from_secs(2), "{failed_after:?}");
                 b.unblock()?;
                 a.wait_until_succeeds("ping -c1 -W1 beta", 20)?;
+                // The VLAN's capture shows the echo requests and replies (pcaps of a passing run
+                // are deleted at the end, so read it here).
+                let vlan = t.vlan(1).expect("VLAN 1");
+                vlan.switch().flush_pcap().expect("flush the pcap");
+                let pcap = vlan.pcap_path().expect("a pcap on VLAN 1");
+                let dump = std::process::Command::new("tcpdump")
+                    .args(["-n", "-r"])
+                    .arg(pcap)
+                    .args(["icmp", "or", "icmp6"])
+                    .output()
+                    .expect("run tcpdump (Debian package tcpdump)");
+                let text = String::from_utf8_lossy(&dump.stdout);
+                // `ping beta` resolves to the IPv6 address first (/etc/hosts has both).
+                for want in ["echo request", "echo reply"] {
+                    assert!(text.contains(want), "no `{want}` in the pcap:\n{text}");
+                }
                 Ok(())
             })?;
 

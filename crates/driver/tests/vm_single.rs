@@ -167,9 +167,12 @@ fn single_machine_methods(warm: bool) {
             assert!(m.get_tty_text(1)?.contains("HELLO-OCR-4711"));
             m.dump_tty_contents(1)?;
             let s = Instant::now();
-            m.wait_for_text("HELLO", 60)?;
+            m.wait_for_text("HELLO-OCR-4711", 60)?;
             eprintln!("METRIC wait_for_text {:.2} s", s.elapsed().as_secs_f64());
-            let _ = m.get_screen_text()?;
+            let screen = m.get_screen_text()?;
+            assert!(screen.contains("HELLO-OCR-4711"), "{screen}");
+            let boxes = m.find_text("HELLO-OCR-4711")?;
+            assert!(boxes.first().is_some_and(|b| b.width > 0 && b.height > 0), "{boxes:?}");
             assert!(!m.get_screen_text_variants()?.is_empty());
             m.send_key("shift-a")?;
             m.send_chars("ls\n")?;
@@ -211,6 +214,15 @@ fn single_machine_methods(warm: bool) {
             assert!(s.elapsed() < Duration::from_secs(10));
             m.succeed("true")?;
 
+            // The guest's root shell dies and systemd re-spawns it: the command's error says so
+            // and the next command runs in the new shell.
+            let e = m.execute("kill -9 $$").unwrap_err();
+            assert!(e.to_string().contains("re-spawned"), "{e}");
+            assert_eq!(m.succeed("echo reborn")?, "reborn\n");
+
+            // Output lines reach the log as they arrive (checked in log.jsonl below).
+            m.succeed("echo streamed-line-1; sleep 0.2; echo streamed-line-2")?;
+
             m.log("all methods checked");
             m.nested("a nested block", || Ok(()))?;
             t.subtest("a subtest", || m.succeed("true"))?;
@@ -221,6 +233,14 @@ fn single_machine_methods(warm: bool) {
     let junit = std::fs::read_to_string(&report.junit).unwrap();
     assert!(junit.contains("a subtest"));
     assert!(report.output_dir.join("machine-console.log").exists());
+    let json = std::fs::read_to_string(report.output_dir.join("log.jsonl")).unwrap();
+    for want in ["streamed-line-1", "streamed-line-2"] {
+        assert!(
+            json.lines()
+                .any(|l| l.contains(r#""type":"output""#) && l.contains(want)),
+            "no output record with {want} in log.jsonl"
+        );
+    }
     assert!(common::qemus_with("machine")
         .iter()
         .all(|&p| !common::alive(p)));

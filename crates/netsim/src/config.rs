@@ -77,6 +77,9 @@ pub struct Impairment {
 /// Extra delay of a reordered frame.
 pub const REORDER_HOLD: Duration = Duration::from_millis(2);
 
+/// The longest delay (latency + jitter) an impairment may ask for: one hour.
+pub const MAX_DELAY: Duration = Duration::from_secs(3600);
+
 impl Impairment {
     /// A perfect link.
     pub fn none() -> Self {
@@ -130,6 +133,14 @@ impl Impairment {
         }
         if self.rate_bps == Some(0) {
             return Err("rate_bps must be positive (use block() to stop traffic)".into());
+        }
+        if self.latency.saturating_add(self.jitter) > MAX_DELAY {
+            return Err(format!(
+                "latency + jitter must be at most {} s (use block() to stop traffic), got {:?} + {:?}",
+                MAX_DELAY.as_secs(),
+                self.latency,
+                self.jitter
+            ));
         }
         Ok(())
     }

@@ -84,6 +84,9 @@ impl Commands {
 }
 
 // Event tokens: kind (8 bits) | index (24 bits) | generation (32 bits).
+/// The highest port number a VDE client may ask for (each number is a slot that stays).
+const MAX_VDE_PORT: u32 = 1024;
+
 const K_CMD: u64 = 1;
 const K_LISTEN: u64 = 2;
 const K_VDE_LISTEN: u64 = 3;
@@ -618,6 +621,12 @@ impl Engine {
     }
 
     fn attach_vde(&mut self, mut ctl: UnixStream, request: vde::VdeRequest) -> Result<(), String> {
+        if request.port > MAX_VDE_PORT {
+            return Err(format!(
+                "port {} requested by a VDE client is above the highest VDE port {MAX_VDE_PORT}",
+                request.port
+            ));
+        }
         let c = &mut self.core;
         let number = if request.port != 0 {
             request.port

@@ -90,15 +90,19 @@ fn latency_and_jitter_stay_in_bounds() {
     }
     // Effective from the next frame: remove it and frames are fast again.
     sw.set_impairment(("b", "a"), Impairment::none()).unwrap();
-    let f = frame(BROADCAST, 1, "fast");
-    let t0 = Instant::now();
-    c[0].send(&f).unwrap();
-    expect(&mut c[1], &f);
-    assert!(
-        t0.elapsed() < Duration::from_millis(30),
-        "{:?}",
-        t0.elapsed()
-    );
+    // The fastest of five is below the impaired minimum (one slow frame on a loaded host is
+    // not a latency).
+    let fastest = (0..5)
+        .map(|i| {
+            let f = frame(BROADCAST, 1, &format!("fast {i}"));
+            let t0 = Instant::now();
+            c[0].send(&f).unwrap();
+            expect(&mut c[1], &f);
+            t0.elapsed()
+        })
+        .min()
+        .unwrap();
+    assert!(fastest < lat - jit, "{fastest:?}");
 }
 
 #[test]
@@ -175,6 +179,11 @@ fn bad_impairments_are_rejected() {
         .unwrap_err();
     assert!(matches!(e, NetsimError::InvalidImpairment { .. }), "{e}");
     assert!(e.to_string().contains("loss"));
+    // A delay no test could wait for (and that would overflow the switch's clock) is refused.
+    let e = sw
+        .set_impairment("a", Impairment::none().latency(Duration::MAX))
+        .unwrap_err();
+    assert!(e.to_string().contains("latency + jitter"), "{e}");
     assert!(matches!(
         sw.set_impairment(("a", "ghost"), Impairment::none().loss(0.1)),
         Err(NetsimError::UnknownPort { .. })

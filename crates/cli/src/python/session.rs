@@ -67,8 +67,8 @@ impl Session for DriverSession {
     }
 
     fn subtest_begin(&self, name: &str) -> u64 {
-        // TODO(issue 9): use the driver's subtest guard when it has one (JUnit test case per
-        // subtest); the log block is the same.
+        // The same log block and JUnit test case as the driver's `TestRun::subtest`.
+        self.run.logger().junit_begin(name);
         let span = self.run.logger().begin(None, &format!("subtest: {name}"));
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         self.subtests
@@ -86,12 +86,16 @@ impl Session for DriverSession {
             .remove(&token);
         if let Some((name, span)) = entry {
             match failure {
-                None => span.finish(),
+                None => {
+                    span.finish();
+                    self.run.logger().junit_end(None);
+                }
                 Some(e) => {
                     drop(span);
                     self.run
                         .logger()
                         .error(None, &format!("Test \"{name}\" failed with error: \"{e}\""));
+                    self.run.logger().junit_end(Some(e));
                 }
             }
         }

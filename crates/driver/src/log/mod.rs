@@ -51,6 +51,7 @@ struct Inner {
     start: Instant,
     state: Mutex<State>,
     print_serial: AtomicBool,
+    print_output: AtomicBool,
     next_id: AtomicU64,
 }
 
@@ -84,6 +85,9 @@ impl Logger {
                     junit: junit::Junit::new(start),
                 }),
                 print_serial: AtomicBool::new(true),
+                print_output: AtomicBool::new(
+                    std::env::var_os("MACHINIST_PRINT_OUTPUT").is_some_and(|v| v == "1"),
+                ),
                 next_id: AtomicU64::new(1),
             }),
         }
@@ -190,6 +194,30 @@ impl Logger {
         }
     }
 
+    /// One line a guest command printed, as it arrives: always in the JSON log (`"type":
+    /// "output"`); on the terminal as `<machine> | <line>` only when output printing is on
+    /// ([`Logger::set_print_output`], or `MACHINIST_PRINT_OUTPUT=1`).
+    pub fn output(&self, machine: &str, line: &str) {
+        let print = self.inner.print_output.load(Ordering::Relaxed);
+        let mut st = self.state();
+        if print {
+            st.junit.line(&format!("{machine} | {line}"));
+            if let Some(t) = st.terminal.as_mut() {
+                t.line(Kind::Output, Some(machine), line);
+            }
+        }
+        let record =
+            json!({"time": self.now(), "type": "output", "machine": machine, "line": line});
+        if let Some(j) = st.json.as_mut() {
+            j.write(record);
+        }
+    }
+
+    /// Shows (`true`) or hides guest command output lines on the terminal as they arrive.
+    pub fn set_print_output(&self, on: bool) {
+        self.inner.print_output.store(on, Ordering::Relaxed);
+    }
+
     /// Shows (`true`) or hides serial console lines on the terminal (`serial_stdout_on/off`).
     pub fn set_print_serial(&self, on: bool) {
         self.inner.print_serial.store(on, Ordering::Relaxed);
@@ -245,11 +273,14 @@ impl Logger {
         r
     }
 
-    pub(crate) fn junit_begin(&self, name: &str) {
+    /// Opens a JUnit test case `name` (a subtest); lines logged until [`Logger::junit_end`] go
+    /// into its output. [`crate::TestRun::subtest`] does this; other front ends (Python) too.
+    pub fn junit_begin(&self, name: &str) {
         self.state().junit.begin(name, Instant::now());
     }
 
-    pub(crate) fn junit_end(&self, failure: Option<String>) {
+    /// Closes the open JUnit test case, failed with `failure` when given.
+    pub fn junit_end(&self, failure: Option<String>) {
         self.state().junit.end(failure, Instant::now());
     }
 

@@ -27,6 +27,8 @@ pub(crate) enum Kind {
     Info,
     /// Serial console line (`<machine> # <line>`): dim.
     Serial,
+    /// A line of a guest command's output (`<machine> | <line>`): dim.
+    Output,
     /// Warning: yellow.
     Warning,
     /// Error: red.
@@ -53,6 +55,14 @@ pub(crate) fn format_line(kind: Kind, machine: Option<&str>, message: &str, colo
                 format!("{DIM}{m} # {message}{RESET}")
             } else {
                 format!("{m} # {message}")
+            }
+        }
+        (Kind::Output, _) => {
+            let m = machine.unwrap_or("machine");
+            if color {
+                format!("{DIM}{m} | {message}{RESET}")
+            } else {
+                format!("{m} | {message}")
             }
         }
         (_, false) => prefix(machine, message),

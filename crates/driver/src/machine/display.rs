@@ -130,9 +130,15 @@ impl Machine {
         })
     }
 
-    fn ocr(&self) -> Result<machinist_ocr::Ocr> {
-        machinist_ocr::Ocr::new(machinist_ocr::OcrConfig::default())
-            .map_err(|e| Error::backend(Some(self.name()), "starting OCR", e))
+    /// The OCR engine, checked once per process (`tesseract --version` and its languages).
+    fn ocr(&self) -> Result<&'static machinist_ocr::Ocr> {
+        static OCR: std::sync::OnceLock<machinist_ocr::Ocr> = std::sync::OnceLock::new();
+        if let Some(o) = OCR.get() {
+            return Ok(o);
+        }
+        let o = machinist_ocr::Ocr::new(machinist_ocr::OcrConfig::default())
+            .map_err(|e| Error::backend(Some(self.name()), "starting OCR", e))?;
+        Ok(OCR.get_or_init(|| o))
     }
 
     fn grab_file(&self) -> PathBuf {
@@ -156,6 +162,20 @@ impl Machine {
             let ocr = self.ocr()?;
             let img = self.grab_image()?;
             ocr.get_screen_text_variants(&img)
+                .map_err(|e| Error::backend(Some(self.name()), "OCR", e))
+        })
+    }
+
+    /// Where text matching `regex` is on the screen, by OCR: the matched words with their boxes
+    /// in screenshot pixels (empty when nothing matches). The NixOS driver has no equivalent
+    /// (nixpkgs #156555 asks for text positions).
+    pub fn find_text(&self, regex: &str) -> Result<Vec<machinist_ocr::WordBox>> {
+        let re = regex::Regex::new(regex)
+            .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
+        self.nested(&format!("finding {regex} on screen"), || {
+            let ocr = self.ocr()?;
+            let img = self.grab_image()?;
+            ocr.find_text(&img, &re)
                 .map_err(|e| Error::backend(Some(self.name()), "OCR", e))
         })
     }

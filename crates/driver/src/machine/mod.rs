@@ -28,6 +28,9 @@ use crate::error::{Error, Result};
 use crate::timeouts::DEFAULT_TIMEOUT;
 use crate::vlan::VLan;
 
+/// How long taking over a re-spawned guest shell may take (its greeting is already read).
+const RESPAWN_RECONNECT: Duration = Duration::from_secs(30);
+
 /// How to boot a machine (everything needed to build its QEMU command line).
 #[derive(Debug, Clone)]
 pub(crate) struct BootSpec {
@@ -36,6 +39,8 @@ pub(crate) struct BootSpec {
     pub(crate) disk: PathBuf,
     pub(crate) disk_format: String,
     pub(crate) layer_cpio: Vec<u8>,
+    /// The accelerator (TCG unless a KVM probe guest booted).
+    pub(crate) accel: machinist_qemu::Accel,
     pub(crate) append: String,
     pub(crate) memory_mib: u32,
     pub(crate) cores: u32,
@@ -169,6 +174,23 @@ impl Machine {
         self.current().ok_or_else(|| Error::NotRunning {
             machine: self.name.clone(),
             message: format!("cannot {what}: the machine is not running; call start() first"),
+        })
+    }
+
+    /// Runs `f` on the connected main backdoor shell (connecting first, under the boot
+    /// deadline). For benchmarks and tools that speak to the shell directly.
+    pub(crate) fn with_shell<T>(&self, f: impl AsyncFnOnce(&mut Shell) -> T) -> Result<T> {
+        let run = self.require_running("use the backdoor shell")?;
+        self.ctx.handle.block_on(async {
+            let mut slot = run.shell.lock().await;
+            self.ensure_connected(&run, &mut slot).await?;
+            let ShellSlot::Ready(shell) = &mut *slot else {
+                return Err(Error::NotRunning {
+                    machine: self.name.clone(),
+                    message: "the backdoor shell is not connected".into(),
+                });
+            };
+            Ok(f(shell).await)
         })
     }
 
@@ -561,20 +583,42 @@ impl Machine {
                 });
             };
             let canceller = shell.canceller();
-            let mut ignore = |_: &[u8]| {};
-            let fut = shell.execute(command, timeout, &mut ignore);
-            tokio::pin!(fut);
-            let r = tokio::select! {
-                r = &mut fut => r,
-                e = &mut intr => {
-                    canceller.cancel();
-                    let _ = tokio::time::timeout(Duration::from_secs(15), &mut fut).await;
-                    return Err(e);
+            let logger = self.ctx.logger.clone();
+            let mut stream =
+                |line: &[u8]| logger.output(&self.name, &String::from_utf8_lossy(line));
+            let r = {
+                let fut = shell.execute(command, timeout, &mut stream);
+                tokio::pin!(fut);
+                tokio::select! {
+                    r = &mut fut => r,
+                    e = &mut intr => {
+                        canceller.cancel();
+                        let _ = tokio::time::timeout(Duration::from_secs(15), &mut fut).await;
+                        return Err(e);
+                    }
                 }
             };
             match r {
                 Ok(o) => Ok((o.code, o.stdout)),
                 Err(ShellError::Timeout { stdout, .. }) => Ok((124, stdout)),
+                Err(e @ ShellError::Respawned { .. }) => {
+                    // The guest started a new main shell (a switch_root-like re-exec, or its unit
+                    // was restarted); the greeting is already read, so take it over now and let
+                    // the next command run in it. The control shell is untouched.
+                    let again = tokio::time::timeout(RESPAWN_RECONNECT, shell.reconnect()).await;
+                    let next = match again {
+                        Ok(Ok(())) => "the next command runs in the new shell",
+                        _ => "reconnecting to the new shell failed; restart the machine",
+                    };
+                    self.log_line(&format!("the guest's root shell was re-spawned: {next}"));
+                    Err(Error::backend(
+                        Some(&self.name),
+                        format!(
+                            "running `{command}` (the guest's root shell was re-spawned: {next})"
+                        ),
+                        e,
+                    ))
+                }
                 Err(e @ ShellError::Disconnected { .. }) => {
                     // QEMU gone (crash) or the guest powered off.
                     let exited = tokio::time::timeout(Duration::from_secs(2), run.process.wait())
@@ -827,6 +871,8 @@ impl Machine {
             let deadline = Deadline::new(t);
             let serial = run.process.serial().clone();
             let mut rx = serial.subscribe();
+            // Set once QEMU has exited: one last look at the final output, then fail at once.
+            let mut exited = false;
             loop {
                 let lines = serial.lines();
                 let total = serial.line_count();
@@ -852,6 +898,9 @@ impl Machine {
                     return Ok(m.as_str().to_string());
                 }
                 drop(cursor);
+                if exited {
+                    break;
+                }
                 if deadline.expired() {
                     return Err(Error::Timeout {
                         machine: Some(self.name.clone()),
@@ -866,13 +915,14 @@ impl Machine {
                     let _ = tokio::time::timeout(wait, rx.recv()).await;
                     Ok(())
                 })?;
-                if run.process.try_wait().is_some() && serial.is_closed() && deadline.expired() {
-                    break;
-                }
+                exited = run.process.try_wait().is_some() && serial.is_closed();
             }
             Err(Error::NotRunning {
                 machine: self.name.clone(),
-                message: "QEMU exited".into(),
+                message: format!(
+                    "QEMU exited before console text matching {regex} appeared (console log: {})",
+                    self.console_file.display()
+                ),
             })
         })
     }
@@ -962,15 +1012,19 @@ impl Machine {
         }
     }
 
-    /// Sends the host's stdin to the backdoor shell and its output to stdout until EOF (Ctrl-D)
-    /// (NixOS `shell_interact`). Commands typed run as root in the guest.
+    /// Sends the host's stdin to the backdoor shell and its output to stdout until Ctrl-]
+    /// (then Enter: the terminal stays in line mode, so it echoes and edits what you type, which
+    /// a guest shell without a tty cannot do) or EOF (Ctrl-D) (NixOS `shell_interact`).
+    /// Commands typed run as root in the guest; the machine stays usable afterwards.
     pub fn shell_interact(&self) -> Result<()> {
         if self.current().is_none() {
             self.start()?;
         }
         self.execute("true")?;
         let run = self.require_running("attach a shell")?;
-        self.log_line("Terminal is ready (there is no prompt): type commands, Ctrl-D to leave");
+        self.log_line(
+            "Terminal is ready (there is no prompt): type commands; Ctrl-] then Enter, or Ctrl-D, to leave",
+        );
         let name = self.name.clone();
         self.ctx.block_on(false, async move {
             let mut slot = run.shell.lock().await;
@@ -981,7 +1035,11 @@ impl Machine {
                 });
             };
             shell
-                .attach_raw(tokio::io::stdin(), tokio::io::stdout(), 0x04)
+                .attach_raw(
+                    tokio::io::stdin(),
+                    tokio::io::stdout(),
+                    machinist_backdoor::ESCAPE_CTRL_RIGHT_BRACKET,
+                )
                 .await
                 .map_err(|e| Error::backend(Some(&name), "interactive shell", e))
         })
@@ -1038,6 +1096,7 @@ pub(crate) fn command_for(
     allow_reboot: bool,
 ) -> QemuCommand {
     let mut cmd = QemuCommand::new(name)
+        .accel(s.accel)
         .memory_mib(s.memory_mib)
         .cores(s.cores)
         .kernel(&s.kernel)

@@ -31,10 +31,17 @@ pub fn pg_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, bin)| bin)
 }
 
-/// Returns the binaries, or prints a loud skip message and returns `None`.
+/// Returns the binaries, or prints a loud skip message and returns `None`. Under CI (`CI` set)
+/// a missing PostgreSQL is a failure: `cargo xtask deps` installs it there.
 pub fn pg_or_skip(test: &str) -> Option<PathBuf> {
     match pg_bin_dir() {
         Some(dir) => Some(dir),
+        None if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") => {
+            panic!(
+                "{test}: PostgreSQL server binaries not found (looked in $PG_BINDIR and \
+                 /usr/lib/postgresql/*/bin); CI installs them with `cargo xtask deps`"
+            )
+        }
         None => {
             eprintln!(
                 "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
