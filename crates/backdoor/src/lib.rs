@@ -10,7 +10,7 @@
 //! * [`Control`]: the control shell (the second port, `vport0p2`), which kills a running command's process tree
 //!   (timeouts, [`Canceller`]) and runs polling checks while the main shell is busy.
 //! * [`Shell::attach_raw`]: interactive raw mode, handing the channel back resynchronised.
-//! * [`nixos`]: the NixOS protocol, byte for byte, as the benchmark baseline; [`bench`] compares.
+//! * [`nixos`]: the NixOS protocol, byte for byte, as the benchmark baseline; [`bench`](mod@bench) compares.
 //! * [`local`]: the real guest script on a socket pair with the host's bash, for tests without a VM.
 //!
 //! ```no_run

@@ -73,3 +73,8 @@ pub fn template_file(
         rendered,
     ))
 }
+
+/// The README's example compiles (`cargo test --doc`): it is the seed's PostgREST test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
