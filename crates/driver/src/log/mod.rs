@@ -180,18 +180,7 @@ impl Logger {
     /// always in the JSON log.
     pub fn serial(&self, machine: &str, line: &str) {
         let print = self.inner.print_serial.load(Ordering::Relaxed);
-        let mut st = self.state();
-        if print {
-            st.junit.line(&format!("{machine} # {line}"));
-            if let Some(t) = st.terminal.as_mut() {
-                t.line(Kind::Serial, Some(machine), line);
-            }
-        }
-        let record =
-            json!({"time": self.now(), "type": "serial", "machine": machine, "line": line});
-        if let Some(j) = st.json.as_mut() {
-            j.write(record);
-        }
+        self.emit_machine_line(Kind::Serial, "serial", print, machine, line);
     }
 
     /// One line a guest command printed, as it arrives: always in the JSON log (`"type":
@@ -199,15 +188,21 @@ impl Logger {
     /// ([`Logger::set_print_output`], or `MACHINIST_PRINT_OUTPUT=1`).
     pub fn output(&self, machine: &str, line: &str) {
         let print = self.inner.print_output.load(Ordering::Relaxed);
+        self.emit_machine_line(Kind::Output, "output", print, machine, line);
+    }
+
+    /// A line a machine produced (serial console or command output): on the terminal and in
+    /// JUnit only when `print`, always in the JSON log as `{"type": ty, "machine", "line"}`.
+    fn emit_machine_line(&self, kind: Kind, ty: &str, print: bool, machine: &str, line: &str) {
         let mut st = self.state();
         if print {
-            st.junit.line(&format!("{machine} | {line}"));
+            let plain = terminal::format_line(kind, Some(machine), line, false);
+            st.junit.line(plain.trim_end_matches('\n'));
             if let Some(t) = st.terminal.as_mut() {
-                t.line(Kind::Output, Some(machine), line);
+                t.line(kind, Some(machine), line);
             }
         }
-        let record =
-            json!({"time": self.now(), "type": "output", "machine": machine, "line": line});
+        let record = json!({"time": self.now(), "type": ty, "machine": machine, "line": line});
         if let Some(j) = st.json.as_mut() {
             j.write(record);
         }

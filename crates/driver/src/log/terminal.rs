@@ -49,20 +49,13 @@ impl Terminal {
 pub(crate) fn format_line(kind: Kind, machine: Option<&str>, message: &str, color: bool) -> String {
     use style::*;
     let body = match (kind, color) {
-        (Kind::Serial, _) => {
+        (Kind::Serial | Kind::Output, _) => {
             let m = machine.unwrap_or("machine");
+            let sep = if kind == Kind::Serial { '#' } else { '|' };
             if color {
-                format!("{DIM}{m} # {message}{RESET}")
+                format!("{DIM}{m} {sep} {message}{RESET}")
             } else {
-                format!("{m} # {message}")
-            }
-        }
-        (Kind::Output, _) => {
-            let m = machine.unwrap_or("machine");
-            if color {
-                format!("{DIM}{m} | {message}{RESET}")
-            } else {
-                format!("{m} | {message}")
+                format!("{m} {sep} {message}")
             }
         }
         (_, false) => prefix(machine, message),

@@ -179,9 +179,10 @@ impl Machine {
 
     /// Runs `f` on the connected main backdoor shell (connecting first, under the boot
     /// deadline). For benchmarks and tools that speak to the shell directly.
+    /// Ctrl-C (`TestRun::interrupt`) ends the wait.
     pub(crate) fn with_shell<T>(&self, f: impl AsyncFnOnce(&mut Shell) -> T) -> Result<T> {
         let run = self.require_running("use the backdoor shell")?;
-        self.ctx.handle.block_on(async {
+        self.ctx.block_on(false, async {
             let mut slot = run.shell.lock().await;
             self.ensure_connected(&run, &mut slot).await?;
             let ShellSlot::Ready(shell) = &mut *slot else {
@@ -583,7 +584,7 @@ impl Machine {
                 });
             };
             let canceller = shell.canceller();
-            let logger = self.ctx.logger.clone();
+            let logger = &self.ctx.logger;
             let mut stream =
                 |line: &[u8]| logger.output(&self.name, &String::from_utf8_lossy(line));
             let r = {
@@ -1021,19 +1022,10 @@ impl Machine {
             self.start()?;
         }
         self.execute("true")?;
-        let run = self.require_running("attach a shell")?;
         self.log_line(
             "Terminal is ready (there is no prompt): type commands; Ctrl-] then Enter, or Ctrl-D, to leave",
         );
-        let name = self.name.clone();
-        self.ctx.block_on(false, async move {
-            let mut slot = run.shell.lock().await;
-            let ShellSlot::Ready(shell) = &mut *slot else {
-                return Err(Error::NotRunning {
-                    machine: name,
-                    message: "shell not connected".into(),
-                });
-            };
+        self.with_shell(async |shell| {
             shell
                 .attach_raw(
                     tokio::io::stdin(),
@@ -1041,8 +1033,8 @@ impl Machine {
                     machinist_backdoor::ESCAPE_CTRL_RIGHT_BRACKET,
                 )
                 .await
-                .map_err(|e| Error::backend(Some(&name), "interactive shell", e))
-        })
+        })?
+        .map_err(|e| Error::backend(Some(&self.name), "interactive shell", e))
     }
 
     /// Forwards host stdin to the serial console (QEMU's stdin) until Ctrl-D
