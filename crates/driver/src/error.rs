@@ -86,6 +86,18 @@ pub enum Error {
         message: String,
     },
 
+    /// The operation cannot work on this machine (e.g. `wait_for_x` on a guest without an X
+    /// server); nothing was attempted.
+    #[error("{machine}: {what} is not supported here: {why}")]
+    NotSupported {
+        /// Machine.
+        machine: String,
+        /// The operation (the method name).
+        what: String,
+        /// Why, and what to do instead.
+        why: String,
+    },
+
     /// The machine is not running (and the operation needs it running).
     #[error("{machine}: {message}")]
     NotRunning {
@@ -235,6 +247,7 @@ impl Error {
             | Error::Unit { machine, .. }
             | Error::Assertion { machine, .. }
             | Error::NotRunning { machine, .. }
+            | Error::NotSupported { machine, .. }
             | Error::QemuExited { machine, .. } => Some(machine),
             Error::Timeout { machine, .. } | Error::Backend { machine, .. } => machine.as_deref(),
             _ => None,
