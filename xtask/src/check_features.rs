@@ -1,7 +1,9 @@
-//! `cargo xtask check-features`: builds every optional cargo feature of every workspace crate.
+//! `cargo xtask check-features`: builds every optional cargo feature of every workspace crate and
+//! runs the tests that feature adds (the crate's unit tests with the feature on, and every test
+//! target that declares it in `required-features`). `cargo xtask test` runs it after the suite.
 //!
 //! Optional features may need extra system packages (listed in [`FEATURE_PACKAGES`]); they are
-//! installed here, not by `cargo xtask deps`, so that ordinary CI runs do not pay for them.
+//! installed here, not by `cargo xtask deps`, so that `cargo xtask deps` alone stays lean.
 
 use anyhow::{Context, Result};
 
@@ -30,15 +32,47 @@ pub const FEATURE_PACKAGES: &[Package] = &[
     },
 ];
 
-/// Lists `(package, feature)` for every non-default feature of every workspace member.
-pub fn optional_features(metadata: &serde_json::Value) -> Vec<(String, String)> {
+/// One optional feature of one workspace member, and the test targets that need it.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OptionalFeature {
+    /// The package.
+    pub package: String,
+    /// The feature.
+    pub feature: String,
+    /// Test targets (`[[test]]`) whose `required-features` include it.
+    pub tests: Vec<String>,
+}
+
+/// Lists every non-default feature of every workspace member, with its test targets.
+pub fn optional_features(metadata: &serde_json::Value) -> Vec<OptionalFeature> {
     let mut out = Vec::new();
     for pkg in metadata["packages"].as_array().into_iter().flatten() {
         let name = pkg["name"].as_str().unwrap_or_default();
-        if let Some(features) = pkg["features"].as_object() {
-            for f in features.keys().filter(|f| *f != "default") {
-                out.push((name.to_string(), f.clone()));
-            }
+        let Some(features) = pkg["features"].as_object() else {
+            continue;
+        };
+        for f in features.keys().filter(|f| *f != "default") {
+            let tests = pkg["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| {
+                    t["kind"]
+                        .as_array()
+                        .is_some_and(|k| k.iter().any(|k| k == "test"))
+                })
+                .filter(|t| {
+                    t["required-features"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r == f.as_str()))
+                })
+                .filter_map(|t| t["name"].as_str().map(str::to_string))
+                .collect();
+            out.push(OptionalFeature {
+                package: name.to_string(),
+                feature: f.clone(),
+                tests,
+            });
         }
     }
     out.sort();
@@ -61,9 +95,18 @@ pub fn run_all() -> Result<()> {
     if features.is_empty() {
         eprintln!("xtask: no crate declares optional features");
     }
-    for (pkg, feature) in features {
+    for f in features {
+        let (pkg, feature) = (&f.package, &f.feature);
         phase(&format!("check {pkg} --features {feature}"), || {
-            run(cargo().args(["check", "-p", &pkg, "--all-targets", "--features", &feature]))
+            run(cargo().args(["check", "-p", pkg, "--all-targets", "--features", feature]))
+        })?;
+        phase(&format!("test {pkg} --features {feature}"), || {
+            let mut cmd = cargo();
+            cmd.args(["test", "-p", pkg, "--features", feature, "--lib"]);
+            for t in &f.tests {
+                cmd.args(["--test", t]);
+            }
+            run(&mut cmd)
         })?;
     }
     Ok(())
@@ -76,12 +119,22 @@ mod tests {
     #[test]
     fn lists_non_default_features() {
         let meta = serde_json::json!({"packages": [
-            {"name": "machinist-ocr", "features": {"default": [], "libtesseract": ["dep:tesseract"]}},
-            {"name": "xtask", "features": {}},
+            {"name": "machinist-ocr", "features": {"default": [], "libtesseract": ["dep:tesseract"]},
+             "targets": [
+                {"name": "machinist_ocr", "kind": ["lib"]},
+                {"name": "corpus", "kind": ["test"]},
+                {"name": "inprocess", "kind": ["test"], "required-features": ["libtesseract"]},
+                {"name": "inprocess", "kind": ["example"], "required-features": ["libtesseract"]},
+             ]},
+            {"name": "xtask", "features": {}, "targets": []},
         ]});
         assert_eq!(
             optional_features(&meta),
-            [("machinist-ocr".to_string(), "libtesseract".to_string())]
+            [OptionalFeature {
+                package: "machinist-ocr".into(),
+                feature: "libtesseract".into(),
+                tests: vec!["inprocess".into()],
+            }]
         );
     }
 }

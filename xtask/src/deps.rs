@@ -82,6 +82,11 @@ pub const PACKAGES: &[Package] = &[
         name: "vde2",
         why: "netsim: vde_switch interop tests/bench",
     },
+    // crates/ocr tests: the Lat15-VGA16 console font (read as PSF by the console reader test).
+    Package {
+        name: "console-setup-linux",
+        why: "ocr tests: Lat15-VGA16 console font",
+    },
     // crates/ocr bench only: renders the comparison baseline like NixOS does (convert).
     Package {
         name: "imagemagick",

@@ -7,7 +7,9 @@ use crate::{deps, timing::phase};
 
 /// Installs the Debian packages, then runs every test of the workspace: `cargo nextest run
 /// --workspace --profile ci` (plus the doctests, which nextest does not run) when cargo-nextest is
-/// installed, `cargo test --workspace --no-fail-fast` otherwise. `extra` goes to the test runner.
+/// installed, `cargo test --workspace --no-fail-fast` otherwise; then the tests of every optional
+/// cargo feature ([`crate::check_features`]). `extra` goes to the test runner (and, when given,
+/// the optional features are left out: a filtered run is not the whole suite).
 pub fn run_suite(extra: &[String]) -> Result<()> {
     let total = std::time::Instant::now();
     phase("deps", deps::ensure)?;
@@ -34,6 +36,13 @@ pub fn run_suite(extra: &[String]) -> Result<()> {
                 .args(extra))
         })
     };
+    let r = r.and_then(|()| {
+        if extra.is_empty() {
+            crate::check_features::run_all()
+        } else {
+            Ok(())
+        }
+    });
     eprintln!("xtask: test total {:.1} s", total.elapsed().as_secs_f64());
     r
 }

@@ -232,7 +232,25 @@ pub fn run_checks() -> Vec<Finding> {
     ));
     v.push(tool("mke2fs", "mke2fs", &["-V"], "e2fsprogs"));
     v.extend(cache());
+    v.push(stale_run_dirs());
     v
+}
+
+/// Removes run directories left behind by killed test processes (their owner is gone).
+fn stale_run_dirs() -> Finding {
+    let base = machinist::stale::run_dir_base();
+    let removed = machinist::stale::remove_stale_run_dirs(&base);
+    let detail = if removed.is_empty() {
+        format!("none left behind in {}", base.display())
+    } else {
+        let names: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "removed {} left behind by killed test processes: {}",
+            removed.len(),
+            names.join(", ")
+        )
+    };
+    Finding::ok("run directories", detail)
 }
 
 /// The report as printed, plus a closing line naming what to install.

@@ -27,8 +27,9 @@ fn normalize(raw: &[u8]) -> String {
     let rules = [
         (r"\d+\.\d+ seconds", "[T] seconds"),
         (r"pid \d+", "pid [PID]"),
-        // The reason depends on the host (no /dev/kvm, a failed probe, a cached verdict).
-        (r"accelerator: tcg \(.*\)", "accelerator: tcg ([WHY])"),
+        // The choice and its reason depend on the host (no /dev/kvm, a probe that hung or
+        // aborted, a cached verdict, a working KVM): the whole line is redacted.
+        (r"(?m)^accelerator: .*$", "accelerator: [ACCEL] ([WHY])"),
         (r"line \d+", "line [N]"),
         (r"/tmp/\.tmp[A-Za-z0-9]+", "[TMP]"),
     ];

@@ -25,6 +25,24 @@ pub enum Error {
         output: String,
     },
 
+    /// A command exited but left background processes holding its standard output (a process
+    /// started with `&` without redirecting its output); under NixOS this hangs until the timeout.
+    #[error("{machine}: command `{command}` exited (code {code}) but left background process(es) \
+             {pids:?} holding its standard output; redirect their output, e.g. \
+             `cmd >/dev/null 2>&1 &`, or start them as a systemd unit{}", output_tail(.output))]
+    BackgroundProcess {
+        /// Machine the command ran on.
+        machine: String,
+        /// The command.
+        command: String,
+        /// Its exit code.
+        code: i32,
+        /// The processes still holding the output.
+        pids: Vec<u32>,
+        /// Its standard output.
+        output: String,
+    },
+
     /// A command succeeded where failure was required (`fail`).
     #[error("{machine}: command `{command}` unexpectedly succeeded{}", output_tail(.output))]
     UnexpectedSuccess {
@@ -67,7 +85,7 @@ pub enum Error {
     },
 
     /// A systemd unit reached a state from which `wait_for_unit` cannot succeed.
-    #[error("{machine}: unit \"{unit}\" {reason}")]
+    #[error("{machine}: unit \"{unit}\" {reason}{}", details_block(.details))]
     Unit {
         /// Machine.
         machine: String,
@@ -75,6 +93,9 @@ pub enum Error {
         unit: String,
         /// e.g. `reached state "failed"`, `is inactive and there are no pending jobs`.
         reason: String,
+        /// What the guest says about it: `systemctl status` and the unit's last journal lines
+        /// (empty when there is nothing to add).
+        details: String,
     },
 
     /// A check on a machine failed (unit state, window, tty text, ...).
@@ -209,6 +230,15 @@ fn output_tail(out: &str) -> String {
     s
 }
 
+fn details_block(details: &str) -> String {
+    let t = details.trim_end();
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("\n{t}")
+    }
+}
+
 fn stderr_tail(err: &str) -> String {
     let t = err.trim();
     if t.is_empty() {
@@ -243,6 +273,7 @@ impl Error {
         match self {
             Error::CommandFailed { machine, .. }
             | Error::UnexpectedSuccess { machine, .. }
+            | Error::BackgroundProcess { machine, .. }
             | Error::BootTimeout { machine, .. }
             | Error::Unit { machine, .. }
             | Error::Assertion { machine, .. }

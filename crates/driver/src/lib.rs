@@ -34,6 +34,7 @@ mod node;
 pub mod orphans;
 mod polling;
 mod run;
+pub mod stale;
 pub mod template;
 mod test;
 pub mod timeouts;
@@ -44,7 +45,7 @@ mod watchdog;
 
 pub use error::{BoxError, Error, Result};
 pub use log::{Logger, Span};
-pub use machine::{Commands, ExecResult, IntoTimeout, Machine, WaitForUnit};
+pub use machine::{Commands, ExecResult, IntoTimeout, Machine, StartKind, WaitForUnit};
 pub use node::Node;
 pub use polling::{CheckOutcome, PollingCondition};
 pub use run::TestRun;

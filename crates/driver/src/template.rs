@@ -16,6 +16,10 @@
 //! (one placeholder, `@user@`) behave as expected. There is no escape syntax: to keep a literal
 //! `@word@`, pass a variable `word` whose value is `"@word@"`.
 //!
+//! An *unclosed* placeholder is an error: `@ident` that ends its line (or the text) where the `@`
+//! starts a word (at the start of the line or after a blank, `=`, `:`, `,`, `(`, `[`, `{` or a
+//! quote), as in `owner = @user`. An `@` inside a word (`user@localhost`) stays plain text.
+//!
 //! # Strictness
 //!
 //! Rendering fails (listing every problem at once, each with the template name, line and column)
@@ -115,6 +119,15 @@ pub enum TemplateProblem {
         /// 1-based column (in characters) of its first use.
         column: usize,
     },
+    /// `@name` ends its line without the closing `@` (see the module docs).
+    Unclosed {
+        /// Placeholder name (without the `@`).
+        name: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column (in characters) of the `@`.
+        column: usize,
+    },
     /// A variable was provided but the template never uses it.
     Unused {
         /// Variable name.
@@ -130,7 +143,8 @@ pub enum TemplateError {
     Invalid {
         /// The template's file path, or a name given by the caller (`<inline>` by default).
         source_name: String,
-        /// Every problem found, missing ones first in order of appearance, then unused ones.
+        /// Every problem found: missing ones in order of appearance, then unclosed ones, then
+        /// unused ones.
         problems: Vec<TemplateProblem>,
     },
     /// The template file could not be read.
@@ -150,6 +164,9 @@ fn render_problems(source_name: &str, problems: &[TemplateProblem]) -> String {
         match p {
             TemplateProblem::Missing { name, line, column } => out.push_str(&format!(
                 "\n  {source_name}:{line}:{column}: placeholder @{name}@ has no value (provide a variable `{name}`)"
+            )),
+            TemplateProblem::Unclosed { name, line, column } => out.push_str(&format!(
+                "\n  {source_name}:{line}:{column}: placeholder @{name} is not closed (write @{name}@)"
             )),
             TemplateProblem::Unused { name } => out.push_str(&format!(
                 "\n  {source_name}: variable `{name}` is provided but the template never uses @{name}@ (remove it or use it)"
@@ -174,7 +191,19 @@ pub struct Placeholder {
 
 /// Lists the placeholders of `text` in order of appearance (see the module docs for the grammar).
 pub fn placeholders(text: &str) -> Vec<Placeholder> {
+    scan(text).0
+}
+
+/// Lists the unclosed placeholders of `text` (`@name` ending its line; see the module docs), as
+/// [`Placeholder`]s whose range covers `@name`.
+pub fn unclosed_placeholders(text: &str) -> Vec<Placeholder> {
+    scan(text).1
+}
+
+/// The placeholders and the unclosed placeholders of `text`.
+fn scan(text: &str) -> (Vec<Placeholder>, Vec<Placeholder>) {
     let bytes = text.as_bytes();
+    let mut unclosed = Vec::new();
     let mut out = Vec::new();
     let mut i = 0;
     let mut line = 1;
@@ -199,10 +228,48 @@ pub fn placeholders(text: &str) -> Vec<Placeholder> {
                 i = end;
                 continue;
             }
+            if let Some(end) = match_unclosed(bytes, i) {
+                let column = text[line_start..i].chars().count() + 1;
+                unclosed.push(Placeholder {
+                    name: text[i + 1..end].to_string(),
+                    range: i..end,
+                    line,
+                    column,
+                });
+                i = end;
+                continue;
+            }
         }
         i += 1;
     }
-    out
+    (out, unclosed)
+}
+
+/// If `bytes[at]` is an `@` that starts a word and is followed by an identifier that ends the
+/// line (blanks allowed before the line end) or the text, returns the end of the identifier.
+fn match_unclosed(bytes: &[u8], at: usize) -> Option<usize> {
+    let starts_word = at == 0
+        || matches!(
+            bytes[at - 1],
+            b' ' | b'\t' | b'\n' | b'=' | b':' | b',' | b'(' | b'[' | b'{' | b'"' | b'\''
+        );
+    let first = *bytes.get(at + 1)?;
+    if !starts_word || !(first.is_ascii_alphabetic() || first == b'_') {
+        return None;
+    }
+    let mut end = at + 2;
+    while bytes
+        .get(end)
+        .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    {
+        end += 1;
+    }
+    let rest = &bytes[end..];
+    let line_end = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
+    rest[..line_end]
+        .iter()
+        .all(|c| matches!(c, b' ' | b'\t' | b'\r'))
+        .then_some(end)
 }
 
 /// If `bytes[at]` starts a placeholder, returns the index just past its closing `@`.
@@ -246,7 +313,7 @@ pub fn substitute_named(
     text: &str,
     vars: &Vars,
 ) -> Result<String, TemplateError> {
-    let found = placeholders(text);
+    let (found, unclosed) = scan(text);
     let mut problems = Vec::new();
     let mut seen_missing = BTreeSet::new();
     let mut used = BTreeSet::new();
@@ -261,8 +328,17 @@ pub fn substitute_named(
             });
         }
     }
+    for p in &unclosed {
+        problems.push(TemplateProblem::Unclosed {
+            name: p.name.clone(),
+            line: p.line,
+            column: p.column,
+        });
+    }
+    // A variable whose only use is an unclosed placeholder is explained by that problem.
+    let unclosed_names: BTreeSet<&str> = unclosed.iter().map(|p| p.name.as_str()).collect();
     for name in vars.names() {
-        if !used.contains(name) {
+        if !used.contains(name) && !unclosed_names.contains(name) {
             problems.push(TemplateProblem::Unused {
                 name: name.to_string(),
             });
@@ -358,6 +434,51 @@ mod tests {
         let err =
             substitute_all("port = @port@\n", &vars! { "port" => 1, "extra" => 2 }).unwrap_err();
         insta::assert_snapshot!(err.to_string());
+    }
+
+    #[test]
+    fn an_unclosed_placeholder_is_reported_with_its_position() {
+        let text = "host = db\nowner = @user\nmail = admin@example.org\n";
+        // With the variable: not "unused", but unclosed at line 2, column 9.
+        let e =
+            substitute_named("owner.conf", text, &crate::vars! { "user" => "alice" }).unwrap_err();
+        let TemplateError::Invalid { problems, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(
+            problems,
+            &[TemplateProblem::Unclosed {
+                name: "user".into(),
+                line: 2,
+                column: 9
+            }]
+        );
+        assert!(
+            e.to_string()
+                .contains("owner.conf:2:9: placeholder @user is not closed (write @user@)"),
+            "{e}"
+        );
+        // Without it: still reported (it would otherwise render silently).
+        let e = substitute_all(text, &Vars::new()).unwrap_err();
+        assert!(e.to_string().contains("<inline>:2:9"), "{e}");
+        // At the very end of the text, after a quote.
+        let e = substitute_all("x = \"@user", &Vars::new()).unwrap_err();
+        assert!(e.to_string().contains("<inline>:1:6"), "{e}");
+    }
+
+    #[test]
+    fn an_at_sign_inside_a_word_stays_text() {
+        for text in [
+            "mail = admin@example.org\n",
+            "uri = postgres://user@host\n",
+            "@ 1\n",
+            "a @1\n",
+            "@@\n",
+            "x = @user is here\n",
+        ] {
+            assert_eq!(substitute_all(text, &Vars::new()).unwrap(), text);
+        }
+        assert!(unclosed_placeholders("mail = admin@example.org").is_empty());
     }
 
     #[test]

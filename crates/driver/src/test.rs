@@ -121,7 +121,7 @@ impl<'a> Test<'a> {
     }
 
     /// Where logs, JUnit, console logs, pcaps and screenshots go (default
-    /// `$MACHINIST_OUTPUT_DIR/<name>`, else `<tmp>/machinist-out/<name>`).
+    /// `$MACHINIST_OUTPUT_DIR/<name>`, else `<tmp>/machinist-out-<uid>/<name>`, a directory of this user with mode 0700).
     pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.output_dir = Some(dir.into());
         self
@@ -170,10 +170,11 @@ impl<'a> Test<'a> {
     /// (guest crate), the node layers (files, units, users) and the timeout scale.
     pub fn validate(&self) -> Result<()> {
         let mut problems = self.errors.clone();
-        if self.name.is_empty() || self.name.contains('/') {
+        if !valid_test_name(&self.name) {
             problems.push(format!(
-                "test name `{}` must be non-empty and contain no `/`",
-                self.name
+                "test name `{}` is invalid: it names the output directory, so it must be \
+                 non-empty, not `.` or `..`, and contain no `/`, NUL or control character",
+                self.name.escape_debug()
             ));
         }
         if self.nodes.is_empty() {
@@ -224,7 +225,7 @@ impl<'a> Test<'a> {
         let out_dir = self
             .output_dir
             .clone()
-            .unwrap_or_else(|| default_output_dir(&self.name));
+            .map_or_else(|| default_output_dir(&self.name), Ok)?;
         std::fs::create_dir_all(&out_dir).map_err(|e| {
             Error::io(
                 format!("creating output directory {}", out_dir.display()),
@@ -245,7 +246,7 @@ impl<'a> Test<'a> {
                 ),
             );
         }
-        let run_dir = make_run_dir()?;
+        let run_dir = make_run_dir(&logger, self.keep_state)?;
         crate::orphans::register_dir(run_dir.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -312,6 +313,48 @@ impl<'a> Test<'a> {
     }
 }
 
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn test_names_are_one_path_component() {
+        for bad in ["", ".", "..", "a/b", "/abs", "../up", "tab\tname", "nul\0"] {
+            assert!(!valid_test_name(bad), "{bad:?}");
+        }
+        for good in ["postgrest", "vm-single", "a.b", "..x", "ünïcode"] {
+            assert!(valid_test_name(good), "{good:?}");
+        }
+        let e = Test::new("..")
+            .node("m", NodeConfig::new())
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("test name `..` is invalid"), "{e}");
+    }
+
+    #[test]
+    fn the_default_output_base_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let dir = tmp.path().join("out");
+        private_dir(&dir, uid).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // Reused as it is.
+        private_dir(&dir, uid).unwrap();
+        // World-writable, a symlink, or another owner: refused.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_dir(&dir, uid).is_err());
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+        assert!(private_dir(&link, uid).is_err());
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        assert!(private_dir(&other, uid + 1).is_err());
+    }
+}
+
 fn valid_node_name(n: &str) -> bool {
     let b = n.as_bytes();
     !b.is_empty()
@@ -321,11 +364,46 @@ fn valid_node_name(n: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
-fn default_output_dir(name: &str) -> PathBuf {
-    match std::env::var_os("MACHINIST_OUTPUT_DIR").filter(|d| !d.is_empty()) {
-        Some(d) => PathBuf::from(d).join(name),
-        None => std::env::temp_dir().join("machinist-out").join(name),
+/// A test name is one path component of the output directory.
+fn valid_test_name(n: &str) -> bool {
+    !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.chars().any(char::is_control)
+}
+
+/// `$MACHINIST_OUTPUT_DIR/<name>`, else `<tmp>/machinist-out-<uid>/<name>`: a directory of this
+/// user's own (mode 0700, owner checked), so another user of a shared host cannot plant or read
+/// artefacts there.
+fn default_output_dir(name: &str) -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("MACHINIST_OUTPUT_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join(name));
     }
+    let uid = nix::unistd::getuid().as_raw();
+    let base = std::env::temp_dir().join(format!("machinist-out-{uid}"));
+    private_dir(&base, uid)?;
+    Ok(base.join(name))
+}
+
+/// Makes `dir` (mode 0700) or checks that the existing one is a real directory of `uid` that
+/// nobody else can write; refuses it otherwise.
+fn private_dir(dir: &Path, uid: u32) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| Error::io(format!("checking {}", dir.display()), e))?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        return Err(Error::Io {
+            what: format!(
+                "refusing the output directory {}: it is not a directory of uid {uid} that only \
+                 its owner can write (remove it, or set MACHINIST_OUTPUT_DIR or --output)",
+                dir.display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+    }
+    Ok(())
 }
 
 /// Artefacts of an earlier run in the same output directory would be misleading.
@@ -343,20 +421,32 @@ fn remove_stale_artefacts(dir: &Path) {
     }
 }
 
-/// A fresh short run directory `/tmp/mn-XXXXXX` (unix socket paths must stay < 108 bytes).
-fn make_run_dir() -> Result<PathBuf> {
-    let base = if std::env::var_os("MACHINIST_RUN_DIR_BASE").is_some() {
-        PathBuf::from(std::env::var_os("MACHINIST_RUN_DIR_BASE").unwrap_or_default())
-    } else {
-        PathBuf::from("/tmp")
-    };
+/// A fresh short run directory `/tmp/mn-XXXXXX` (unix socket paths must stay < 108 bytes),
+/// owned by this process (see [`crate::stale`]); run directories of killed test processes are
+/// removed first.
+fn make_run_dir(logger: &Logger, keep_state: bool) -> Result<PathBuf> {
+    let base = crate::stale::run_dir_base();
+    for d in crate::stale::remove_stale_run_dirs(&base) {
+        logger.log(
+            None,
+            &format!(
+                "removed {}: left behind by a test process that was killed",
+                d.display()
+            ),
+        );
+    }
     let template = base.join("mn-XXXXXX");
-    nix::unistd::mkdtemp(&template).map_err(|e| {
+    let dir = nix::unistd::mkdtemp(&template).map_err(|e| {
         Error::io(
             format!("creating run directory {}", template.display()),
             e.into(),
         )
-    })
+    })?;
+    if !keep_state {
+        crate::stale::claim(&dir)
+            .map_err(|e| Error::io(format!("writing the owner of {}", dir.display()), e))?;
+    }
+    Ok(dir)
 }
 
 impl TestRun {
@@ -466,7 +556,8 @@ impl TestRun {
         outcome
     }
 
-    /// Ends the run: on failure saves artefacts (final screenshots, pcaps, console logs), stops
+    /// Ends the run: on failure saves artefacts (final screenshots, each running machine's
+    /// journal, pcaps, console logs), stops
     /// every machine and switch, writes JUnit and the JSON log, removes the run directory unless
     /// keep_state, and lists the artefacts as the last lines of the log.
     pub fn finish(mut self, outcome: Result<()>) -> Result<Report> {
@@ -480,6 +571,9 @@ impl TestRun {
             lg.error(None, &format!("!!! Test \"{}\" failed: {e}", self.name));
             for m in self.every_machine() {
                 if let Some(p) = m.failure_screenshot() {
+                    artefacts.push(p);
+                }
+                if let Some(p) = m.failure_journal() {
                     artefacts.push(p);
                 }
             }
@@ -544,6 +638,7 @@ impl TestRun {
 
     fn cleanup_run_dir(&self) {
         let dir = &self.ctx.run_dir;
+        crate::stale::release(dir);
         if self.ctx.keep_state {
             self.ctx.logger.log(
                 None,

@@ -34,6 +34,9 @@ fn vm_panic_and_global_timeout_leave_nothing() {
     assert!(!common::alive(pid), "QEMU {pid} survived the panic");
     assert!(!run_dir.unwrap().exists(), "run directory left behind");
     assert!(out.join("victim-final.png").exists(), "final screenshot");
+    // The machine was still up: its whole journal is saved next to its console log.
+    let journal = std::fs::read_to_string(out.join("victim-journal.log")).expect("journal saved");
+    assert!(journal.contains("Reached target"), "{journal}");
     assert!(out.join("vlan1.pcap").exists(), "pcap kept on failure");
     assert!(out.join("junit.xml").exists());
 

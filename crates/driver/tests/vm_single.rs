@@ -5,7 +5,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use machinist::{Error, NodeConfig, Test, WaitForUnit};
+use machinist::{Error, NodeConfig, StartKind, Test, WaitForUnit};
 
 /// Warm start (the default): the machine is restored from a snapshot.
 #[test]
@@ -38,6 +38,10 @@ fn single_machine_methods(warm: bool) {
             let first = t0.elapsed();
             eprintln!("METRIC start_all returned after {:.2} s; first command done after {:.2} s", started.as_secs_f64(), first.as_secs_f64());
             assert!(m.is_up());
+            // The warm variant really was restored (a failed restore falls back to a cold boot,
+            // which would make this test a second cold-boot test).
+            let want = if warm { StartKind::Restored } else { StartKind::Cold };
+            assert_eq!(m.last_start(), Some(want), "how the machine was started");
 
             // Per-command latency.
             let n = 30;
@@ -97,6 +101,11 @@ fn single_machine_methods(warm: bool) {
             let s = Instant::now();
             let e = m.wait_for_unit("broken.service", 60).unwrap_err();
             assert!(matches!(&e, Error::Unit { reason, .. } if reason.contains("failed")), "{e}");
+            // The error carries what the guest says about the unit: status and journal lines.
+            let Error::Unit { details, .. } = &e else { unreachable!() };
+            for want in ["--- systemctl status", "broken.service", "--- last 30 journal lines"] {
+                assert!(details.contains(want), "no {want:?} in the details:\n{details}");
+            }
             let e = m.wait_for_unit("does-not-exist.service", 60).unwrap_err();
             assert!(matches!(&e, Error::Unit { reason, .. } if reason.contains("no pending jobs")), "{e}");
             assert!(s.elapsed() < Duration::from_secs(10), "fail fast: {:?}", s.elapsed());
@@ -104,6 +113,37 @@ fn single_machine_methods(warm: bool) {
                 .wait_for_unit_with("does-not-exist.service", WaitForUnit { tolerate_inactive: true, timeout: Some(Duration::from_secs(2)), ..Default::default() })
                 .unwrap_err();
             assert!(matches!(e, Error::Timeout { .. }), "{e}");
+            // Names systemd rejects fail at once (not after the timeout).
+            let s = Instant::now();
+            let e = m.wait_for_unit("tmpl@.service", 60).unwrap_err();
+            assert!(matches!(&e, Error::Unit { reason, .. } if reason.contains("cannot be queried")), "{e}");
+            assert!(s.elapsed() < Duration::from_secs(10), "fail fast: {:?}", s.elapsed());
+            // A unit whose name starts with a dash is passed after `--`: seen, started, stopped.
+            m.succeed("systemd-run --unit=-dash --service-type=exec sleep 600")?;
+            m.wait_for_unit("-dash.service", 30)?;
+            assert_eq!(m.get_unit_property("-dash.service", "ActiveState")?, "active");
+            assert_eq!(m.stop_job("-dash.service")?.0, 0);
+            assert_eq!(m.get_unit_info("-dash.service")?["ActiveState"], "inactive");
+
+            // A wait whose attempt leaves a background process holding stdout says so at once,
+            // naming the machine and the command once.
+            let s = Instant::now();
+            let e = m.wait_until_succeeds("sleep 500 &", 20).unwrap_err();
+            let Error::BackgroundProcess { pids, .. } = &e else { panic!("expected BackgroundProcess, got {e}") };
+            assert!(!pids.is_empty(), "{e}");
+            assert!(s.elapsed() < Duration::from_secs(5), "{:?}", s.elapsed());
+            let msg = e.to_string();
+            assert_eq!((msg.matches("sleep 500 &").count(), msg.matches("machine:").count()), (1, 1), "{msg}");
+            m.succeed(format!("kill {}", pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")))?;
+            // An attempt that hangs ends at the deadline (plus a small bound) and the error says
+            // what the last attempt did.
+            let s = Instant::now();
+            let e = m.wait_until_succeeds("echo trying; sleep 500", 3).unwrap_err();
+            let took = s.elapsed();
+            assert!(took < Duration::from_secs(8), "{took:?}");
+            assert!(e.to_string().contains("still running at the deadline"), "{e}");
+            assert!(matches!(&e, Error::Timeout { last_output, .. } if last_output == "trying\n"), "{e:?}");
+            eprintln!("METRIC wait_until_succeeds(hanging, 3 s) ended after {:.2} s", took.as_secs_f64());
 
             // Jobs, ports, sockets, files.
             m.succeed("systemd-run --unit=listener nc -lk 127.0.0.1 4444")?;
@@ -210,7 +250,9 @@ fn single_machine_methods(warm: bool) {
             // A background process holding stdout is reported, not a hang.
             let s = Instant::now();
             let e = m.execute("sleep 100 &").unwrap_err();
-            assert!(e.to_string().contains("background"), "{e}");
+            assert!(matches!(&e, Error::BackgroundProcess { .. }), "{e}");
+            let msg = e.to_string();
+            assert_eq!((msg.matches("sleep 100 &").count(), msg.matches("machine").count()), (1, 1), "{msg}");
             assert!(s.elapsed() < Duration::from_secs(10));
             m.succeed("true")?;
 

@@ -11,8 +11,9 @@ use crate::ctx::Deadline;
 use crate::error::{Error, Result};
 use crate::timeouts::DEFAULT_TIMEOUT;
 
-/// Extra host-side slack over a guest-side loop deadline before the command is killed.
-const HOST_SLACK: Duration = Duration::from_secs(10);
+/// Extra host-side slack over a guest-side loop deadline before the command is killed (the
+/// guest loop kills a hanging attempt at its deadline, with a 2 s grace).
+const HOST_SLACK: Duration = Duration::from_secs(5);
 
 /// Options of [`Machine::wait_for_unit_with`].
 #[derive(Debug, Clone, Default)]
@@ -124,18 +125,50 @@ impl Machine {
             let deadline = Deadline::new(t);
             let script = scripts::wait_until(command, want_success, t.as_micros());
             let (code, out) = self.guest_loop(&script, t)?;
-            if code == 0 {
-                Ok(out)
-            } else {
+            self.wait_outcome(command, command, code, &out, t, &deadline)
+        })
+    }
+
+    /// Turns a guest wait loop's exit code and output into the result: the successful
+    /// attempt's output, a [`Error::BackgroundProcess`] for an attempt that left a process
+    /// holding its output, or a [`Error::Timeout`] that says what the last attempt did.
+    fn wait_outcome(
+        &self,
+        command: &str,
+        what: &str,
+        code: i32,
+        out: &str,
+        t: Duration,
+        deadline: &Deadline,
+    ) -> Result<String> {
+        match scripts::parse_wait(code, out) {
+            scripts::WaitEnd::Done(out) => Ok(out),
+            scripts::WaitEnd::Background { output, code, pids } => Err(Error::BackgroundProcess {
+                machine: self.name().to_string(),
+                command: command.to_string(),
+                code,
+                pids,
+                output,
+            }),
+            scripts::WaitEnd::TimedOut { output, last_code } => {
+                let last = match last_code {
+                    Some(124 | 137) => {
+                        "the last attempt was still running at the deadline and was killed"
+                            .to_string()
+                    }
+                    Some(c) => format!("the last attempt exited with code {c}"),
+                    // The guest loop itself was cut off by the host (no trailer).
+                    None => "the last attempt did not finish".to_string(),
+                };
                 Err(Error::Timeout {
                     machine: Some(self.name().to_string()),
-                    what: command.to_string(),
+                    what: format!("{what} ({last})"),
                     timeout: t,
                     elapsed: deadline.elapsed(),
-                    last_output: out,
+                    last_output: output,
                 })
             }
-        })
+        }
     }
 
     /// Makes sure the machine runs and its shell is connected (waits for the boot under the boot
@@ -254,7 +287,7 @@ impl Machine {
         unit: &str,
         user: Option<&str>,
     ) -> Result<BTreeMap<String, String>> {
-        let q = format!("--no-pager show {}", quote(unit));
+        let q = format!("--no-pager show -- {}", quote(unit));
         let (code, out) = self.execute(&scripts::systemctl(&q, user))?;
         if code != 0 {
             return Err(Error::Assertion {
@@ -282,9 +315,9 @@ impl Machine {
         user: Option<&str>,
     ) -> Result<String> {
         let q = format!(
-            "--no-pager show {} --property={}",
-            quote(unit),
-            quote(property)
+            "--no-pager show --property={} -- {}",
+            quote(property),
+            quote(unit)
         );
         let (code, out) = self.execute(&scripts::systemctl(&q, user))?;
         if code != 0 {
@@ -333,18 +366,33 @@ impl Machine {
                 unit,
                 &move |q| scripts::systemctl(q, u.as_deref()),
                 opts.tolerate_inactive,
+                user.is_none(),
                 t.as_micros(),
             );
             let (code, out) = self.guest_loop(&script, t)?;
-            let unit_err = |reason: String| Error::Unit {
+            let unit_err = |reason: String, details: String| Error::Unit {
                 machine: self.name().to_string(),
                 unit: unit.to_string(),
                 reason,
+                details,
             };
             match code {
                 0 => Ok(()),
-                3 => Err(unit_err("reached state \"failed\"".into())),
-                4 => Err(unit_err("is inactive and there are no pending jobs".into())),
+                2 => Err(unit_err(
+                    format!(
+                        "cannot be queried (is the name valid?): {}",
+                        out.trim().replace('\n', " ")
+                    ),
+                    String::new(),
+                )),
+                3 => Err(unit_err(
+                    "reached state \"failed\"".into(),
+                    self.unit_diagnostics(unit, user.as_deref()),
+                )),
+                4 => Err(unit_err(
+                    "is inactive and there are no pending jobs".into(),
+                    self.unit_diagnostics(unit, user.as_deref()),
+                )),
                 _ => Err(Error::Timeout {
                     machine: Some(self.name().to_string()),
                     what: format!("unit {unit} to become active (last state: {})", out.trim()),
@@ -354,6 +402,25 @@ impl Machine {
                 }),
             }
         })
+    }
+
+    /// `systemctl status` and the last journal lines of a unit, logged and returned for an
+    /// error message (empty if the guest cannot tell).
+    fn unit_diagnostics(&self, unit: &str, user: Option<&str>) -> String {
+        let script = scripts::unit_diagnostics(unit, user);
+        match self.run_command(&script, Some(self.ctx.scaled(Duration::from_secs(30)))) {
+            Ok((_, out)) => {
+                let text = String::from_utf8_lossy(&out).trim_end().to_string();
+                for line in text.lines() {
+                    self.log_line(line);
+                }
+                text
+            }
+            Err(e) => {
+                self.log_line(&format!("cannot read the status of unit {unit}: {e}"));
+                String::new()
+            }
+        }
     }
 
     /// Fails unless `unit`'s ActiveState is `state` (NixOS `require_unit_state`, default "active").
@@ -368,6 +435,7 @@ impl Machine {
                         machine: self.name().to_string(),
                         unit: unit.to_string(),
                         reason: format!("is in state \"{actual}\", expected \"{state}\""),
+                        details: String::new(),
                     });
                 }
                 Ok(())
@@ -377,12 +445,12 @@ impl Machine {
 
     /// `systemctl start <job>` (NixOS `start_job`); returns (exit code, stdout).
     pub fn start_job(&self, job: &str) -> Result<super::ExecResult> {
-        self.systemctl(&format!("start {}", quote(job)))
+        self.systemctl(&format!("start -- {}", quote(job)))
     }
 
     /// `systemctl stop <job>` (NixOS `stop_job`).
     pub fn stop_job(&self, job: &str) -> Result<super::ExecResult> {
-        self.systemctl(&format!("stop {}", quote(job)))
+        self.systemctl(&format!("stop -- {}", quote(job)))
     }
 
     /// Waits until `path` exists in the guest (NixOS `wait_for_file`).
@@ -403,17 +471,8 @@ impl Machine {
         let deadline = Deadline::new(t);
         let (code, out) =
             self.guest_loop(&scripts::wait_until(probe, want_success, t.as_micros()), t)?;
-        if code == 0 {
-            Ok(())
-        } else {
-            Err(Error::Timeout {
-                machine: Some(self.name().to_string()),
-                what: what.to_string(),
-                timeout: t,
-                elapsed: deadline.elapsed(),
-                last_output: out,
-            })
-        }
+        self.wait_outcome(probe, what, code, &out, t, &deadline)
+            .map(drop)
     }
 
     /// Waits until TCP `port` accepts connections on localhost (NixOS `wait_for_open_port`).

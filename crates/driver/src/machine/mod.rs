@@ -111,6 +111,8 @@ pub struct Machine {
     pub(crate) adhoc_config: Option<machinist_guest::NodeConfig>,
     /// The first start was tried warm (later starts boot cold from the machine's overlay).
     warm_tried: AtomicBool,
+    /// How QEMU was last started (`None` before the first start).
+    last_start: Mutex<Option<StartKind>>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -120,6 +122,15 @@ impl std::fmt::Debug for Machine {
             .field("booted", &self.is_booted())
             .finish()
     }
+}
+
+/// How a machine's QEMU was last started ([`Machine::last_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// Restored from a warm-start snapshot, then given the node's identity and layer.
+    Restored,
+    /// Booted from the kernel (warm start off or not possible, or a restart after a crash).
+    Cold,
 }
 
 /// The result of [`Machine::execute`]: exit code and stdout (NixOS' `(rc, output)` tuple).
@@ -141,6 +152,7 @@ impl Machine {
             vlans,
             adhoc_config: None,
             warm_tried: AtomicBool::new(false),
+            last_start: Mutex::new(None),
         }
     }
 
@@ -297,12 +309,23 @@ impl Machine {
     }
 
     fn spawn(&self, allow_reboot: bool) -> Result<Arc<Running>> {
-        if let Some(run) = self.spawn_warm(allow_reboot)? {
-            return Ok(run);
-        }
-        let (overlay, initrd) = self.prepare_files()?;
-        let cmd = self.qemu_command(&overlay, &initrd, allow_reboot);
-        self.spawn_cmd(&cmd, allow_reboot, None)
+        let (run, kind) = match self.spawn_warm(allow_reboot)? {
+            Some(run) => (run, StartKind::Restored),
+            None => {
+                let (overlay, initrd) = self.prepare_files()?;
+                let cmd = self.qemu_command(&overlay, &initrd, allow_reboot);
+                (self.spawn_cmd(&cmd, allow_reboot, None)?, StartKind::Cold)
+            }
+        };
+        *self.last_start.lock().unwrap_or_else(|p| p.into_inner()) = Some(kind);
+        Ok(run)
+    }
+
+    /// How QEMU was last started: restored from a warm-start snapshot or booted cold (`None`
+    /// before the first start). A warm start that fails falls back to a cold boot, which this
+    /// tells apart.
+    pub fn last_start(&self) -> Option<StartKind> {
+        *self.last_start.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn spawn_cmd(
@@ -541,6 +564,25 @@ impl Machine {
         command: &str,
         timeout: Option<Duration>,
     ) -> Result<(i32, Vec<u8>)> {
+        self.run_command_with(command, timeout, true)
+    }
+
+    /// [`Machine::run_command`] without streaming the output into the log (bulk data such as
+    /// a whole journal or a file's contents).
+    pub(crate) fn run_command_quiet(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(i32, Vec<u8>)> {
+        self.run_command_with(command, timeout, false)
+    }
+
+    fn run_command_with(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+        log_output: bool,
+    ) -> Result<(i32, Vec<u8>)> {
         self.ctx.before_command()?;
         if crate::polling::in_check() {
             if let Some(c) = self
@@ -585,8 +627,11 @@ impl Machine {
             };
             let canceller = shell.canceller();
             let logger = &self.ctx.logger;
-            let mut stream =
-                |line: &[u8]| logger.output(&self.name, &String::from_utf8_lossy(line));
+            let mut stream = |line: &[u8]| {
+                if log_output {
+                    logger.output(&self.name, &String::from_utf8_lossy(line));
+                }
+            };
             let r = {
                 let fut = shell.execute(command, timeout, &mut stream);
                 tokio::pin!(fut);
@@ -602,6 +647,15 @@ impl Machine {
             match r {
                 Ok(o) => Ok((o.code, o.stdout)),
                 Err(ShellError::Timeout { stdout, .. }) => Ok((124, stdout)),
+                Err(ShellError::BackgroundHolder {
+                    pids, code, stdout, ..
+                }) => Err(Error::BackgroundProcess {
+                    machine: self.name.clone(),
+                    command: command.to_string(),
+                    code,
+                    pids,
+                    output: String::from_utf8_lossy(&stdout).into_owned(),
+                }),
                 Err(e @ ShellError::Respawned { .. }) => {
                     // The guest started a new main shell (a switch_root-like re-exec, or its unit
                     // was restarted); the greeting is already read, so take it over now and let
@@ -1060,6 +1114,35 @@ impl Machine {
             run.process.write_stdin(chunk).map_err(|e| {
                 Error::backend(Some(&self.name), "writing to the serial console", e)
             })?;
+        }
+    }
+
+    /// Saves artefacts after a failure: the running machine's journal (`journalctl -b`) as
+    /// `<name>-journal.log` next to its console log, if its shell still answers.
+    pub(crate) fn failure_journal(&self) -> Option<PathBuf> {
+        if !self.is_up() || self.ctx.aborted().is_some() {
+            return None;
+        }
+        let path = self.ctx.out_dir.join(format!("{}-journal.log", self.name));
+        let timeout = self.ctx.scaled(Duration::from_secs(60));
+        match self.run_command_quiet("journalctl -b --no-pager -o short-monotonic", Some(timeout)) {
+            Ok((0, out)) => match std::fs::write(&path, out) {
+                Ok(()) => Some(path),
+                Err(e) => {
+                    self.log_line(&format!("cannot write {}: {e}", path.display()));
+                    None
+                }
+            },
+            Ok((code, _)) => {
+                self.log_line(&format!(
+                    "journalctl -b exited with code {code}; no journal saved"
+                ));
+                None
+            }
+            Err(e) => {
+                self.log_line(&format!("cannot read the journal: {e}"));
+                None
+            }
         }
     }
 

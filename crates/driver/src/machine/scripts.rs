@@ -26,11 +26,26 @@ fn loop_head(timeout_us: u128) -> String {
     )
 }
 
-/// Runs `cmd` (as `bash -c` would: its own subshell with `set -euo pipefail`) until its exit
+/// The line a failed wait loop prints after the last attempt's output:
+/// `<LAST_ATTEMPT> <exit code>[ <pid of a background process holding the output>...]`.
+pub(crate) const LAST_ATTEMPT: &str = "__machinist_last_attempt__";
+
+/// Exit code of a wait loop whose attempt left a background process holding its stdout.
+pub(crate) const EXIT_BACKGROUND: i32 = 5;
+
+/// Runs `cmd` (as `bash -c` would: its own shell with `set -euo pipefail`) until its exit
 /// status is zero (`want_success`) or non-zero, or the guest deadline passes.
 ///
-/// Prints the last attempt's stdout; exits 0 when the wanted outcome happened, else 124 after
-/// printing the last output. The last attempt's exit code goes to fd 2 (serial) for debugging.
+/// Each attempt writes its stdout to a file (not a pipe: a background process that keeps the
+/// output open must not stall the loop) and runs under coreutils `timeout` for the time left,
+/// so a hanging attempt ends at the deadline (its whole process group is killed). After each
+/// attempt, a process that still holds the output file open (re-checked over 0.3 s, so that a
+/// process just killed with the attempt has time to die) is reported at once (exit
+/// [`EXIT_BACKGROUND`]), as `succeed` does.
+///
+/// Exit codes: 0 the wanted outcome (prints that attempt's stdout exactly); 124 the deadline
+/// passed; [`EXIT_BACKGROUND`]. Both failures print the last attempt's stdout, then a
+/// [`LAST_ATTEMPT`] line (see [`parse_wait`]).
 pub(crate) fn wait_until(cmd: &str, want_success: bool, timeout_us: u128) -> String {
     let test = if want_success {
         "(( __mn_rc == 0 ))"
@@ -39,27 +54,98 @@ pub(crate) fn wait_until(cmd: &str, want_success: bool, timeout_us: u128) -> Str
     };
     format!(
         "{head}__mn_cmd={cmd}\n\
+         __mn_f=${{TMPDIR:-/tmp}}/.machinist-wait.$BASHPID\n\
+         __mn_to=; command -v timeout >/dev/null && __mn_to=1\n\
+         __mn_show() {{ cat \"$__mn_f\"; rm -f \"$__mn_f\"; }}\n\
          while :; do\n\
-         \x20 __mn_out=$( ( set -euo pipefail; eval \"$__mn_cmd\" ); __mn_rc=$?; printf x; exit $__mn_rc ); __mn_rc=$?\n\
-         \x20 if {test}; then printf %s \"${{__mn_out%x}}\"; exit 0; fi\n\
-         \x20 __mn_nap || {{ printf %s \"${{__mn_out%x}}\"; exit 124; }}\n\
+         \x20 __mn_now; __mn_left=$(( __mn_end - __mn_t )); (( __mn_left > 10000 )) || __mn_left=10000\n\
+         \x20 if [[ -n $__mn_to ]]; then\n\
+         \x20   printf -v __mn_s '%d.%06d' $((__mn_left / 1000000)) $((__mn_left % 1000000))\n\
+         \x20   timeout -k 2 \"$__mn_s\" bash --norc -c 'set -euo pipefail; eval \"$1\"' machinist \"$__mn_cmd\" >\"$__mn_f\"; __mn_rc=$?\n\
+         \x20 else\n\
+         \x20   ( set -euo pipefail; eval \"$__mn_cmd\" ) >\"$__mn_f\"; __mn_rc=$?\n\
+         \x20 fi\n\
+         \x20 __mn_h=; for __mn_p in /proc/[1-9]*; do [[ $__mn_p/fd/1 -ef $__mn_f ]] && __mn_h+=\" ${{__mn_p:6}}\"; done\n\
+         \x20 for __mn_i in 1 2 3; do\n\
+         \x20   [[ -n $__mn_h ]] || break\n\
+         \x20   sleep 0.1; __mn_k=$__mn_h; __mn_h=\n\
+         \x20   for __mn_p in $__mn_k; do [[ /proc/$__mn_p/fd/1 -ef $__mn_f ]] && __mn_h+=\" $__mn_p\"; done\n\
+         \x20 done\n\
+         \x20 if [[ -n $__mn_h ]]; then __mn_show; printf '\\n{LAST_ATTEMPT} %s%s\\n' \"$__mn_rc\" \"$__mn_h\"; exit {EXIT_BACKGROUND}; fi\n\
+         \x20 if {test}; then __mn_show; exit 0; fi\n\
+         \x20 __mn_nap || {{ __mn_show; printf '\\n{LAST_ATTEMPT} %s\\n' \"$__mn_rc\"; exit 124; }}\n\
          done\n",
         head = loop_head(timeout_us),
         cmd = quote(cmd),
     )
 }
 
-/// `wait_for_unit` inside the guest. Exit codes: 0 active; 3 failed (prints the state);
-/// 4 inactive with no pending jobs (unless `tolerate_inactive`); 124 deadline (prints the last
-/// state). `systemctl_prefix` is `systemctl` or the `su -l user ... systemctl --user` form.
+/// How a [`wait_until`] loop ended, parsed from its exit code and output.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WaitEnd {
+    /// The wanted outcome; the successful attempt's stdout.
+    Done(String),
+    /// The deadline passed.
+    TimedOut {
+        /// The last attempt's stdout.
+        output: String,
+        /// The last attempt's exit code (124 or 137: killed at the deadline).
+        last_code: Option<i32>,
+    },
+    /// An attempt left background processes holding its stdout.
+    Background {
+        /// That attempt's stdout.
+        output: String,
+        /// Its exit code.
+        code: i32,
+        /// The processes still holding the output.
+        pids: Vec<u32>,
+    },
+}
+
+/// Parses the exit code and stdout of a [`wait_until`] loop.
+pub(crate) fn parse_wait(code: i32, out: &str) -> WaitEnd {
+    if code == 0 {
+        return WaitEnd::Done(out.to_string());
+    }
+    let tag = format!("\n{LAST_ATTEMPT} ");
+    let (output, fields) = match out.rfind(&tag) {
+        Some(i) => (&out[..i], out[i + tag.len()..].trim_end()),
+        None => (out, ""),
+    };
+    let mut words = fields.split_whitespace().map(str::parse::<i64>);
+    let last_code = words
+        .next()
+        .and_then(|r| r.ok())
+        .and_then(|c| i32::try_from(c).ok());
+    let output = output.to_string();
+    if code == EXIT_BACKGROUND {
+        let pids = words
+            .filter_map(|p| p.ok().and_then(|p| u32::try_from(p).ok()))
+            .collect();
+        return WaitEnd::Background {
+            output,
+            code: last_code.unwrap_or(0),
+            pids,
+        };
+    }
+    WaitEnd::TimedOut { output, last_code }
+}
+
+/// `wait_for_unit` inside the guest. Exit codes: 0 active; 2 systemctl rejected the query (an
+/// invalid unit name: prints its message; only when `fail_on_error`, since a user manager may not
+/// be up yet); 3 failed (prints the state); 4 inactive with no pending jobs (unless
+/// `tolerate_inactive`); 124 deadline (prints the last state). `systemctl` builds the
+/// `systemctl` or `su -l user ... systemctl --user` form. The unit name follows `--`.
 pub(crate) fn wait_for_unit(
     unit: &str,
     systemctl: &dyn Fn(&str) -> String,
     tolerate_inactive: bool,
+    fail_on_error: bool,
     timeout_us: u128,
 ) -> String {
     let state_cmd = systemctl(&format!(
-        "--no-pager show {} --property=ActiveState --value",
+        "--no-pager show --property=ActiveState --value -- {}",
         quote(unit)
     ));
     let jobs_cmd = systemctl("list-jobs --full");
@@ -76,14 +162,34 @@ pub(crate) fn wait_for_unit(
              \x20 fi\n"
         )
     };
+    let on_error = if fail_on_error {
+        "\x20 if (( __mn_rc != 0 )); then printf %s \"$__mn_st\"; exit 2; fi\n"
+    } else {
+        ""
+    };
     format!(
         "{head}while :; do\n\
-         \x20 __mn_st=$({state_cmd} 2>/dev/null)\n\
+         \x20 __mn_st=$({state_cmd} 2>&1); __mn_rc=$?\n\
+         {on_error}\
          \x20 case $__mn_st in active) exit 0;; failed) printf %s \"$__mn_st\"; exit 3;; esac\n\
          {inactive}\
          \x20 __mn_nap || {{ printf %s \"$__mn_st\"; exit 124; }}\n\
          done\n",
         head = loop_head(timeout_us),
+    )
+}
+
+/// What the guest says about a unit that failed: `systemctl status` and its last 30 journal
+/// lines (never fails: the diagnosis must not hide the error it explains).
+pub(crate) fn unit_diagnostics(unit: &str, user: Option<&str>) -> String {
+    let q = quote(unit);
+    let status = systemctl(&format!("--no-pager --full status -n 0 -- {q}"), user);
+    // Root reads a user unit's lines from the system journal too (`--user-unit`).
+    let which = if user.is_some() { "--user-unit" } else { "-u" };
+    let journal = format!("journalctl -b --no-pager -n 30 {which} {q}");
+    format!(
+        "echo '--- systemctl status'; {status} 2>&1 || true; \
+         echo '--- last 30 journal lines'; {journal} 2>&1 || true"
     )
 }
 
@@ -133,8 +239,10 @@ mod tests {
     fn run(script: &str) -> (i32, String, Duration) {
         let t = Instant::now();
         let wrapped = format!("( set -euo pipefail; eval {} )", quote(script));
+        // stderr goes to the serial console in the guest: nothing waits for it to close.
         let out = Command::new("bash")
             .args(["--norc", "-c", &wrapped])
+            .stderr(std::process::Stdio::null())
             .output()
             .unwrap();
         (
@@ -173,8 +281,78 @@ mod tests {
     fn wait_until_times_out_with_124_and_last_output() {
         let (code, out, took) = run(&wait_until("echo nope; exit 3", true, 300_000));
         assert_eq!(code, 124);
-        assert_eq!(out, "nope\n");
+        assert_eq!(
+            parse_wait(code, &out),
+            WaitEnd::TimedOut {
+                output: "nope\n".into(),
+                last_code: Some(3)
+            }
+        );
         assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn a_hanging_attempt_ends_at_the_deadline() {
+        // The attempt itself never returns: the loop still ends within its timeout plus the
+        // kill grace, and says the last attempt was killed (timeout's 124).
+        let (code, out, took) = run(&wait_until("echo started; sleep 30", true, 1_000_000));
+        assert_eq!(code, 124, "{out}");
+        assert_eq!(
+            parse_wait(code, &out),
+            WaitEnd::TimedOut {
+                output: "started\n".into(),
+                last_code: Some(124)
+            }
+        );
+        assert!(took < Duration::from_secs(4), "{took:?}");
+    }
+
+    #[test]
+    fn a_background_process_holding_the_output_is_reported_at_once() {
+        let (code, out, took) = run(&wait_until("echo hi; sleep 30 &", true, 20_000_000));
+        let WaitEnd::Background {
+            output,
+            code: rc,
+            pids,
+        } = parse_wait(code, &out)
+        else {
+            panic!("expected a background holder, got code {code}: {out:?}");
+        };
+        assert_eq!((output.as_str(), rc), ("hi\n", 0));
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        // The holder is a real process (the `sleep 30`); clean it up.
+        let _ = Command::new("kill").arg(pids[0].to_string()).status();
+        // A background process with its output redirected is fine.
+        let (code, out, _) = run(&wait_until(
+            "sleep 30 >/dev/null 2>&1 & echo $!",
+            true,
+            5_000_000,
+        ));
+        let WaitEnd::Done(pid) = parse_wait(code, &out) else {
+            panic!("expected success, got code {code}: {out:?}");
+        };
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+
+    #[test]
+    fn parse_wait_keeps_output_that_looks_like_a_trailer() {
+        let out = format!("a\n{LAST_ATTEMPT} 9\nb\n\n{LAST_ATTEMPT} 1\n");
+        assert_eq!(
+            parse_wait(124, &out),
+            WaitEnd::TimedOut {
+                output: format!("a\n{LAST_ATTEMPT} 9\nb\n"),
+                last_code: Some(1)
+            }
+        );
+        assert_eq!(
+            parse_wait(EXIT_BACKGROUND, &format!("x\n\n{LAST_ATTEMPT} 0 12 34\n")),
+            WaitEnd::Background {
+                output: "x\n".into(),
+                code: 0,
+                pids: vec![12, 34]
+            }
+        );
     }
 
     #[test]
@@ -207,7 +385,13 @@ mod tests {
 
     #[test]
     fn unit_wait_script_parses() {
-        let s = wait_for_unit("a b.service", &|q| systemctl(q, None), false, 1_000_000);
+        let s = wait_for_unit(
+            "a b.service",
+            &|q| systemctl(q, None),
+            false,
+            true,
+            1_000_000,
+        );
         let out = Command::new("bash")
             .args(["-n", "-c", &s])
             .output()
