@@ -33,6 +33,8 @@ pub struct TestRun {
     pub(crate) plan_nodes: BTreeMap<String, machinist_guest::NodeConfig>,
     pub(crate) image_cache: machinist_guest::ImageCache,
     pub(crate) finished: bool,
+    /// Leaf crates' `tracing` warnings go to this run's log while it lives.
+    pub(crate) _forward: crate::log::forward::Attached,
 }
 
 impl std::fmt::Debug for TestRun {

@@ -294,6 +294,7 @@ impl<'a> Test<'a> {
                 .clone()
                 .unwrap_or_else(ImageCache::from_env),
             finished: false,
+            _forward: crate::log::forward::attach(&logger),
         };
         run.setup()?;
         run.watchdog = Some(crate::watchdog::Watchdog::start(

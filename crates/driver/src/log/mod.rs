@@ -21,6 +21,7 @@
 //! through `id`/`parent`. A block that fails prints no `(finished: ...)` line (as in NixOS); the
 //! JSON log records it with `"ok": false`.
 
+pub(crate) mod forward;
 mod json;
 mod junit;
 mod terminal;
