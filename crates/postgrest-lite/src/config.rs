@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Settings PostgREST knows but postgrest-lite ignores (accepted silently).
 const KNOWN_IGNORED: &[&str] = &[
@@ -37,7 +38,6 @@ const KNOWN_IGNORED: &[&str] = &[
     "db-use-legacy-gucs",
     "jwt-aud",
     "jwt-role-claim-key",
-    "jwt-secret",
     "jwt-secret-is-base64",
     "jwt-cache-max-lifetime",
     "log-level",
@@ -67,9 +67,29 @@ pub struct Config {
     pub server_port: u16,
     /// `db-pool` (default 10): maximum number of database connections.
     pub db_pool: usize,
+    /// `db-statement-timeout` (postgrest-lite's own setting, seconds, default
+    /// [`DEFAULT_STATEMENT_TIMEOUT`]; `0` means none): PostgreSQL's `statement_timeout` for every
+    /// statement of a request, set with `set_config(…, true)` inside its transaction.
+    pub db_statement_timeout: Duration,
+    /// `server-header-read-timeout` (postgrest-lite's own setting, seconds, default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`]): a client that has not sent a complete request head
+    /// this long after it started one (or after connecting) is disconnected.
+    pub server_header_read_timeout: Duration,
+    /// `server-request-timeout` (postgrest-lite's own setting, seconds, default
+    /// [`DEFAULT_REQUEST_TIMEOUT`]; `0` means none): a request not answered within this time
+    /// gets a 504 and its database work is cancelled.
+    pub server_request_timeout: Duration,
     /// Settings that were present but are not supported (reported in the startup log).
     pub ignored: Vec<String>,
 }
+
+/// Default of `db-statement-timeout`.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `server-header-read-timeout`.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `server-request-timeout` (above the statement timeout plus the pool's
+/// acquisition timeout, so those answer first with their own errors).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +131,16 @@ pub enum ConfigError {
         key: &'static str,
         /// An example line to add.
         example: &'static str,
+    },
+    /// A PostgREST setting postgrest-lite cannot honour safely (e.g. `jwt-secret`).
+    #[error("config file {path}: {key} is set, but {message}")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// The setting.
+        key: &'static str,
+        /// Why, and what to do instead.
+        message: &'static str,
     },
 }
 
@@ -286,6 +316,41 @@ impl Config {
                 }
             },
         };
+        if pairs.remove("jwt-secret").is_some() {
+            return Err(ConfigError::Unsupported {
+                path: path.to_path_buf(),
+                key: "jwt-secret",
+                message: "postgrest-lite does not implement JWT authentication: it would serve \
+                          every request as db-anon-role where PostgREST checks the token. Remove \
+                          jwt-secret to run the anonymous part of the tutorial, or run the real \
+                          PostgREST (MACHINIST_POSTGREST=/path/to/postgrest)",
+            });
+        }
+        let mut seconds = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
+            match pairs.remove(key) {
+                None => Ok(default),
+                Some(v) => parse_seconds(&v.text).ok_or_else(|| {
+                    invalid(
+                        key,
+                        format!(
+                            "{:?} is not a number of seconds (e.g. 10 or 0.5; 0 means none)",
+                            v.text
+                        ),
+                    )
+                }),
+            }
+        };
+        let db_statement_timeout = seconds("db-statement-timeout", DEFAULT_STATEMENT_TIMEOUT)?;
+        let server_header_read_timeout =
+            seconds("server-header-read-timeout", DEFAULT_HEADER_READ_TIMEOUT)?;
+        let server_request_timeout = seconds("server-request-timeout", DEFAULT_REQUEST_TIMEOUT)?;
+        if server_header_read_timeout.is_zero() {
+            return Err(invalid(
+                "server-header-read-timeout",
+                "0 would let slow clients hold connections forever; use a positive number of seconds"
+                    .into(),
+            ));
+        }
         let ignored = pairs.into_keys().collect();
         Ok(Config {
             db_uri,
@@ -294,6 +359,9 @@ impl Config {
             server_host,
             server_port,
             db_pool,
+            db_statement_timeout,
+            server_header_read_timeout,
+            server_request_timeout,
             ignored,
         })
     }
@@ -330,15 +398,27 @@ impl Config {
     /// The config as `key = value` lines (what `--dump-config` prints).
     pub fn dump(&self) -> String {
         format!(
-            "db-anon-role = {:?}\ndb-pool = {}\ndb-schemas = {:?}\ndb-uri = {:?}\nserver-host = {:?}\nserver-port = {}\n",
+            "db-anon-role = {:?}\ndb-pool = {}\ndb-schemas = {:?}\ndb-statement-timeout = {}\ndb-uri = {:?}\nserver-header-read-timeout = {}\nserver-host = {:?}\nserver-port = {}\nserver-request-timeout = {}\n",
             self.db_anon_role,
             self.db_pool,
             self.db_schemas.join(","),
+            self.db_statement_timeout.as_secs_f64(),
             self.db_uri,
+            self.server_header_read_timeout.as_secs_f64(),
             self.server_host,
-            self.server_port
+            self.server_port,
+            self.server_request_timeout.as_secs_f64()
         )
     }
+}
+
+/// Parses a non-negative, finite number of seconds (`10`, `0.5`) of at most a day.
+fn parse_seconds(text: &str) -> Option<Duration> {
+    let secs: f64 = text.trim().parse().ok()?;
+    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs))
 }
 
 /// Replaces the password of a `postgres://user:password@host` URI (or a `password=` pair) with
@@ -408,7 +488,7 @@ mod tests {
         let c = parse(
             "# a comment\n\n  db-uri = \"postgres://a:$(PASS)@h/db\" # trailing\n\
              db-schema = \"api, other\"\ndb-anon-role = \"we\\\"ird\"\n\
-             server-host = \"127.0.0.1\"\nserver-port = \"3001\"\njwt-secret = \"x\"\ndb-pool = 2\n",
+             server-host = \"127.0.0.1\"\nserver-port = \"3001\"\njwt-aud = \"x\"\ndb-pool = 2\n",
         )
         .unwrap();
         assert_eq!(c.db_uri, "postgres://a:s3cret@h/db");
@@ -416,7 +496,7 @@ mod tests {
         assert_eq!(c.db_anon_role, "we\"ird");
         assert_eq!(c.server_port, 3001);
         assert_eq!(c.db_pool, 2);
-        assert_eq!(c.ignored, vec!["jwt-secret"]);
+        assert_eq!(c.ignored, vec!["jwt-aud"]);
         assert_eq!(
             c.bind_addrs().unwrap(),
             vec!["127.0.0.1:3001".parse().unwrap()]
@@ -437,6 +517,49 @@ mod tests {
         assert!(e.contains("server-port"), "{e}");
         let e = parse("db-anon-role = a b\n").unwrap_err().to_string();
         assert!(e.contains("double quotes"), "{e}");
+    }
+
+    #[test]
+    fn jwt_secret_is_refused() {
+        let e = parse("db-anon-role = \"a\"\njwt-secret = \"$(PASS)\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config file t.conf: jwt-secret is set"),
+            "{e}"
+        );
+        assert!(e.contains("does not implement JWT"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn timeouts() {
+        let c = parse("db-anon-role = \"a\"\n").unwrap();
+        assert_eq!(c.db_statement_timeout, DEFAULT_STATEMENT_TIMEOUT);
+        assert_eq!(c.server_header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
+        assert_eq!(c.server_request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        let c = parse(
+            "db-anon-role = \"a\"\ndb-statement-timeout = 0.25\n\
+             server-header-read-timeout = \"2\"\nserver-request-timeout = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.db_statement_timeout, Duration::from_millis(250));
+        assert_eq!(c.server_header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.server_request_timeout, Duration::ZERO);
+        assert!(c.ignored.is_empty());
+        for bad in [
+            "db-statement-timeout = -1",
+            "db-statement-timeout = nan",
+            "db-statement-timeout = 1e20",
+            "server-request-timeout = soon",
+            "server-header-read-timeout = 0",
+        ] {
+            let e = parse(&format!("db-anon-role = \"a\"\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            let key = bad.split(' ').next().unwrap();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

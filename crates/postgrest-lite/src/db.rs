@@ -1,14 +1,20 @@
 //! The connection pool: connections as the authenticator (from `db-uri`), created on demand up
 //! to `db-pool`, dropped when broken; plus the startup loop that waits for PostgreSQL.
+//!
+//! A connection goes back to the pool only after its request's transaction has ended
+//! (`COMMIT` or `ROLLBACK` answered). A request abandoned in between (the client hung up, the
+//! request timed out) drops its [`PooledClient`] mid-work: the running statement is cancelled
+//! and the connection closed, never handed to the next request busy or inside a transaction.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Row, SimpleQueryMessage};
 
-use crate::sql::quote_ident;
+use crate::sql::{Params, TextParam};
 
 /// How long a request waits for a free connection (PostgREST's `db-pool-acquisition-timeout`).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,12 +64,15 @@ pub struct Pool {
     ready: AtomicBool,
 }
 
-/// A connection borrowed from the [`Pool`]; goes back to the pool on drop unless broken.
+/// A connection borrowed from the [`Pool`]; goes back to the pool on drop unless broken or
+/// dropped in the middle of [`PooledClient::run_as_role`].
 pub struct PooledClient<'a> {
     pool: &'a Pool,
     client: Option<Client>,
     /// True when the connection was freshly opened for this request.
     pub fresh: bool,
+    /// True from `BEGIN` until the transaction is known to be over.
+    in_transaction: bool,
     _permit: SemaphorePermit<'a>,
 }
 
@@ -84,6 +93,26 @@ impl PooledClient<'_> {
 impl Drop for PooledClient<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
+            if self.in_transaction {
+                // Abandoned mid-request: its statement may still be running and its
+                // transaction is open. Cancel the statement and close the connection (which
+                // ends the transaction on the server); the pool opens a fresh one.
+                eprintln!(
+                    "postgrest-lite: request abandoned during its database work; its connection to {} is cancelled and discarded",
+                    self.pool.uri
+                );
+                if !client.is_closed() {
+                    let token = client.cancel_token();
+                    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                        handle.spawn(async move {
+                            let _ =
+                                tokio::time::timeout(CONNECT_TIMEOUT, token.cancel_query(NoTls))
+                                    .await;
+                        });
+                    }
+                }
+                return;
+            }
             if !client.is_closed() {
                 self.pool
                     .idle
@@ -222,6 +251,7 @@ impl Pool {
             pool: self,
             client: Some(client),
             fresh,
+            in_transaction: false,
             _permit: permit,
         })
     }
@@ -242,35 +272,55 @@ pub fn one_line(e: &tokio_postgres::Error) -> String {
     s.replace('\n', " ")
 }
 
-/// Runs `sql` (one statement, all values already quoted) as `anon_role` in a read-only
-/// transaction (`BEGIN READ ONLY; SET LOCAL ROLE …; sql; COMMIT`, one round trip) and returns
-/// the text cells of its first row. On error the transaction is rolled back.
-pub async fn run_as_role(
-    client: &Client,
-    anon_role: &str,
-    sql: &str,
-) -> Result<Vec<Option<String>>, tokio_postgres::Error> {
-    let role = quote_ident(anon_role).unwrap_or_else(|| "\"\"".into());
-    let script = format!(
-        "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY; SET LOCAL ROLE {role}; {sql}; COMMIT;"
-    );
-    match client.simple_query(&script).await {
-        Ok(messages) => Ok(messages
-            .into_iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .unwrap_or_default()),
-        Err(e) => {
-            if !client.is_closed() {
-                let _ = client.batch_execute("ROLLBACK").await;
+impl PooledClient<'_> {
+    /// Runs `sql` with `params` as `anon_role` in a read-only transaction and returns its
+    /// first row (`None` when it returned none):
+    /// `BEGIN READ ONLY`; `set_config('role', $1, true)` and
+    /// `set_config('statement_timeout', $2, true)`; the statement; `COMMIT`. Every value,
+    /// the role included, is a bound parameter. On an error from PostgreSQL the transaction is
+    /// rolled back. If this future is dropped before the transaction has ended, dropping the
+    /// client cancels the statement and discards the connection.
+    pub async fn run_as_role(
+        &mut self,
+        anon_role: &str,
+        statement_timeout: Duration,
+        sql: &str,
+        params: &Params,
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        self.in_transaction = true;
+        let client = self.client.as_ref().expect("client present until drop");
+        let result = async {
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY")
+                .await?;
+            let role = TextParam(anon_role.to_string());
+            let timeout = TextParam(statement_timeout.as_millis().to_string());
+            client
+                .query_typed(
+                    "SELECT pg_catalog.set_config('role', $1, true), \
+                     pg_catalog.set_config('statement_timeout', $2, true)",
+                    &[
+                        (&role as &(dyn ToSql + Sync), Type::TEXT),
+                        (&timeout as &(dyn ToSql + Sync), Type::TEXT),
+                    ],
+                )
+                .await?;
+            let rows = client.query_typed(sql, &params.typed()).await?;
+            client.batch_execute("COMMIT").await?;
+            Ok(rows.into_iter().next())
+        }
+        .await;
+        match result {
+            Ok(row) => {
+                self.in_transaction = false;
+                Ok(row)
             }
-            Err(e)
+            Err(e) => {
+                if !client.is_closed() && client.batch_execute("ROLLBACK").await.is_ok() {
+                    self.in_transaction = false;
+                }
+                Err(e)
+            }
         }
     }
 }

@@ -3,9 +3,12 @@
 //!
 //! It reads PostgREST's configuration file ([`config::Config`]), connects to PostgreSQL as the
 //! authenticator ([`db::Pool`]), and answers `GET /<table-or-view>` by running, in a read-only
-//! transaction, `SET LOCAL ROLE <db-anon-role>` and one `SELECT coalesce(json_agg(…), '[]')`
-//! built from PostgREST's query syntax ([`query::ReadPlan`]), so the body is byte-identical to
-//! PostgREST's. Errors use PostgREST's JSON shape and status codes ([`error::ApiError`]).
+//! transaction, `set_config('role', <db-anon-role>, true)` and one
+//! `SELECT coalesce(json_agg(…), '[]')` built from PostgREST's query syntax
+//! ([`query::ReadPlan`]), every request value a bound parameter ([`sql::Params`]), so the body
+//! is byte-identical to PostgREST's. Errors use PostgREST's JSON shape and status codes
+//! ([`error::ApiError`]); slow clients, long statements and abandoned requests are bounded by
+//! timeouts (see [`config::Config`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

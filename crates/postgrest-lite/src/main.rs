@@ -13,7 +13,9 @@ Usage: postgrest-lite FILENAME
 
 postgrest-lite: a read-only PostgREST-compatible server (tutorial subset).
 FILENAME is a PostgREST configuration file (db-uri, db-schemas, db-anon-role,
-server-host, server-port).";
+server-host, server-port, db-pool; postgrest-lite's own db-statement-timeout,
+server-header-read-timeout, server-request-timeout). jwt-secret is refused:
+JWT is not implemented.";
 
 const EXAMPLE: &str = "\
 ## postgrest-lite configuration (PostgREST syntax)
@@ -72,14 +74,17 @@ fn main() -> ExitCode {
         postgrest_lite::VERSION
     );
     eprintln!(
-        "postgrest-lite: read config file {}: db-uri = {:?}, db-schemas = {:?}, db-anon-role = {:?}, server-host = {:?}, server-port = {}, db-pool = {}",
+        "postgrest-lite: read config file {}: db-uri = {:?}, db-schemas = {:?}, db-anon-role = {:?}, server-host = {:?}, server-port = {}, db-pool = {}, db-statement-timeout = {:?}, server-header-read-timeout = {:?}, server-request-timeout = {:?}",
         path_shown.display(),
         config.redacted_db_uri(),
         config.db_schemas.join(","),
         config.db_anon_role,
         config.server_host,
         config.server_port,
-        config.db_pool
+        config.db_pool,
+        config.db_statement_timeout,
+        config.server_header_read_timeout,
+        config.server_request_timeout
     );
     for key in &config.ignored {
         if Config::is_known_postgrest_setting(key) {

@@ -1,9 +1,10 @@
 //! The read request: PostgREST's query-string syntax parsed into a [`ReadPlan`], and the
 //! plan rendered into one SQL statement whose single row holds the JSON body (built by
-//! PostgreSQL's `json_agg`, as PostgREST does) and the page size.
+//! PostgreSQL's `json_agg`, as PostgREST does) and the page size. Every value of the request
+//! is a bound parameter of that statement ([`Params`]); only quoted identifiers are SQL text.
 
 use crate::error::ApiError;
-use crate::sql::{quote_ident, quote_literal};
+use crate::sql::{quote_ident, Params};
 
 /// One item of `select=`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,8 +214,10 @@ impl ReadPlan {
     }
 
     /// Renders the statement for `schema.relation`: one row, `body` (text, the JSON array)
-    /// and `page_total` (bigint).
-    pub fn to_sql(&self, schema: &str, relation: &str) -> Result<String, ApiError> {
+    /// and `page_total` (bigint). Filter values, `limit` and `offset` are the returned
+    /// parameters, referred to as `$1`, `$2`, … in the statement.
+    pub fn to_sql(&self, schema: &str, relation: &str) -> Result<(String, Params), ApiError> {
+        let mut params = Params::new();
         let bad =
             |what: &str| ApiError::parse(format!("invalid {what} name"), "names must be non-empty");
         let qrel = format!(
@@ -228,8 +231,8 @@ impl ReadPlan {
                 quote_ident(name).ok_or_else(|| bad("column"))?
             ))
         };
-        let lit = |v: &str| {
-            quote_literal(v).ok_or_else(|| {
+        let mut lit = |v: &str| {
+            params.push(v).ok_or_else(|| {
                 ApiError::parse("invalid filter value", "values cannot contain NUL bytes")
             })
         };
@@ -309,14 +312,17 @@ impl ReadPlan {
             sql.push_str(&terms.join(", "));
         }
         if let Some(limit) = self.limit {
-            sql.push_str(&format!(" LIMIT {limit}"));
+            sql.push_str(&format!(" LIMIT {}::bigint", lit(&limit.to_string())?));
         }
         if let Some(offset) = self.offset {
-            sql.push_str(&format!(" OFFSET {offset}"));
+            sql.push_str(&format!(" OFFSET {}::bigint", lit(&offset.to_string())?));
         }
-        Ok(format!(
-            "SELECT coalesce(json_agg(_postgrest_t), '[]')::text AS body, \
-             pg_catalog.count(_postgrest_t) AS page_total FROM ({sql}) _postgrest_t"
+        Ok((
+            format!(
+                "SELECT coalesce(json_agg(_postgrest_t), '[]')::text AS body, \
+                 pg_catalog.count(_postgrest_t) AS page_total FROM ({sql}) _postgrest_t"
+            ),
+            params,
         ))
     }
 }
@@ -531,7 +537,12 @@ mod tests {
     }
 
     fn sql(q: &str) -> String {
-        plan(q).unwrap().to_sql("api", "todos").unwrap()
+        plan(q).unwrap().to_sql("api", "todos").unwrap().0
+    }
+
+    fn params(q: &str) -> Vec<String> {
+        let (_, params) = plan(q).unwrap().to_sql("api", "todos").unwrap();
+        params.values().iter().map(|p| p.0.clone()).collect()
     }
 
     #[test]
@@ -551,24 +562,42 @@ mod tests {
     #[test]
     fn plain_get() {
         insta::assert_snapshot!(sql(""), @r#"SELECT coalesce(json_agg(_postgrest_t), '[]')::text AS body, pg_catalog.count(_postgrest_t) AS page_total FROM (SELECT "api"."todos".* FROM "api"."todos") _postgrest_t"#);
+        assert!(params("").is_empty());
     }
 
     #[test]
     fn everything() {
+        let q = "select=id,name:task&id=gt.1&done=is.false&task=like.*tut*&id=not.in.(1,\"2,3\")&order=due.desc.nullslast,id&limit=5&offset=2";
         insta::assert_snapshot!(
-            sql("select=id,name:task&id=gt.1&done=is.false&task=like.*tut*&id=not.in.(1,\"2,3\")&order=due.desc.nullslast,id&limit=5&offset=2"),
-            @r#"SELECT coalesce(json_agg(_postgrest_t), '[]')::text AS body, pg_catalog.count(_postgrest_t) AS page_total FROM (SELECT "api"."todos"."id", "api"."todos"."task" AS "name" FROM "api"."todos" WHERE "api"."todos"."id" > E'1' AND "api"."todos"."done" IS FALSE AND "api"."todos"."task" LIKE E'%tut%' AND NOT ("api"."todos"."id" IN (E'1', E'2,3')) ORDER BY "api"."todos"."due" DESC NULLS LAST, "api"."todos"."id" ASC LIMIT 5 OFFSET 2) _postgrest_t"#
+            sql(q),
+            @r#"SELECT coalesce(json_agg(_postgrest_t), '[]')::text AS body, pg_catalog.count(_postgrest_t) AS page_total FROM (SELECT "api"."todos"."id", "api"."todos"."task" AS "name" FROM "api"."todos" WHERE "api"."todos"."id" > $1 AND "api"."todos"."done" IS FALSE AND "api"."todos"."task" LIKE $2 AND NOT ("api"."todos"."id" IN ($3, $4)) ORDER BY "api"."todos"."due" DESC NULLS LAST, "api"."todos"."id" ASC LIMIT $5::bigint OFFSET $6::bigint) _postgrest_t"#
         );
+        assert_eq!(params(q), ["1", "%tut%", "1", "2,3", "5", "2"]);
     }
 
     #[test]
-    fn injection_is_quoted() {
+    fn values_are_parameters_not_sql() {
+        let q = "id=eq.1';drop table api.todos;--&x\"y=neq.a\\'b&order=a\"b.asc";
         insta::assert_snapshot!(
-            sql("id=eq.1';drop table api.todos;--&x\"y=neq.a\\'b&order=a\"b.asc"),
-            @r#"SELECT coalesce(json_agg(_postgrest_t), '[]')::text AS body, pg_catalog.count(_postgrest_t) AS page_total FROM (SELECT "api"."todos".* FROM "api"."todos" WHERE "api"."todos"."id" = E'1'';drop table api.todos;--' AND "api"."todos"."x""y" <> E'a\\''b' ORDER BY "api"."todos"."a""b" ASC) _postgrest_t"#
+            sql(q),
+            @r#"SELECT coalesce(json_agg(_postgrest_t), '[]')::text AS body, pg_catalog.count(_postgrest_t) AS page_total FROM (SELECT "api"."todos".* FROM "api"."todos" WHERE "api"."todos"."id" = $1 AND "api"."todos"."x""y" <> $2 ORDER BY "api"."todos"."a""b" ASC) _postgrest_t"#
         );
-        let s = plan("").unwrap().to_sql("a\"pi", "to\"dos").unwrap();
+        assert_eq!(params(q), ["1';drop table api.todos;--", "a\\'b"]);
+        let (s, _) = plan("").unwrap().to_sql("a\"pi", "to\"dos").unwrap();
         assert!(s.contains(r#"FROM "a""pi"."to""dos")"#), "{s}");
+        // No value of any filter appears in the statement text.
+        let hostile = "'; drop table todos; --";
+        for op in ["eq", "neq", "gt", "lte", "like", "ilike", "match", "imatch"] {
+            let q = format!("task={op}.{hostile}&id=in.({hostile},\"{hostile}\")");
+            let text = sql(&q);
+            assert!(!text.contains("drop"), "{op}: {text}");
+            assert_eq!(params(&q).len(), 3, "{op}");
+        }
+        let e = plan("task=eq.a%00b")
+            .unwrap()
+            .to_sql("api", "todos")
+            .unwrap_err();
+        assert_eq!(e.code, "PGRST100");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The HTTP side: routes, handlers, request log, startup and shutdown.
+//! The HTTP side: connections (with a header-read timeout), routes, handlers, the request
+//! log and deadline, startup and shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,13 +12,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::db::{one_line, run_as_role, Pool, PoolError};
+use crate::db::{one_line, Pool, PoolError};
 use crate::error::ApiError;
 use crate::query::{parse_query_string, ReadPlan};
-use crate::sql::quote_literal;
+use crate::sql::Params;
 use crate::JSON_CONTENT_TYPE;
 
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
@@ -61,11 +65,18 @@ pub struct AppState {
 }
 
 /// Builds the router: `GET /` (OpenAPI-ish listing), `GET /<relation>`, JSON 404 elsewhere.
+/// Every request is logged, refused if it carries a bearer token (see [`bearer_token`]) and
+/// answered 504 if it outlives `server-request-timeout`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", any(root))
         .route("/{relation}", any(read_relation))
         .fallback(not_found)
+        .layer(middleware::from_fn(refuse_jwt))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .with_state(state)
 }
@@ -112,18 +123,68 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let connector = state.clone();
     tokio::spawn(async move { connector.pool.connect_with_retry().await });
 
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_rx.await;
-    });
-    let server = tokio::spawn(async move { server.await });
-    shutdown_signal().await;
+    let header_timeout = state.config.server_header_read_timeout;
+    let app = router(state);
+    let graceful = GracefulShutdown::new();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: log, breathe, keep serving.
+                    eprintln!("postgrest-lite: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = ConnectInfoService {
+            inner: TowerToHyperService::new(app.clone()),
+            peer,
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Errors here are the client's (hung up, sent garbage, too slow): nothing to do.
+            let _ = conn.await;
+        });
+    }
     eprintln!("postgrest-lite: shutting down");
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(Err(e))) => Err(ServeError::Serve(e)),
-        _ => Ok(()),
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+    Ok(())
+}
+
+/// The router as a hyper service for one connection, tagging each request with the peer
+/// address (what `ConnectInfo` extracts).
+#[derive(Clone)]
+struct ConnectInfoService {
+    inner: TowerToHyperService<Router>,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectInfoService {
+    type Response = <TowerToHyperService<Router> as hyper::service::Service<
+        Request<hyper::body::Incoming>,
+    >>::Response;
+    type Error = <TowerToHyperService<Router> as hyper::service::Service<
+        Request<hyper::body::Incoming>,
+    >>::Error;
+    type Future = <TowerToHyperService<Router> as hyper::service::Service<
+        Request<hyper::body::Incoming>,
+    >>::Future;
+
+    fn call(&self, mut req: Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        self.inner.call(req)
     }
 }
 
@@ -167,6 +228,63 @@ async fn log_request(
     resp
 }
 
+/// Answers a request that outlives `server-request-timeout` with 504; dropping the handler
+/// cancels its database work (see [`crate::db::PooledClient`]).
+async fn request_deadline(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = state.config.server_request_timeout;
+    if limit.is_zero() {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "57014",
+            "canceling statement due to request timeout",
+        )
+        .details(format!(
+            "postgrest-lite stopped the request after {:?} (server-request-timeout)",
+            limit
+        ))
+        .into_response(),
+    }
+}
+
+/// The token of an `Authorization` header as PostgREST reads it: the second space-separated
+/// word after `Bearer` or `bearer`; empty (anonymous) for any other header.
+pub fn bearer_token(headers: &HeaderMap) -> &str {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return "";
+    };
+    let mut words = value.split(' ');
+    match (words.next(), words.next()) {
+        (Some("Bearer" | "bearer"), Some(token)) => token,
+        _ => "",
+    }
+}
+
+/// A request with a bearer token gets what PostgREST without `jwt-secret` answers: 500,
+/// `PGRST300`, "Server lacks JWT secret". postgrest-lite cannot verify tokens, and serving the
+/// request as the anonymous role would let a test pass that real PostgREST fails.
+async fn refuse_jwt(req: Request, next: Next) -> Response {
+    if bearer_token(req.headers()).is_empty() {
+        return next.run(req).await;
+    }
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "PGRST300",
+        "Server lacks JWT secret",
+    )
+    .into_response()
+}
+
 fn json_response(status: StatusCode, content_type: &'static str, body: String) -> Response {
     let mut resp = (status, body).into_response();
     resp.headers_mut()
@@ -196,11 +314,24 @@ fn pool_error(e: PoolError) -> ApiError {
     }
 }
 
-/// Runs `sql` as the anonymous role; a connection that turns out broken is replaced once.
-async fn query_as_anon(state: &AppState, sql: &str) -> Result<Vec<Option<String>>, ApiError> {
+/// Runs `sql` with `params` as the anonymous role and returns its first row; a connection
+/// that turns out broken is replaced once.
+async fn query_as_anon(
+    state: &AppState,
+    sql: &str,
+    params: &Params,
+) -> Result<Option<tokio_postgres::Row>, ApiError> {
     for attempt in 0..2 {
-        let client = state.pool.get().await.map_err(pool_error)?;
-        match run_as_role(&client, &state.config.db_anon_role, sql).await {
+        let mut client = state.pool.get().await.map_err(pool_error)?;
+        let outcome = client
+            .run_as_role(
+                &state.config.db_anon_role,
+                state.config.db_statement_timeout,
+                sql,
+                params,
+            )
+            .await;
+        match outcome {
             Ok(row) => return Ok(row),
             Err(e) if e.as_db_error().is_some() => return Err(ApiError::from_db(&e, true)),
             Err(e) => {
@@ -261,18 +392,16 @@ async fn read_relation(
     let schema = pick_schema(&state.config, &headers)?;
     let pairs = parse_query_string(query.as_deref().unwrap_or(""));
     let plan = ReadPlan::from_pairs(&pairs)?;
-    let sql = plan.to_sql(&schema, &relation)?;
-    let row = query_as_anon(&state, &sql).await?;
+    let (sql, params) = plan.to_sql(&schema, &relation)?;
+    let row = query_as_anon(&state, &sql, &params).await?;
     let body = row
-        .first()
-        .cloned()
-        .flatten()
+        .as_ref()
+        .and_then(|r| r.try_get::<_, Option<String>>(0).ok().flatten())
         .unwrap_or_else(|| "[]".into());
     let count: u64 = row
-        .get(1)
-        .cloned()
-        .flatten()
-        .and_then(|c| c.parse().ok())
+        .as_ref()
+        .and_then(|r| r.try_get::<_, Option<i64>>(1).ok().flatten())
+        .and_then(|c| u64::try_from(c).ok())
         .unwrap_or(0);
     let start = plan.offset.unwrap_or(0);
     let range = if count == 0 {
@@ -296,19 +425,20 @@ async fn root(
 ) -> Result<Response, ApiError> {
     read_only(&method)?;
     let schema = pick_schema(&state.config, &headers)?;
-    let schema_lit = quote_literal(&schema)
+    let mut params = Params::new();
+    let schema_param = params
+        .push(&schema)
         .ok_or_else(|| ApiError::parse("invalid schema", "schema names cannot contain NUL"))?;
     let sql = format!(
         "SELECT coalesce(json_agg(c.relname::text ORDER BY c.relname), '[]')::text \
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = {schema_lit} AND c.relkind IN ('r','v','m','f','p') \
+         WHERE n.nspname = {schema_param} AND c.relkind IN ('r','v','m','f','p') \
          AND pg_catalog.has_table_privilege(c.oid, 'SELECT')"
     );
-    let row = query_as_anon(&state, &sql).await?;
+    let row = query_as_anon(&state, &sql, &params).await?;
     let names: Vec<String> = row
-        .first()
-        .cloned()
-        .flatten()
+        .as_ref()
+        .and_then(|r| r.try_get::<_, Option<String>>(0).ok().flatten())
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default();
     let mut paths = serde_json::Map::new();
