@@ -484,7 +484,7 @@ mod tests {
     use crate::testutil::{fake_qemu, gone_within, read_pid};
 
     const MSR_ERROR: &str = "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n\
-        qemu-system-x86_64: ../target/i386/kvm/kvm.c:2893: kvm_buf_set_msrs: Assertion \
+        qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion \
         `ret == cpu->kvm_msr_buf->nmsrs' failed.\n";
 
     fn aborted() -> ExitStatus {
