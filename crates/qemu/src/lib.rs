@@ -22,6 +22,7 @@ mod cache;
 mod command;
 pub mod cpio;
 mod error;
+mod groups;
 pub mod kernel;
 pub mod keys;
 mod lock;
@@ -31,6 +32,8 @@ pub mod qmp;
 mod serial;
 pub mod socket;
 mod spawner;
+#[cfg(test)]
+mod testutil;
 mod version;
 
 pub use accel::{AccelChoice, ChoiceSource};
@@ -40,6 +43,7 @@ pub use command::{
     Serial, VirtConsole,
 };
 pub use error::{describe_status, QemuError, QEMU_PACKAGE};
+pub use groups::{kill_live_process_groups, live_process_groups};
 pub use lock::{VmTestLock, VM_LOCK_PATH};
 pub use process::{QemuProcess, KILL_GRACE, STDERR_TAIL_BYTES};
 pub use qmp::{

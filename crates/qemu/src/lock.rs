@@ -4,6 +4,9 @@
 //! `flock /tmp/machinist-vm-tests.lock cargo test` and code-level locking cooperate). With
 //! `MACHINIST_VM_TESTS=N`, slots `1..N` are `/tmp/machinist-vm-tests.lock.<i>`.
 //!
+//! The lock file is opened with `O_NOFOLLOW` (a symlink planted at the path is refused, not
+//! followed) and made world-accessible only when this process created it.
+//!
 //! If the lock is held by an *ancestor* of this process (e.g. the test runs under
 //! `flock /tmp/machinist-vm-tests.lock cargo test`), it counts as ours: waiting for it would
 //! deadlock.
@@ -165,18 +168,66 @@ fn slot_path(base: &Path, i: usize) -> PathBuf {
     }
 }
 
+/// Opens (creating if needed) a lock file without following a symlink at its path: in a shared
+/// `/tmp`, another user could plant one pointing at a file of ours. Only a file this call created
+/// is made world-accessible (0666, so other users can share the lock); an existing file's mode is
+/// left alone. `flock` needs no write access, so an existing file is opened read-only.
 fn open(p: &Path) -> Result<File, QemuError> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(p)
-        .map_err(|e| QemuError::io(format!("opening the VM test lock {}", p.display()), e))?;
-    // Let other users share the lock file.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = f.set_permissions(std::fs::Permissions::from_mode(0o666));
-    Ok(f)
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let symlink_err = |e| {
+        QemuError::io(
+            format!(
+                "refusing the VM test lock {p}: it is a symbolic link and is not followed                  (someone may have planted it); remove it (rm {p}) and retry",
+                p = p.display()
+            ),
+            e,
+        )
+    };
+    let other_err = |e| QemuError::io(format!("opening the VM test lock {}", p.display()), e);
+    // The file can disappear between the two opens (someone removed it): try again a few times.
+    for _ in 0..5 {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+        {
+            Ok(f) => {
+                // Created by us: undo the umask so other users can take the lock too.
+                let _ = f.set_permissions(std::fs::Permissions::from_mode(0o666));
+                return Ok(f);
+            }
+            // O_EXCL: a symlink at the path is "exists" too, and is refused just below.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(other_err(e)),
+        }
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(p)
+        {
+            Ok(f) => {
+                let meta = f.metadata().map_err(other_err)?;
+                if !meta.is_file() {
+                    return Err(QemuError::io(
+                        format!(
+                            "refusing the VM test lock {p}: it is not a regular file; remove it                              (rm {p}) and retry",
+                            p = p.display()
+                        ),
+                        std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                    ));
+                }
+                return Ok(f);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(symlink_err(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(other_err(e)),
+        }
+    }
+    Err(other_err(std::io::Error::other(
+        "it keeps disappearing while being opened",
+    )))
 }
 
 /// Whether a flock on `file`'s inode is held by one of our ancestor processes (per /proc/locks).
@@ -256,6 +307,77 @@ mod tests {
         let x = VmTestLock::acquire_at(&base, 2, t).unwrap();
         let y = VmTestLock::acquire_at(&base, 2, t).unwrap();
         assert_ne!(x.path(), y.path());
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_symlink_at_the_lock_path_is_refused_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let base = dir.path().join("vm.lock");
+        std::os::unix::fs::symlink(&victim, &base).unwrap();
+        let err = VmTestLock::acquire_at(&base, 1, Duration::from_secs(60))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("symbolic link") && err.contains(&base.display().to_string()),
+            "{err}"
+        );
+        assert!(err.contains("rm "), "says what to do: {err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(mode(&victim), 0o600, "the symlink's target was chmodded");
+        // A dangling symlink: nothing is created at its target.
+        let nowhere = dir.path().join("nowhere");
+        let dangling = dir.path().join("dangling.lock");
+        std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+        let err = open(&dangling).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(!nowhere.exists(), "the lock was created through a symlink");
+    }
+
+    #[test]
+    fn a_fifo_at_the_lock_path_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fifo.lock");
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        let err = open(&p).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn the_mode_is_set_only_on_a_file_created_here() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh.lock");
+        drop(open(&fresh).unwrap());
+        assert_eq!(
+            mode(&fresh),
+            0o666,
+            "a new lock file is shared with other users"
+        );
+        let existing = dir.path().join("existing.lock");
+        std::fs::write(&existing, "").unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let f = open(&existing).unwrap();
+        // SAFETY: flock on an open file.
+        assert_eq!(
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
+        assert_eq!(
+            mode(&existing),
+            0o640,
+            "an existing file's mode was changed"
+        );
     }
 
     #[test]

@@ -135,6 +135,7 @@ impl QemuProcess {
             source,
         })?;
         let pid = child.id() as i32;
+        crate::groups::register(pid);
         tracing::debug!(machine = %cmd.name, pid, "started QEMU: {}", cmd.command_line());
 
         let (exit_tx, _) = watch::channel(None);
@@ -195,13 +196,17 @@ impl QemuProcess {
 
         let sh = shared.clone();
         thread(format!("qemu-reaper-{}", cmd.name), move || {
-            wait_exited_nowait(pid);
-            // QEMU is a zombie now: its pid and process group id stay reserved until we reap,
-            // so cleaning up leftover group members (e.g. `-incoming exec:` helpers) is safe.
-            // SAFETY: kill(2) on our child's group.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
+            if wait_exited_nowait(pid) {
+                // QEMU is a zombie now: its pid and process group id stay reserved until we
+                // reap, so cleaning up leftover group members (e.g. `-incoming exec:` helpers)
+                // is safe.
+                // SAFETY: kill(2) on our child's group.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
             }
+            // Unlisted before the reap: once reaped, the pid may be reused by another process.
+            crate::groups::unregister(pid);
             let mut st = sh.lock();
             let status = loop {
                 match child.wait() {
@@ -257,6 +262,13 @@ impl QemuProcess {
     /// The last [`STDERR_TAIL_BYTES`] of QEMU's stderr.
     pub fn stderr_tail(&self) -> String {
         self.shared.stderr_tail()
+    }
+
+    /// The whole stderr tail once QEMU has exited: waits up to `timeout` for the reader to reach
+    /// end of file (right after the exit, the last lines may still be in the pipe).
+    pub(crate) fn stderr_after_exit_blocking(&self, timeout: Duration) -> String {
+        self.shared.wait_stderr_done_blocking(timeout);
+        self.stderr_tail()
     }
 
     /// The exit status if QEMU has exited (and been reaped).
@@ -444,8 +456,9 @@ fn thread(name: String, f: impl FnOnce() + Send + 'static) {
         .expect("cannot start a QEMU supervision thread");
 }
 
-/// Blocks until `pid` has exited, without reaping it (`waitid(WNOWAIT)`).
-fn wait_exited_nowait(pid: i32) {
+/// Blocks until `pid` has exited, without reaping it (`waitid(WNOWAIT)`). False if `waitid`
+/// failed (then the pid may already be gone and must not be signalled).
+fn wait_exited_nowait(pid: i32) -> bool {
     loop {
         // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -459,11 +472,12 @@ fn wait_exited_nowait(pid: i32) {
             )
         };
         if r == 0 {
-            return;
+            return true;
         }
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EINTR) {
-            return;
+            tracing::warn!(pid, "waitid on QEMU failed: {err}");
+            return false;
         }
     }
 }
@@ -488,5 +502,34 @@ fn poll_writable(fd: i32, timeout: Duration) {
     // SAFETY: one valid pollfd.
     unsafe {
         libc::poll(&mut pfd, 1, ms.max(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{fake_qemu, gone_within};
+
+    #[test]
+    fn process_group_is_unlisted_before_the_exit_is_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = fake_qemu(dir.path(), "qemu-sleep", "exec sleep 600\n");
+        let p = QemuProcess::spawn(&QemuCommand::new("groups").binary(&qemu)).unwrap();
+        let pid = p.pid();
+        assert!(
+            crate::groups::live_process_groups().contains(&pid),
+            "a running QEMU's group is listed for the fatal-signal handler"
+        );
+        p.start_kill();
+        let status = p.wait_timeout_blocking(Duration::from_secs(5));
+        assert!(status.is_some(), "SIGKILLed fake QEMU not reaped in 5 s");
+        // Reaped: the pid may belong to another process now, so a fatal-signal handler must not
+        // see it any more. The reaper unlists it before reaping, hence before `exit` is set.
+        assert!(
+            !crate::groups::live_process_groups().contains(&pid),
+            "group {pid} still listed after QEMU was reaped"
+        );
+        assert!(gone_within(pid, Duration::from_secs(1)));
+        drop(p);
     }
 }
