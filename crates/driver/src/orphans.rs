@@ -1,5 +1,5 @@
-//! No QEMU outlives its test: a registry of QEMU process groups and SIGINT/SIGTERM/SIGHUP
-//! handlers that kill them before the process dies.
+//! No QEMU outlives its test: SIGINT/SIGTERM/SIGHUP handlers that kill every live QEMU process
+//! group (the qemu crate's list) before the process dies.
 //!
 //! The qemu crate already kills QEMU on drop and with `PR_SET_PDEATHSIG`; this covers the cases
 //! where destructors do not run (Ctrl-C, `kill <pid>` of the test binary). The handler only
@@ -12,31 +12,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
 
-const SLOTS: usize = 256;
-static PGIDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(0) }; SLOTS];
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 static PIPE_W: AtomicI32 = AtomicI32::new(-1);
 static RUN_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// Remembers a QEMU process group to kill on a fatal signal.
-pub(crate) fn register(pgid: u32) {
-    install();
-    for slot in &PGIDS {
-        if slot
-            .compare_exchange(0, pgid as i32, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            return;
-        }
-    }
-}
-
-/// Forgets a process group (it exited and was reaped).
-pub(crate) fn unregister(pgid: u32) {
-    for slot in &PGIDS {
-        let _ = slot.compare_exchange(pgid as i32, 0, Ordering::AcqRel, Ordering::Acquire);
-    }
-}
 
 /// A run directory to remove if the process is killed by a signal.
 pub(crate) fn register_dir(dir: PathBuf) {
@@ -52,26 +30,15 @@ pub(crate) fn unregister_dir(dir: &std::path::Path) {
         .retain(|d| d != dir);
 }
 
-/// The process groups currently registered (for tests).
+/// The QEMU process groups currently alive (listed by the qemu crate from spawn until just
+/// before it reaps the process, so a reused pid is never killed).
 pub fn registered() -> Vec<u32> {
-    PGIDS
-        .iter()
-        .map(|s| s.load(Ordering::Acquire))
-        .filter(|&p| p > 0)
-        .map(|p| p as u32)
-        .collect()
+    machinist_qemu::live_process_groups()
 }
 
 extern "C" fn on_signal(sig: libc::c_int) {
-    for slot in &PGIDS {
-        let p = slot.load(Ordering::Acquire);
-        if p > 0 {
-            // SAFETY: kill(2) is async-signal-safe.
-            unsafe {
-                libc::kill(-p, libc::SIGKILL);
-            }
-        }
-    }
+    // Async-signal-safe: SIGKILLs every live QEMU process group.
+    machinist_qemu::kill_live_process_groups();
     let w = PIPE_W.load(Ordering::Acquire);
     if w >= 0 {
         let b = sig as u8;
@@ -92,7 +59,8 @@ fn reraise(sig: libc::c_int) {
     }
 }
 
-fn install() {
+/// Installs the signal handlers (once).
+pub(crate) fn install() {
     if INSTALLED.swap(true, Ordering::AcqRel) {
         return;
     }

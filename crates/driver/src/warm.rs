@@ -371,7 +371,7 @@ async fn build_async(
         }));
     }
     let process = Arc::new(QemuProcess::spawn(&cmd).map_err(|e| format!("starting QEMU: {e}"))?);
-    crate::orphans::register(process.pid());
+    crate::orphans::install();
     let p2 = process.clone();
     let work = async {
         let t = Duration::from_secs(60);
@@ -446,7 +446,6 @@ async fn build_async(
         process.start_kill();
         let _ = process.wait().await;
     }
-    crate::orphans::unregister(process.pid());
     for t in port_tasks {
         t.abort();
     }

@@ -92,7 +92,6 @@ pub(crate) struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.serial_task.abort();
-        crate::orphans::unregister(self.process.pid());
     }
 }
 
@@ -349,7 +348,7 @@ impl Machine {
             QemuProcess::spawn(cmd)
                 .map_err(|e| Error::backend(Some(&self.name), "starting QEMU", e))?,
         );
-        crate::orphans::register(process.pid());
+        crate::orphans::install();
         let accept_timeout = ctx.scaled(Duration::from_secs(60));
         let name = self.name.clone();
         let p2 = process.clone();
