@@ -145,7 +145,8 @@ pub enum OcrError {
     /// `wait_for_text` ran out of time.
     #[error(
         "text matching /{pattern}/ did not appear on the screen within {timeout:?} \
-         ({attempts} OCR attempts); the last screenshot and the text of every variant are in {saved}"
+         ({attempts} OCR attempts); the screen last read: {}; the last screenshot and the text \
+         of every variant are in {saved}", quoted_screen(.last_text)
     )]
     Timeout {
         /// The pattern waited for.
@@ -156,6 +157,8 @@ pub enum OcrError {
         attempts: u32,
         /// Where the last screenshot and texts were saved (or why they could not be).
         saved: String,
+        /// The text last read (the variant that read the most words), as one line.
+        last_text: String,
     },
 }
 
@@ -171,4 +174,17 @@ impl OcrError {
             source,
         }
     }
+}
+
+/// The last screen text for an error message: quoted, at most 300 characters.
+fn quoted_screen(text: &str) -> String {
+    const MAX: usize = 300;
+    if text.trim().is_empty() {
+        return "nothing (no text recognised)".into();
+    }
+    let mut t: String = text.chars().take(MAX).collect();
+    if text.chars().count() > MAX {
+        t.push_str("...");
+    }
+    format!("{t:?}")
 }

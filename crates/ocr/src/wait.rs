@@ -147,11 +147,18 @@ impl Ocr {
                     "Last OCR attempt failed. Text was: [{}]",
                     last_texts.join(", ")
                 );
+                let last_text = texts
+                    .iter()
+                    .flatten()
+                    .map(|t| t.text().split_whitespace().collect::<Vec<_>>().join(" "))
+                    .max_by_key(|t| t.split(' ').count())
+                    .unwrap_or_default();
                 return Err(OcrError::Timeout {
                     pattern: re.as_str().to_string(),
                     timeout,
                     attempts,
                     saved,
+                    last_text,
                 });
             }
             std::thread::sleep(delay.min(deadline - now));

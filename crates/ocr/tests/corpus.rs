@@ -124,11 +124,18 @@ fn timeout_saves_the_screen_and_every_variant_and_skips_unchanged_screens() {
     let OcrError::Timeout {
         attempts,
         ref saved,
+        ref last_text,
         ..
     } = err
     else {
         panic!("{err}")
     };
+    // The error quotes what the screen said instead.
+    assert!(!last_text.is_empty());
+    assert!(
+        err.to_string().contains("the screen last read: \""),
+        "{err}"
+    );
     assert_eq!(attempts, 1, "an unchanged screen is read once");
     assert!(grabs > 1, "fresh screenshots are taken");
     assert!(
