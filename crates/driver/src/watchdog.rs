@@ -53,6 +53,11 @@ impl Watchdog {
                         ),
                     );
                     ctx.logger.flush();
+                    // No destructor runs after exit(): remove the run directory here (every
+                    // QEMU in it was killed above), unless it is kept on purpose.
+                    if !ctx.keep_state {
+                        let _ = std::fs::remove_dir_all(&ctx.run_dir);
+                    }
                     std::process::exit(124);
                 }
             })

@@ -38,6 +38,27 @@ use std::time::{Duration, Instant};
 use junit::strip_control;
 use terminal::{Kind, Terminal};
 
+/// The longest guest line (serial or command output) the log keeps, in bytes; the rest of a
+/// longer line is dropped with a marker saying how much (a guest printing megabytes without a
+/// newline must not fill the host's memory or the log).
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// `line`, cut at [`MAX_LINE_BYTES`] (on a character boundary) with a marker.
+fn clip_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= MAX_LINE_BYTES {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut end = MAX_LINE_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}... [machinist: {} more bytes of this line dropped]",
+        &line[..end],
+        line.len() - end
+    ))
+}
+
 thread_local! {
     static OPEN_SPANS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
@@ -195,6 +216,7 @@ impl Logger {
     /// A line a machine produced (serial console or command output): on the terminal and in
     /// JUnit only when `print`, always in the JSON log as `{"type": ty, "machine", "line"}`.
     fn emit_machine_line(&self, kind: Kind, ty: &str, print: bool, machine: &str, line: &str) {
+        let line = &*clip_line(line);
         let mut st = self.state();
         if print {
             let plain = terminal::format_line(kind, Some(machine), line, false);

@@ -114,3 +114,26 @@ fn junit_report() {
 fn strip_control_removes_ansi() {
     assert_eq!(strip_control("a\x1b[1;32mb\x1b[0m\x07c\n"), "abc\n");
 }
+
+#[test]
+fn very_long_guest_lines_are_clipped_with_a_marker() {
+    let short = "é".repeat(10);
+    assert_eq!(super::clip_line(&short), short);
+    let long = format!(
+        "{}é{}",
+        "a".repeat(super::MAX_LINE_BYTES - 1),
+        "b".repeat(100_000)
+    );
+    let clipped = super::clip_line(&long);
+    assert!(
+        clipped.len() < super::MAX_LINE_BYTES + 100,
+        "{}",
+        clipped.len()
+    );
+    assert!(clipped.starts_with(&"a".repeat(super::MAX_LINE_BYTES - 1)));
+    assert!(
+        clipped.ends_with("... [machinist: 100002 more bytes of this line dropped]"),
+        "{}",
+        &clipped[clipped.len() - 80..]
+    );
+}
