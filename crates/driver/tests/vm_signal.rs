@@ -1,70 +1,26 @@
-//! SIGTERM to a test process kills its QEMU (and removes its run directory). The child process is
-//! this same test binary running the ignored test `sigterm_child`, which boots an ad-hoc machine
-//! made with `create_machine` and then waits to be killed.
+//! A killed test process leaves nothing running: SIGTERM kills its QEMU and removes its run
+//! directory at once; after SIGKILL (nothing can run in the process) QEMU dies with its parent and
+//! the next run removes the run directory. The process killed is the helper binary
+//! `machinist-driver-test-killed` (`tests/helpers/killed_test.rs`), which boots an ad-hoc machine
+//! made with `create_machine` and then waits.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use machinist::{NodeConfig, Test};
-
-const CHILD_ENV: &str = "MACHINIST_DRIVER_SIGTERM_CHILD";
-
-#[test]
-#[ignore = "run by vm_sigterm_kills_qemu in a child process"]
-fn sigterm_child() {
-    let Some(info) = std::env::var_os(CHILD_ENV) else {
-        return;
-    };
-    let info = PathBuf::from(info);
-    Test::new("vm-sigterm-child")
-        .node("base", NodeConfig::new())
-        .output_dir(info.parent().unwrap().join("out"))
-        .serial_stdout(false)
-        .script(|t| {
-            let m = t.create_machine("adhoc", NodeConfig::new())?;
-            assert_eq!(t.get_machine("adhoc")?.name(), "adhoc");
-            m.succeed("true")?;
-            // The ad-hoc machine is numbered after the declared ones.
-            assert_eq!(m.succeed("hostname")?, "adhoc\n");
-            std::fs::write(
-                &info,
-                format!("{} {}", m.pid().unwrap(), t.run_dir().display()),
-            )
-            .unwrap();
-            std::thread::sleep(Duration::from_secs(120));
-            Ok(())
-        })
-        .run()
-        .unwrap();
-}
-
-#[test]
-fn vm_sigterm_kills_qemu() {
-    let _lock = common::vm_lock();
-    let dir = tempfile::tempdir().unwrap();
-    let info = dir.path().join("info");
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sigterm_child",
-            "--include-ignored",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, &info)
+/// Starts the helper, waits until its machine answers; returns it with the QEMU pid and the run
+/// directory.
+fn start_killed_test(dir: &Path) -> (Reap, u32, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let info = dir.join("info");
+    let child = Command::new(env!("CARGO_BIN_EXE_machinist-driver-test-killed"))
+        .arg(&info)
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    // Whatever happens, the child does not outlive this test.
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut guard = Reap(child);
-    let child = &mut guard.0;
     let start = Instant::now();
     let text = loop {
         if let Ok(t) = std::fs::read_to_string(&info) {
@@ -72,34 +28,77 @@ fn vm_sigterm_kills_qemu() {
                 break t;
             }
         }
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("child exited early: {st}");
+        if let Ok(Some(st)) = guard.0.try_wait() {
+            panic!("the helper test process exited early: {st}");
         }
         assert!(
             start.elapsed() < Duration::from_secs(300),
-            "child never booted its machine"
+            "the helper never booted its machine"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
     let (pid, run_dir) = text.split_once(' ').unwrap();
     let pid: u32 = pid.parse().unwrap();
     assert!(common::alive(pid));
+    (guard, pid, PathBuf::from(run_dir))
+}
+
+/// Whatever happens, the helper does not outlive this test.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: signalling our own child.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
+        libc::kill(child.id() as i32, sig);
     }
-    let status = child.wait().unwrap();
-    assert!(!status.success());
+}
+
+fn wait_gone(pid: u32, within: Duration) -> bool {
     let t = Instant::now();
-    while common::alive(pid) && t.elapsed() < Duration::from_secs(5) {
+    while common::alive(pid) && t.elapsed() < within {
         std::thread::sleep(Duration::from_millis(50));
     }
+    !common::alive(pid)
+}
+
+#[test]
+fn vm_sigterm_and_sigkill_leave_nothing() {
+    let _lock = common::vm_lock();
+    let dir = tempfile::tempdir().unwrap();
+
+    // SIGTERM: the handler kills QEMU and removes the run directory before the process dies.
+    let (mut guard, pid, run_dir) = start_killed_test(&dir.path().join("term"));
+    signal(&guard.0, libc::SIGTERM);
+    assert!(!guard.0.wait().unwrap().success());
     assert!(
-        !common::alive(pid),
+        wait_gone(pid, Duration::from_secs(5)),
         "QEMU {pid} outlived the SIGTERM'd test process"
     );
     assert!(
-        !PathBuf::from(run_dir).exists(),
-        "run directory {run_dir} left behind"
+        !run_dir.exists(),
+        "run directory {} left behind",
+        run_dir.display()
     );
+
+    // SIGKILL: QEMU dies with its parent (parent-death signal); the run directory stays until
+    // the next run sweeps it, since its owner is gone.
+    let (mut guard, pid, run_dir) = start_killed_test(&dir.path().join("kill"));
+    signal(&guard.0, libc::SIGKILL);
+    let _ = guard.0.wait();
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "QEMU {pid} outlived the SIGKILLed test process"
+    );
+    assert!(run_dir.exists(), "nothing can remove it during a SIGKILL");
+    let base = run_dir.parent().unwrap();
+    let removed = machinist::stale::remove_stale_run_dirs(base);
+    assert!(removed.contains(&run_dir), "{removed:?}");
+    assert!(!run_dir.exists());
 }
