@@ -53,8 +53,9 @@ pub(crate) fn char_to_key(c: char) -> Option<String> {
     Some(k.to_string())
 }
 
-/// Exit 0 when the guest has an X server binary or an X socket directory.
-const X_PROBE: &str = "for x in Xorg X Xvfb Xwayland; do command -v \"$x\" >/dev/null && exit 0; done; [ -d /tmp/.X11-unix ]";
+/// Exit 0 when the guest has an X server binary or a live X socket. (`/tmp/.X11-unix` alone says
+/// nothing: systemd's tmpfiles create it on every guest.)
+const X_PROBE: &str = "for x in Xorg X Xvfb Xwayland; do command -v \"$x\" >/dev/null && exit 0; done; ls /tmp/.X11-unix/X* >/dev/null 2>&1";
 
 impl Machine {
     /// Presses `key` (an HMP `sendkey` name like `ctrl-alt-delete`, `ret`, or one character)
@@ -283,7 +284,7 @@ impl Machine {
             }
             _ => {
                 "the guest has no X server (none of Xorg, X, Xvfb, Xwayland is installed and \
-                 /tmp/.X11-unix does not exist): install one in the node (e.g. the Debian \
+                 no socket is in /tmp/.X11-unix): install one in the node (e.g. the Debian \
                  package xvfb) and start it, or check the console with get_tty_text / \
                  wait_for_console_text instead"
             }
