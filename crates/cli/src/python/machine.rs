@@ -8,8 +8,17 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use super::convert::timeout;
+use super::convert::{Flag, PathArg, Port, Seconds, Tty};
 use super::{interrupt, polling, ErrorKind, ScriptError};
+
+/// A NotSupported error for `what` on `m`.
+fn not_supported(m: &machinist::Machine, what: &str, why: impl Into<String>) -> ScriptError {
+    script_error(machinist::Error::NotSupported {
+        machine: m.name().to_string(),
+        what: what.to_string(),
+        why: why.into(),
+    })
+}
 
 /// A driver error as a [`ScriptError`] (decides the Python exception class).
 pub fn script_error(e: machinist::Error) -> ScriptError {
@@ -21,6 +30,7 @@ pub fn script_error(e: machinist::Error) -> ScriptError {
         | E::Unit { .. }
         | E::Assertion { .. } => ErrorKind::Assertion,
         E::PollingCondition { .. } => ErrorKind::Polling,
+        E::NotSupported { .. } => ErrorKind::NotSupported,
         E::Interrupted => ErrorKind::Interrupted,
         _ => ErrorKind::Machine,
     };
@@ -41,8 +51,8 @@ fn commands(args: &Bound<'_, PyTuple>) -> PyResult<Vec<String>> {
     args.iter().map(|a| a.extract::<String>()).collect()
 }
 
-fn secs(t: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
-    timeout(t)
+fn secs(t: Option<Seconds>) -> Option<Duration> {
+    t.map(|s| s.0)
 }
 
 /// One machine of the test (NixOS `Machine`): `server.succeed("echo hi")`.
@@ -81,28 +91,30 @@ impl PyMachine {
         self.m.is_up()
     }
 
-    /// Start the VM (does not wait for the guest to boot).
-    #[pyo3(signature = (allow_reboot=false))]
-    fn start(&self, py: Python<'_>, allow_reboot: bool) -> PyResult<()> {
+    /// Start the VM (does not wait for the guest to boot). allow_reboot=True keeps QEMU running
+    /// across a guest reboot (reboot() works either way).
+    #[pyo3(signature = (allow_reboot=Flag(false)), text_signature = "(self, allow_reboot=False)")]
+    fn start(&self, py: Python<'_>, allow_reboot: Flag) -> PyResult<()> {
         let m = self.m.clone();
-        run(py, move || m.start_with(allow_reboot))
+        run(py, move || m.start_with(allow_reboot.0))
     }
 
     /// Run a command; returns (exit code, output). check_output=False returns (-2, '') and
-    /// check_return=False returns (-1, output), as in NixOS.
-    #[pyo3(signature = (command, check_return=true, check_output=true, timeout=None))]
+    /// check_return=False returns (-1, output), as in NixOS. The command is killed after
+    /// `timeout` seconds (default 900, exit code 124); timeout=None waits as long as it runs.
+    #[pyo3(signature = (command, check_return=Flag(true), check_output=Flag(true), timeout=Some(Seconds::secs(900))), text_signature = "(self, command, check_return=True, check_output=True, timeout=900)")]
     fn execute(
         &self,
         py: Python<'_>,
         command: String,
-        check_return: bool,
-        check_output: bool,
-        timeout: Option<&Bound<'_, PyAny>>,
+        check_return: Flag,
+        check_output: Flag,
+        timeout: Option<Seconds>,
     ) -> PyResult<(i32, String)> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
         let (code, out) = run(py, move || m.execute_with(&command, t))?;
-        Ok(match (check_output, check_return) {
+        Ok(match (check_output.0, check_return.0) {
             (false, _) => (-2, String::new()),
             (true, false) => (-1, out),
             (true, true) => (code, out),
@@ -115,9 +127,9 @@ impl PyMachine {
         &self,
         py: Python<'_>,
         commands: &Bound<'_, PyTuple>,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<String> {
-        let (cmds, t) = (self::commands(commands)?, secs(timeout)?);
+        let (cmds, t) = (self::commands(commands)?, secs(timeout));
         let m = self.m.clone();
         run(py, move || m.succeed_timeout(cmds, t))
     }
@@ -128,9 +140,9 @@ impl PyMachine {
         &self,
         py: Python<'_>,
         commands: &Bound<'_, PyTuple>,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<String> {
-        let (cmds, t) = (self::commands(commands)?, secs(timeout)?);
+        let (cmds, t) = (self::commands(commands)?, secs(timeout));
         let m = self.m.clone();
         run(py, move || m.fail_timeout(cmds, t))
     }
@@ -141,9 +153,9 @@ impl PyMachine {
         &self,
         py: Python<'_>,
         command: String,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<String> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
         run(py, move || m.wait_until_succeeds(&command, t))
     }
@@ -154,16 +166,16 @@ impl PyMachine {
         &self,
         py: Python<'_>,
         command: String,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<String> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
         run(py, move || m.wait_until_fails(&command, t))
     }
 
-    /// Sleep in guest time.
-    fn sleep(&self, py: Python<'_>, secs: &Bound<'_, PyAny>) -> PyResult<()> {
-        let d = timeout(Some(secs))?.unwrap_or_default();
+    /// Sleep `secs` seconds in guest time (`sleep` in the guest).
+    fn sleep(&self, py: Python<'_>, secs: Seconds) -> PyResult<()> {
+        let d = secs.0;
         let m = self.m.clone();
         run(py, move || m.sleep(d))
     }
@@ -217,9 +229,9 @@ impl PyMachine {
         py: Python<'_>,
         unit: String,
         user: Option<String>,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<()> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
         run(py, move || {
             m.wait_for_unit_with(
@@ -234,7 +246,7 @@ impl PyMachine {
     }
 
     /// Check a unit's ActiveState once.
-    #[pyo3(signature = (unit, require_state="active".to_string()))]
+    #[pyo3(signature = (unit, require_state="active".to_string()), text_signature = "(self, unit, require_state='active')")]
     fn require_unit_state(
         &self,
         py: Python<'_>,
@@ -280,90 +292,96 @@ impl PyMachine {
     fn wait_for_file(
         &self,
         py: Python<'_>,
-        filename: String,
-        timeout: Option<&Bound<'_, PyAny>>,
+        filename: PathArg,
+        timeout: Option<Seconds>,
     ) -> PyResult<()> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
-        run(py, move || m.wait_for_file(&filename, t))
+        run(py, move || m.wait_for_file(&filename.0, t))
     }
 
     /// Wait until a TCP port accepts connections.
-    #[pyo3(signature = (port, addr="localhost".to_string(), timeout=None))]
+    #[pyo3(signature = (port, addr="localhost".to_string(), timeout=None), text_signature = "(self, port, addr='localhost', timeout=None)")]
     fn wait_for_open_port(
         &self,
         py: Python<'_>,
-        port: u16,
+        port: Port,
         addr: String,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<()> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
-        run(py, move || m.wait_for_open_port_on(&addr, port, t))
+        run(py, move || m.wait_for_open_port_on(&addr, port.0, t))
     }
 
     /// Wait until a TCP port refuses connections.
-    #[pyo3(signature = (port, addr="localhost".to_string(), timeout=None))]
+    #[pyo3(signature = (port, addr="localhost".to_string(), timeout=None), text_signature = "(self, port, addr='localhost', timeout=None)")]
     fn wait_for_closed_port(
         &self,
         py: Python<'_>,
-        port: u16,
+        port: Port,
         addr: String,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<()> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
-        run(py, move || m.wait_for_closed_port_on(&addr, port, t))
+        run(py, move || m.wait_for_closed_port_on(&addr, port.0, t))
     }
 
     /// Wait until a unix socket accepts connections.
-    #[pyo3(signature = (addr, is_datagram=false, timeout=None))]
+    #[pyo3(signature = (addr, is_datagram=Flag(false), timeout=None), text_signature = "(self, addr, is_datagram=False, timeout=None)")]
     fn wait_for_open_unix_socket(
         &self,
         py: Python<'_>,
-        addr: String,
-        is_datagram: bool,
-        timeout: Option<&Bound<'_, PyAny>>,
+        addr: PathArg,
+        is_datagram: Flag,
+        timeout: Option<Seconds>,
     ) -> PyResult<()> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
         run(py, move || {
-            m.wait_for_open_unix_socket(&addr, is_datagram, t)
+            m.wait_for_open_unix_socket(&addr.0, is_datagram.0, t)
         })
     }
 
     /// Copy a host file or directory into the guest.
-    fn copy_from_host(&self, py: Python<'_>, source: String, target: String) -> PyResult<()> {
+    fn copy_from_host(&self, py: Python<'_>, source: PathArg, target: PathArg) -> PyResult<()> {
         let m = self.m.clone();
-        run(py, move || m.copy_from_host(&source, &target))
+        run(py, move || m.copy_from_host(&source.0, &target.0))
     }
 
     /// Copy a host file into the guest through the shell (base64).
     fn copy_from_host_via_shell(
         &self,
         py: Python<'_>,
-        source: String,
-        target: String,
+        source: PathArg,
+        target: PathArg,
     ) -> PyResult<()> {
         let m = self.m.clone();
-        run(py, move || m.copy_from_host_via_shell(&source, &target))
+        run(py, move || m.copy_from_host_via_shell(&source.0, &target.0))
     }
 
     /// Copy a guest file or directory into the output directory; returns the host path.
-    #[pyo3(signature = (source, target_dir="".to_string()))]
+    #[pyo3(signature = (source, target_dir=PathArg(String::new())), text_signature = "(self, source, target_dir='')")]
     fn copy_from_machine(
         &self,
         py: Python<'_>,
-        source: String,
-        target_dir: String,
+        source: PathArg,
+        target_dir: PathArg,
     ) -> PyResult<String> {
         let m = self.m.clone();
-        run(py, move || m.copy_from_machine(&source, &target_dir)).map(|p| p.display().to_string())
+        run(py, move || m.copy_from_machine(&source.0, &target_dir.0))
+            .map(|p| p.display().to_string())
     }
 
     /// Deprecated NixOS name of copy_from_machine.
-    #[pyo3(signature = (source, target_dir="".to_string()))]
-    fn copy_from_vm(&self, py: Python<'_>, source: String, target_dir: String) -> PyResult<String> {
+    #[pyo3(signature = (source, target_dir=PathArg(String::new())), text_signature = "(self, source, target_dir='')")]
+    fn copy_from_vm(
+        &self,
+        py: Python<'_>,
+        source: PathArg,
+        target_dir: PathArg,
+    ) -> PyResult<String> {
         self.copy_from_machine(py, source, target_dir)
     }
 
@@ -384,7 +402,9 @@ impl PyMachine {
         run(py, move || m.crash())
     }
 
-    /// Press Ctrl-Alt-Delete (needs start(allow_reboot=True)).
+    /// Reboot the guest (Ctrl-Alt-Delete); needs no flag: with start(allow_reboot=True) the same
+    /// QEMU keeps running, otherwise QEMU exits and the machine is started again. The next
+    /// command waits for the new boot.
     fn reboot(&self, py: Python<'_>) -> PyResult<()> {
         let m = self.m.clone();
         run(py, move || m.reboot())
@@ -429,9 +449,9 @@ impl PyMachine {
         &self,
         py: Python<'_>,
         event_filter: Py<PyAny>,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<Py<PyAny>> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
         let ev = run(py, move || {
             m.wait_for_qmp_event(
@@ -449,29 +469,25 @@ impl PyMachine {
         Ok(event_dict(py, &ev)?.into_any().unbind())
     }
 
-    /// Press a key (QEMU key name, e.g. "ctrl-alt-delete", "ret").
-    #[pyo3(signature = (key, delay=None, log=true))]
+    /// Press a key (QEMU key name, e.g. "ctrl-alt-delete", "ret", or one character), then wait
+    /// `delay` seconds (default 0.01; None: no wait).
+    #[pyo3(signature = (key, delay=Some(Seconds::millis(10)), log=Flag(true)), text_signature = "(self, key, delay=0.01, log=True)")]
     fn send_key(
         &self,
         py: Python<'_>,
         key: String,
-        delay: Option<&Bound<'_, PyAny>>,
-        log: bool,
+        delay: Option<Seconds>,
+        log: Flag,
     ) -> PyResult<()> {
-        let d = secs(delay)?.unwrap_or(Duration::from_millis(10));
+        let d = secs(delay).unwrap_or_default();
         let m = self.m.clone();
-        run(py, move || m.send_key_with(&key, d, log))
+        run(py, move || m.send_key_with(&key, d, log.0))
     }
 
-    /// Type characters as key presses.
-    #[pyo3(signature = (chars, delay=None))]
-    fn send_chars(
-        &self,
-        py: Python<'_>,
-        chars: String,
-        delay: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let d = secs(delay)?.unwrap_or(Duration::from_millis(10));
+    /// Type characters as key presses, `delay` seconds apart (default 0.01; None: no wait).
+    #[pyo3(signature = (chars, delay=Some(Seconds::millis(10))), text_signature = "(self, chars, delay=0.01)")]
+    fn send_chars(&self, py: Python<'_>, chars: String, delay: Option<Seconds>) -> PyResult<()> {
+        let d = secs(delay).unwrap_or_default();
         let m = self.m.clone();
         run(py, move || m.send_chars_with(&chars, d))
     }
@@ -483,9 +499,9 @@ impl PyMachine {
     }
 
     /// Save a PNG screenshot (relative names go to the output directory); returns its path.
-    fn screenshot(&self, py: Python<'_>, filename: String) -> PyResult<String> {
+    fn screenshot(&self, py: Python<'_>, filename: PathArg) -> PyResult<String> {
         let m = self.m.clone();
-        run(py, move || m.screenshot(&filename)).map(|p| p.display().to_string())
+        run(py, move || m.screenshot(&filename.0)).map(|p| p.display().to_string())
     }
 
     /// The text on the screen (OCR).
@@ -506,9 +522,9 @@ impl PyMachine {
         &self,
         py: Python<'_>,
         regex: String,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<String> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
         run(py, move || m.wait_for_text(&regex, t))
     }
@@ -519,9 +535,9 @@ impl PyMachine {
         &self,
         py: Python<'_>,
         regex: String,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<String> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
         run(py, move || m.wait_for_console_text(&regex, t))
     }
@@ -531,82 +547,98 @@ impl PyMachine {
         self.m.get_console_log()
     }
 
-    /// The text of virtual terminal `tty`.
-    fn get_tty_text(&self, py: Python<'_>, tty: u32) -> PyResult<String> {
+    /// The text of virtual terminal `tty` (1 or "1").
+    fn get_tty_text(&self, py: Python<'_>, tty: Tty) -> PyResult<String> {
         let m = self.m.clone();
-        run(py, move || m.get_tty_text(tty))
+        run(py, move || m.get_tty_text(tty.0))
     }
 
-    /// Wait until virtual terminal `tty` matches `regexp`.
+    /// Wait until virtual terminal `tty` (1 or "1") matches `regexp` (default timeout 900 s).
     #[pyo3(signature = (tty, regexp, timeout=None))]
     fn wait_until_tty_matches(
         &self,
         py: Python<'_>,
-        tty: u32,
+        tty: Tty,
         regexp: String,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<()> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
-        run(py, move || m.wait_until_tty_matches(tty, &regexp, t))
+        run(py, move || m.wait_until_tty_matches(tty.0, &regexp, t))
     }
 
-    /// Write virtual terminal `tty`'s text to the guest journal.
-    fn dump_tty_contents(&self, py: Python<'_>, tty: u32) -> PyResult<()> {
+    /// Write virtual terminal `tty`'s text (1 or "1") to the guest journal.
+    fn dump_tty_contents(&self, py: Python<'_>, tty: Tty) -> PyResult<()> {
         let m = self.m.clone();
-        run(py, move || m.dump_tty_contents(tty))
+        run(py, move || m.dump_tty_contents(tty.0))
     }
 
-    /// Wait for the X server.
+    /// Wait for the X server (default timeout 900 s). Raises NotSupportedError at once on a guest
+    /// without an X server.
     #[pyo3(signature = (timeout=None))]
-    fn wait_for_x(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let t = secs(timeout)?;
+    fn wait_for_x(&self, py: Python<'_>, timeout: Option<Seconds>) -> PyResult<()> {
+        let t = secs(timeout);
         let m = self.m.clone();
         run(py, move || m.wait_for_x(t))
     }
 
-    /// The X window names.
+    /// The X window names (needs an X server and xwininfo in the guest, else NotSupportedError).
     fn get_window_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let m = self.m.clone();
         run(py, move || m.get_window_names())
     }
 
-    /// Wait for an X window whose name matches `regexp`.
+    /// Wait for an X window whose name matches `regexp` (default timeout 900 s; NotSupportedError
+    /// on a guest without X or xwininfo).
     #[pyo3(signature = (regexp, timeout=None))]
     fn wait_for_window(
         &self,
         py: Python<'_>,
         regexp: String,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds>,
     ) -> PyResult<()> {
-        let t = secs(timeout)?;
+        let t = secs(timeout);
         let m = self.m.clone();
         run(py, move || m.wait_for_window(&regexp, t))
     }
 
     /// Forward a host TCP port to the guest (needs user networking).
-    #[pyo3(signature = (host_port=8080, guest_port=80))]
-    fn forward_port(&self, py: Python<'_>, host_port: u16, guest_port: u16) -> PyResult<()> {
+    #[pyo3(signature = (host_port=Port(8080), guest_port=Port(80)), text_signature = "(self, host_port=8080, guest_port=80)")]
+    fn forward_port(&self, py: Python<'_>, host_port: Port, guest_port: Port) -> PyResult<()> {
         let m = self.m.clone();
-        run(py, move || m.forward_port(host_port, guest_port))
+        run(py, move || m.forward_port(host_port.0, guest_port.0))
     }
 
-    /// Disconnect the machine from every VLAN (link down).
+    /// Cut the machine off every VLAN: its frames are dropped at the switch, while the guest's NIC
+    /// keeps its carrier (link up) and sees silence. unblock() reconnects it.
     fn block(&self, py: Python<'_>) -> PyResult<()> {
         let m = self.m.clone();
         run(py, move || m.block())
     }
 
-    /// Reconnect the machine.
+    /// Reconnect the machine after block(): frames flow again.
     fn unblock(&self, py: Python<'_>) -> PyResult<()> {
         let m = self.m.clone();
         run(py, move || m.unblock())
     }
 
-    /// A raw root shell in the guest on this terminal until Ctrl-D (at the start of a line);
-    /// then the REPL is back and the machine usable. Ctrl-C is not forwarded to the guest: it
-    /// takes effect (KeyboardInterrupt) once the shell is left.
-    fn shell_interact(&self, py: Python<'_>) -> PyResult<()> {
+    /// A root shell in the guest on this terminal (no prompt; lines are sent on Enter). Leave it
+    /// with Ctrl-] then Enter, or Ctrl-D (end of input); then the REPL is back and the machine
+    /// usable. Ctrl-C is not forwarded to the guest: it takes effect (KeyboardInterrupt) once
+    /// the shell is left. NixOS' `address` form (socat to another endpoint) is not supported.
+    #[pyo3(signature = (address=None))]
+    fn shell_interact(&self, py: Python<'_>, address: Option<String>) -> PyResult<()> {
+        if let Some(a) = address {
+            return Err(not_supported(
+                &self.m,
+                "shell_interact(address)",
+                format!(
+                    "forwarding the shell to {a:?} is not implemented; call shell_interact() \
+                     without an address to use this terminal"
+                ),
+            )
+            .to_py(py));
+        }
         let m = self.m.clone();
         // Not cancellable: cancelling would drop the raw attachment half-way and leave the
         // backdoor shell out of step.
@@ -615,10 +647,24 @@ impl PyMachine {
         py.check_signals()
     }
 
-    /// Type on the serial console from this terminal until Ctrl-D.
+    /// Type on the serial console from this terminal until Ctrl-D (or end of input).
     fn console_interact(&self, py: Python<'_>) -> PyResult<()> {
         let m = self.m.clone();
         run(py, move || m.console_interact())
+    }
+
+    /// NixOS' switch from the initrd's backdoor to the system's (`testing.initrdBackdoor`).
+    /// Always raises NotSupportedError: Machinist guests start the backdoor once the real root
+    /// is mounted, so there is no initrd stage to switch from.
+    fn switch_root(&self, py: Python<'_>) -> PyResult<()> {
+        Err(not_supported(
+            &self.m,
+            "switch_root",
+            "Machinist has no backdoor in the initrd (the shell starts after the switch to the \
+             real root), so there is nothing to switch; drop the call, the machine is already \
+             in its final root",
+        )
+        .to_py(py))
     }
 }
 

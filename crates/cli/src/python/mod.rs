@@ -35,6 +35,9 @@ pub enum ErrorKind {
     Machine,
     /// A polling condition failed: `PollingConditionError`.
     Polling,
+    /// The operation cannot work on this machine (e.g. `wait_for_x` without an X server):
+    /// `NotSupportedError` (a `MachineError`).
+    NotSupported,
     /// Ctrl-C cancelled the command: `KeyboardInterrupt`.
     Interrupted,
 }
@@ -63,6 +66,7 @@ impl ScriptError {
             ErrorKind::Assertion => "RequestedAssertionFailed",
             ErrorKind::Machine => "MachineError",
             ErrorKind::Polling => "PollingConditionError",
+            ErrorKind::NotSupported => "NotSupportedError",
             ErrorKind::Interrupted => {
                 return pyo3::exceptions::PyKeyboardInterrupt::new_err(self.message.clone())
             }
@@ -168,6 +172,7 @@ fn call<T: Send>(
 struct PyCond(CondHandle);
 
 mod functions {
+    use super::convert::Seconds;
     use super::*;
 
     /// Start every machine concurrently (returns without waiting for the guests to boot).
@@ -223,8 +228,8 @@ mod functions {
 
     #[pyfunction]
     #[pyo3(signature = (fun, timeout=None))]
-    pub fn retry(py: Python<'_>, fun: Py<PyAny>, timeout: Option<f64>) -> PyResult<()> {
-        let timeout = timeout.map(Duration::from_secs_f64);
+    pub fn retry(py: Python<'_>, fun: Py<PyAny>, timeout: Option<Seconds>) -> PyResult<()> {
+        let timeout = timeout.map(|s| s.0);
         call(py, move |s| {
             s.retry(timeout, &mut |last| {
                 Python::attach(|py| {
@@ -239,10 +244,10 @@ mod functions {
     #[pyfunction]
     pub fn polling_condition(
         description: &str,
-        interval: Option<f64>,
+        interval: Option<Seconds>,
         fun: Py<PyAny>,
     ) -> PyResult<PyCond> {
-        let interval = Duration::from_secs_f64(interval.unwrap_or(2.0));
+        let interval = interval.map_or(Duration::from_secs(2), |s| s.0);
         let check: CheckFn = Box::new(move || {
             Python::attach(|py| match fun.call0(py) {
                 // NixOS: None counts as success, exceptions as failure.
@@ -293,9 +298,9 @@ mod functions {
 
     #[pyfunction]
     #[pyo3(signature = (cond, timeout=None))]
-    pub fn polling_wait(py: Python<'_>, cond: &PyCond, timeout: Option<f64>) -> PyResult<()> {
+    pub fn polling_wait(py: Python<'_>, cond: &PyCond, timeout: Option<Seconds>) -> PyResult<()> {
         let c = cond.0.clone();
-        let timeout = timeout.map(Duration::from_secs_f64);
+        let timeout = timeout.map(|s| s.0);
         call(py, move |s| s.polling_wait(&c, timeout))
     }
 }
@@ -350,8 +355,8 @@ pub struct Namespace<'py> {
     machines: Bound<'py, PyList>,
 }
 
-/// The functions every script sees (NixOS `test_symbols`).
-const FUNCTIONS: &[&str] = &[
+/// The functions every script sees (NixOS `test_symbols`), from the Rust module.
+pub const FUNCTIONS: &[&str] = &[
     "start_all",
     "join_all",
     "test_script",
@@ -359,7 +364,8 @@ const FUNCTIONS: &[&str] = &[
     "serial_stdout_on",
     "serial_stdout_off",
 ];
-const PRELUDE_SYMBOLS: &[&str] = &[
+/// The symbols every script sees from the Python prelude (functions and exception classes).
+pub const PRELUDE_SYMBOLS: &[&str] = &[
     "subtest",
     "retry",
     "polling_condition",
@@ -367,6 +373,7 @@ const PRELUDE_SYMBOLS: &[&str] = &[
     "MachineError",
     "RequestedAssertionFailed",
     "PollingConditionError",
+    "NotSupportedError",
 ];
 
 impl<'py> Namespace<'py> {

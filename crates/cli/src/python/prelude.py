@@ -8,7 +8,6 @@ proper tracebacks, and the interactive console.
 
 import code
 import contextlib
-import datetime
 import functools
 import os
 import sys
@@ -30,6 +29,11 @@ class RequestedAssertionFailed(MachinistError, AssertionError):
 
 class PollingConditionError(MachinistError):
     """A polling condition failed while a `with cond:` block ran."""
+
+
+class NotSupportedError(MachineError):
+    """The operation cannot work on this machine (e.g. `wait_for_x` on a guest without an X
+    server); the message says why and what to do instead. Nothing was attempted."""
 
 
 class AttrDict(dict):
@@ -68,19 +72,6 @@ class Node:
         return f"<Node {self.name}>"
 
 
-def seconds(timeout):
-    """None, a number of seconds or a datetime.timedelta -> float seconds or None."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, datetime.timedelta):
-        return timeout.total_seconds()
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(
-            f"timeout must be seconds (int or float) or a datetime.timedelta, not {type(timeout).__name__}"
-        )
-    return float(timeout)
-
-
 @contextlib.contextmanager
 def subtest(name):
     """`with subtest("name"):` — a nested log block and a JUnit test case; failures re-raise."""
@@ -96,7 +87,7 @@ def subtest(name):
 
 def retry(fn, timeout_seconds=900):
     """Calls `fn(last_try)` about once a second until it returns true (NixOS `retry`)."""
-    _machinist.retry(fn, seconds(timeout_seconds))
+    _machinist.retry(fn, timeout_seconds)
 
 
 class PollingCondition:
@@ -105,7 +96,7 @@ class PollingCondition:
     def __init__(self, fun, seconds_interval, description):
         self.fun = fun
         self.description = description or (fun.__doc__ or "").strip() or fun.__name__
-        self._cond = _machinist.polling_condition(self.description, seconds(seconds_interval), fun)
+        self._cond = _machinist.polling_condition(self.description, seconds_interval, fun)
         functools.update_wrapper(self, fun)
 
     def __enter__(self):
@@ -121,7 +112,7 @@ class PollingCondition:
         return _machinist.polling_check(self._cond, bool(force))
 
     def wait(self, timeout=900):
-        _machinist.polling_wait(self._cond, seconds(timeout))
+        _machinist.polling_wait(self._cond, timeout)
 
     def __call__(self, *args, **kwargs):
         return self.fun(*args, **kwargs)

@@ -140,6 +140,19 @@ def attempt(last):
 retry(attempt, timeout_seconds=datetime.timedelta(seconds=5))
 assert calls == [False, False], calls
 
+# Bad numbers are ValueErrors (they used to panic in Duration::from_secs_f64).
+for bad in (1e20, float("nan"), float("inf"), -1):
+    for call in (
+        lambda: retry(attempt, timeout_seconds=bad),
+        lambda: polling_condition(seconds_interval=bad)(lambda: True),
+    ):
+        try:
+            call()
+        except ValueError as e:
+            assert "None" in str(e), e
+        else:
+            raise SystemExit(f"no ValueError for {bad}")
+
 @polling_condition(seconds_interval=0.5)
 def server_up():
     "the server is up"
@@ -194,4 +207,128 @@ else:
         ]
     );
     clear_session();
+}
+
+/// Every method of `Machine` takes the NixOS driver's parameters, in its order, with its
+/// defaults (nixos-test-driver `machine/__init__.py`), as Python's `inspect` sees them. `None`
+/// for a wait's timeout means the NixOS default (900 s; 600 s for QMP events).
+const NIXOS_SIGNATURES: &[&str] = &[
+    "block()",
+    "console_interact()",
+    "copy_from_host(source, target)",
+    "copy_from_host_via_shell(source, target)",
+    "copy_from_machine(source, target_dir='')",
+    "copy_from_vm(source, target_dir='')",
+    "crash()",
+    "dump_tty_contents(tty)",
+    "execute(command, check_return=True, check_output=True, timeout=900)",
+    "fail(*commands, timeout=None)",
+    "forward_port(host_port=8080, guest_port=80)",
+    "get_console_log()",
+    "get_screen_text()",
+    "get_screen_text_variants()",
+    "get_tty_text(tty)",
+    "get_unit_info(unit, user=None)",
+    "get_unit_property(unit, property, user=None)",
+    "get_window_names()",
+    "is_up()",
+    "log(msg)",
+    "qmp_command(command, arguments=None)",
+    "reboot()",
+    "require_unit_state(unit, require_state='active')",
+    "screenshot(filename)",
+    "send_chars(chars, delay=0.01)",
+    "send_console(chars)",
+    "send_key(key, delay=0.01, log=True)",
+    "send_monitor_command(command)",
+    "shell_interact(address=None)",
+    "shutdown()",
+    "sleep(secs)",
+    "start(allow_reboot=False)",
+    "start_job(job, user=None)",
+    "stop_job(job, user=None)",
+    "succeed(*commands, timeout=None)",
+    "switch_root()",
+    "systemctl(q, user=None)",
+    "unblock()",
+    "wait_for_closed_port(port, addr='localhost', timeout=None)",
+    "wait_for_console_text(regex, timeout=None)",
+    "wait_for_file(filename, timeout=None)",
+    "wait_for_open_port(port, addr='localhost', timeout=None)",
+    "wait_for_open_unix_socket(addr, is_datagram=False, timeout=None)",
+    "wait_for_qmp_event(event_filter, timeout=None)",
+    "wait_for_shutdown()",
+    "wait_for_text(regex, timeout=None)",
+    "wait_for_unit(unit, user=None, timeout=None)",
+    "wait_for_window(regexp, timeout=None)",
+    "wait_for_x(timeout=None)",
+    "wait_until_fails(command, timeout=None)",
+    "wait_until_succeeds(command, timeout=None)",
+    "wait_until_tty_matches(tty, regexp, timeout=None)",
+];
+
+#[test]
+fn machine_signatures_match_the_nixos_driver() {
+    Python::attach(|py| {
+        init(py).unwrap();
+        let cls = py.get_type::<machine::PyMachine>();
+        let check = c"
+import inspect
+def signatures(cls):
+    out = []
+    for n in dir(cls):
+        attr = getattr(cls, n)
+        if n.startswith('_') or not callable(attr):
+            continue
+        params = list(inspect.signature(attr).parameters.values())[1:]
+        out.append(n + '(' + ', '.join(str(p) for p in params) + ')')
+    return out
+";
+        let ns = pyo3::types::PyDict::new(py);
+        py.run(check, Some(&ns), None).unwrap();
+        let got: Vec<String> = ns
+            .get_item("signatures")
+            .unwrap()
+            .unwrap()
+            .call1((cls.clone(),))
+            .unwrap()
+            .extract()
+            .unwrap();
+        assert_eq!(got, NIXOS_SIGNATURES);
+        for getter in ["name", "booted"] {
+            assert!(cls.hasattr(getter).unwrap(), "{getter}");
+        }
+    });
+}
+
+/// `Error::NotSupported` becomes `NotSupportedError`, a `MachineError`, with the driver's message.
+#[test]
+fn exception_classes_form_the_documented_hierarchy() {
+    Python::attach(|py| {
+        let m = init(py).unwrap();
+        let code = c"
+import machinist as m
+assert issubclass(m.NotSupportedError, m.MachineError)
+assert issubclass(m.MachineError, m.MachinistError)
+assert issubclass(m.MachinistError, Exception)
+assert issubclass(m.RequestedAssertionFailed, AssertionError)
+";
+        py.run(code, None, None).unwrap();
+        let e = ScriptError {
+            kind: ErrorKind::NotSupported,
+            message: "m: wait_for_x is not supported here: no X".into(),
+        }
+        .to_py(py);
+        assert!(e.is_instance(py, &m.getattr("NotSupportedError").unwrap()));
+        assert_eq!(
+            e.value(py).str().unwrap().to_string(),
+            "m: wait_for_x is not supported here: no X"
+        );
+        let err = machine::script_error(machinist::Error::NotSupported {
+            machine: "m".into(),
+            what: "switch_root".into(),
+            why: "no initrd backdoor".into(),
+        });
+        assert_eq!(err.kind, ErrorKind::NotSupported);
+    });
 }

@@ -53,6 +53,10 @@ pub(crate) fn char_to_key(c: char) -> Option<String> {
     Some(k.to_string())
 }
 
+/// Exit 0 when the guest has an X server binary or a live X socket. (`/tmp/.X11-unix` alone says
+/// nothing: systemd's tmpfiles create it on every guest.)
+const X_PROBE: &str = "for x in Xorg X Xvfb Xwayland; do command -v \"$x\" >/dev/null && exit 0; done; ls /tmp/.X11-unix/X* >/dev/null 2>&1";
+
 impl Machine {
     /// Presses `key` (an HMP `sendkey` name like `ctrl-alt-delete`, `ret`, or one character)
     /// (NixOS `send_key`, delay 0.01 s).
@@ -262,12 +266,44 @@ impl Machine {
             .map(drop)
     }
 
+    /// Fails with [`Error::NotSupported`] when the guest cannot serve the X11 method `what`: no
+    /// X server binary and no `/tmp/.X11-unix`, or (`need_xwininfo`) no `xwininfo`. One cheap
+    /// command; waiting for an X server that can never start would take the whole timeout.
+    fn require_x(&self, what: &str, need_xwininfo: bool) -> Result<()> {
+        let (code, _) = self.execute_with(X_PROBE, Duration::from_secs(60))?;
+        let why = match code {
+            0 if !need_xwininfo => return Ok(()),
+            0 => {
+                let (code, _) =
+                    self.execute_with("command -v xwininfo >/dev/null", Duration::from_secs(60))?;
+                if code == 0 {
+                    return Ok(());
+                }
+                "the guest has no `xwininfo`, which lists the windows: add the Debian package \
+                 x11-utils to the node (NodeConfig::package(\"x11-utils\"))"
+            }
+            _ => {
+                "the guest has no X server (none of Xorg, X, Xvfb, Xwayland is installed and \
+                 no socket is in /tmp/.X11-unix): install one in the node (e.g. the Debian \
+                 package xvfb) and start it, or check the console with get_tty_text / \
+                 wait_for_console_text instead"
+            }
+        };
+        Err(Error::NotSupported {
+            machine: self.name().to_string(),
+            what: what.to_string(),
+            why: why.to_string(),
+        })
+    }
+
     /// Waits for the X server (NixOS `wait_for_x`): the graphical target was reached and
-    /// `/tmp/.X11-unix/X0` exists. Needs a graphical guest.
+    /// `/tmp/.X11-unix/X0` exists. Needs a graphical guest: on a guest with no X server
+    /// installed it fails at once with [`Error::NotSupported`].
     pub fn wait_for_x(&self, timeout: impl IntoTimeout) -> Result<()> {
         let t = self
             .ctx
             .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+        self.require_x("wait_for_x", false)?;
         self.nested("waiting for the X11 server", || {
             self.wait_until_succeeds(
                 "journalctl -b SYSLOG_IDENTIFIER=systemd | grep 'Reached target Current graphical' && [ -e /tmp/.X11-unix/X0 ]",
@@ -277,25 +313,33 @@ impl Machine {
         })
     }
 
-    /// Names of the X11 windows (NixOS `get_window_names`; needs `xwininfo` in the guest).
+    /// Names of the X11 windows (NixOS `get_window_names`; needs an X server and `xwininfo` in
+    /// the guest, else [`Error::NotSupported`]).
     pub fn get_window_names(&self) -> Result<Vec<String>> {
+        self.require_x("get_window_names", true)?;
+        self.window_names()
+    }
+
+    fn window_names(&self) -> Result<Vec<String>> {
         let out = self.succeed(
             r#"xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\([^\"]*\)\".*/\1/; t; d'"#,
         )?;
         Ok(out.lines().map(str::to_string).collect())
     }
 
-    /// Waits until a window whose name matches `regex` exists (NixOS `wait_for_window`).
+    /// Waits until a window whose name matches `regex` exists (NixOS `wait_for_window`);
+    /// [`Error::NotSupported`] at once on a guest without an X server or `xwininfo`.
     pub fn wait_for_window(&self, regex: &str, timeout: impl IntoTimeout) -> Result<()> {
         let re = regex::Regex::new(regex)
             .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
         let t = self
             .ctx
             .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+        self.require_x("wait_for_window", true)?;
         self.nested("waiting for a window to appear", || {
             let deadline = Deadline::new(t);
             loop {
-                let names = self.get_window_names()?;
+                let names = self.window_names()?;
                 if names.iter().any(|n| re.is_match(n)) {
                     return Ok(());
                 }
