@@ -83,16 +83,29 @@ impl TimeoutScale {
     /// `d` multiplied by the factor (saturating at about 100 years).
     pub fn apply(self, d: Duration) -> Duration {
         if self.is_identity() {
-            return d;
+            return d.min(MAX_TIMEOUT);
         }
-        let secs = (d.as_secs_f64() * self.0).min(3.0e9);
+        let secs = (d.as_secs_f64() * self.0).min(MAX_TIMEOUT.as_secs_f64());
         Duration::from_secs_f64(secs)
     }
 }
 
+/// The longest timeout: one year. Longer ones (`1e20` seconds, `u64::MAX`) mean "practically
+/// never" and are capped, so that no deadline arithmetic can overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_timeouts_are_capped_not_overflowing() {
+        for scale in [TimeoutScale(1.0), TimeoutScale(2.5)] {
+            assert_eq!(scale.apply(Duration::MAX), MAX_TIMEOUT);
+            assert_eq!(scale.apply(Duration::from_secs(u64::MAX)), MAX_TIMEOUT);
+        }
+        let _ = std::time::Instant::now() + TimeoutScale(1.0).apply(Duration::MAX);
+    }
 
     #[test]
     fn parse_and_apply() {

@@ -34,8 +34,15 @@ macro_rules! int_secs {
 int_secs!(u8, u16, u32, u64, usize, i32, i64);
 
 impl IntoTimeout for f64 {
+    /// Negative and NaN mean 0; more than [`crate::timeouts::MAX_TIMEOUT`] (even `1e20` or
+    /// infinity) means that cap: never a panic.
     fn into_timeout(self) -> Option<Duration> {
-        Some(Duration::from_secs_f64(self.max(0.0)))
+        let cap = crate::timeouts::MAX_TIMEOUT;
+        Some(
+            Duration::try_from_secs_f64(self.max(0.0))
+                .unwrap_or(cap)
+                .min(cap),
+        )
     }
 }
 
@@ -84,5 +91,20 @@ impl Commands for Vec<String> {
 impl Commands for &[String] {
     fn commands(&self) -> Vec<String> {
         self.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeouts::MAX_TIMEOUT;
+
+    #[test]
+    fn any_float_is_a_timeout_without_panicking() {
+        assert_eq!(1e20_f64.into_timeout(), Some(MAX_TIMEOUT));
+        assert_eq!(f64::INFINITY.into_timeout(), Some(MAX_TIMEOUT));
+        assert_eq!(f64::NAN.into_timeout(), Some(Duration::ZERO));
+        assert_eq!((-3.0_f64).into_timeout(), Some(Duration::ZERO));
+        assert_eq!(0.5_f64.into_timeout(), Some(Duration::from_millis(500)));
     }
 }
