@@ -267,11 +267,29 @@ pub struct Artefact {
 
 impl Image {
     /// Create a per-VM qcow2 overlay at `path` backed by this image
-    /// (`qemu-img create -f qcow2 -b <disk> -F raw`).
+    /// (`qemu-img create -f qcow2 -b <disk> -F raw`). Prefer [`Image::create_pinned_overlay`]:
+    /// an overlay backed by the cache entry itself breaks when that entry is rebuilt or pruned.
     pub fn create_overlay(&self, path: &Path) -> Result<(), GuestError> {
+        self.overlay_on(&self.disk, path)
+    }
+
+    /// Pin this image's disk into `run_dir` ([`crate::pin_image`]) and create the qcow2 overlay
+    /// `path` on the pin. The machine keeps using exactly this image — across a crash and
+    /// restart too — whatever happens to the cache entry. Returns the pinned backing file.
+    pub fn create_pinned_overlay(
+        &self,
+        run_dir: &Path,
+        path: &Path,
+    ) -> Result<PathBuf, GuestError> {
+        let pinned = crate::integrity::pin_image(&self.disk, run_dir)?;
+        self.overlay_on(&pinned, path)?;
+        Ok(pinned)
+    }
+
+    fn overlay_on(&self, backing: &Path, path: &Path) -> Result<(), GuestError> {
         let mut cmd = Command::new("qemu-img");
         cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&self.disk)
+            .arg(backing)
             .arg(path);
         let out = crate::supervise::output(&cmd, QUICK_DEADLINE)
             .map_err(|e| supervise_error(e, &self.spec.name(), "qemu-img create", "qemu-utils"))?;

@@ -269,7 +269,7 @@ fn verify_entry(dir: &Path) -> VerifyReport {
 }
 
 /// Give a run its own reference to the image file `disk` (e.g. [`Image::disk`]): a hard link
-/// `<run_dir>/pinned-<file name>` (a reflink or sparse copy when `run_dir` is on another
+/// `<run_dir>/pinned-<cache entry>-<file name>` (a reflink or sparse copy when `run_dir` is on another
 /// filesystem), created atomically, replacing an older pin of the same name. Create the
 /// machine's overlay on the returned path: the overlay keeps working — across a crash and
 /// restart too — even if the cache entry is rebuilt or pruned meanwhile.
@@ -295,6 +295,13 @@ pub fn pin_image(disk: &Path, run_dir: &Path) -> Result<PathBuf, GuestError> {
         }
     }
     fs::create_dir_all(run_dir).map_err(|e| GuestError::io("creating", run_dir, e))?;
+    // Named after the cache entry too, so pins of different images in one run dir never collide.
+    let entry = disk
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| format!("{}-", n.to_string_lossy()))
+        .unwrap_or_default();
+    let name = format!("{entry}{name}");
     let dest = run_dir.join(format!("pinned-{name}"));
     let tmp = run_dir.join(format!(".pinned-{name}.{}", std::process::id()));
     let _ = fs::remove_file(&tmp);

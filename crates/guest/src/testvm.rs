@@ -118,7 +118,7 @@ impl TestVm {
         let dir = &spec.dir;
         let overlay = dir.join(format!("{}.qcow2", spec.name));
         let _ = std::fs::remove_file(&overlay);
-        image.create_overlay(&overlay)?;
+        image.create_pinned_overlay(dir, &overlay)?;
         let base_initrd = spec
             .base_initrd
             .clone()

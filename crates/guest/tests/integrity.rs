@@ -191,7 +191,8 @@ fn pinned_image_survives_rebuild_and_prune() {
     let disk = dir.join("rootfs.img");
     let run = root.join("run dir of 'server'");
     let pinned = pin_image(&disk, &run).unwrap();
-    assert_eq!(pinned, run.join("pinned-rootfs.img"));
+    let hash = spec.hash().unwrap();
+    assert_eq!(pinned, run.join(format!("pinned-{hash}-rootfs.img")));
     assert_eq!(
         fs::metadata(&pinned).unwrap().ino(),
         fs::metadata(&disk).unwrap().ino()
@@ -210,7 +211,10 @@ fn pinned_image_survives_rebuild_and_prune() {
     // Then the entry is pruned.
     fs::remove_dir_all(&new_dir).unwrap();
     let info = overlay_chain_ok(&overlay);
-    assert!(info.contains("pinned-rootfs.img"), "{info}");
+    assert!(
+        info.contains(&format!("backing file: {}\n", pinned.display())),
+        "{info}"
+    );
     assert_eq!(sha256sum(&pinned), original);
 
     // Pinning again (a new run in the same dir) replaces the pin atomically.
