@@ -251,7 +251,7 @@ pub struct Image {
     /// Seconds the build took (0 if unknown).
     pub build_seconds: f64,
     /// Size and sha256 of every file of the image (`rootfs.img`, `vmlinuz`, ...), recorded when
-    /// it was published. The sizes are checked on every use, the hashes by [`verify_cache`].
+    /// it was published. The sizes are checked on every use, the hashes by [`crate::verify_cache`].
     #[serde(default)]
     pub artefacts: BTreeMap<String, Artefact>,
 }
@@ -405,7 +405,7 @@ impl ImageCache {
         Ok(removed)
     }
 
-    /// Check the full sha256 of every cached image against its manifest (see [`verify_cache`]).
+    /// Check the full sha256 of every cached image against its manifest (see [`crate::verify_cache`]).
     pub fn verify(&self, repair: bool) -> Vec<crate::VerifyReport> {
         crate::verify_cache(&self.root, repair)
     }

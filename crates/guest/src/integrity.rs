@@ -284,11 +284,16 @@ pub fn pin_image(disk: &Path, run_dir: &Path) -> Result<PathBuf, GuestError> {
             image: disk.display().to_string(),
             what: "the image path has no file name".into(),
         })?;
+    // Only an image cache entry is checked (another manifest, e.g. a warm-start snapshot's, is
+    // not an image manifest and is left alone).
     if let Some(dir) = disk.parent() {
-        if let Entry::Damaged(why) = inspect_entry(dir) {
-            if dir.join(MANIFEST).exists() {
+        let img = fs::read_to_string(dir.join(MANIFEST))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Image>(&t).ok());
+        if let Some(img) = img {
+            if let Err(why) = check_sizes(dir, &img) {
                 return Err(GuestError::BadImage {
-                    image: dir.display().to_string(),
+                    image: format!("{} ({})", img.spec.name(), dir.display()),
                     what: format!("{why}; run again to rebuild it"),
                 });
             }

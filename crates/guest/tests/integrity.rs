@@ -252,3 +252,15 @@ fn pin_across_filesystems_copies_sparsely() {
     );
     assert_eq!(sha256sum(&pinned), sha256sum(&disk));
 }
+
+/// A file next to a manifest that is not an image manifest (e.g. a warm-start snapshot's) pins.
+#[test]
+fn pin_ignores_other_manifests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp.path().join("snapshot");
+    fs::create_dir_all(&snap).unwrap();
+    fs::write(snap.join("manifest.json"), br#"{"key": "warm"}"#).unwrap();
+    fs::write(snap.join("disk.qcow2"), b"qcow2 bytes").unwrap();
+    let pinned = pin_image(&snap.join("disk.qcow2"), &tmp.path().join("run")).unwrap();
+    assert_eq!(fs::read(pinned).unwrap(), b"qcow2 bytes");
+}
