@@ -304,6 +304,22 @@ impl Image {
         Ok(())
     }
 
+    /// An identifier of this build's exact bytes: the recipe [`Image::hash`] plus the recorded
+    /// sha256 of every artefact. Two builds of one recipe differ (mkfs UUIDs, timestamps), so key
+    /// anything derived from the image's bytes (e.g. a warm-start snapshot whose disk is an
+    /// overlay on it) on this, not on `hash`: a rebuild of the entry then invalidates it.
+    pub fn content_id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.hash.as_bytes());
+        for (name, a) in &self.artefacts {
+            h.update(b"\0");
+            h.update(name.as_bytes());
+            h.update(b"\0");
+            h.update(a.sha256.as_bytes());
+        }
+        hex(&h.finalize())
+    }
+
     /// Write our initrd with `layer` appended to `path` (the kernel unpacks both archives).
     pub fn write_initrd_with_layer(
         &self,

@@ -152,6 +152,34 @@ fn verify_finds_flipped_bytes_and_repairs() {
     assert!(!t.path().join("pwned").exists());
 }
 
+/// A rebuild of the same recipe has the same `hash` but another `content_id`.
+#[test]
+fn content_id_changes_when_the_entry_is_rebuilt() {
+    let (_t, root) = hostile_cache();
+    let spec = ImageSpec::base();
+    let cache = ImageCache::new(&root);
+    let dir = fake_entry(&root, &spec, false);
+    let first = cache.lookup(&spec).unwrap().unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    let dir = fake_entry(&root, &spec, false);
+    assert_eq!(
+        cache.lookup(&spec).unwrap().unwrap().content_id(),
+        first.content_id()
+    );
+    fs::remove_dir_all(&dir).unwrap();
+    let dir = fake_entry(&root, &spec, false);
+    write_at(&dir.join("rootfs.img"), 0, b"new mkfs uuid");
+    // Re-record the manifest as a real rebuild would.
+    let mut img = first.clone();
+    let (size, sha256) = hash_file(&dir.join("rootfs.img")).unwrap();
+    img.artefacts
+        .insert("rootfs.img".into(), Artefact { size, sha256 });
+    fs::write(dir.join("manifest.json"), serde_json::to_vec(&img).unwrap()).unwrap();
+    let second = cache.lookup(&spec).unwrap().unwrap();
+    assert_eq!(second.hash, first.hash);
+    assert_ne!(second.content_id(), first.content_id());
+}
+
 /// A manifest from before sizes and hashes were recorded is not trusted: rebuilt on next use.
 #[test]
 fn legacy_manifest_without_hashes_is_rebuilt() {
