@@ -1,7 +1,7 @@
 //! Images: a base rootfs built with mmdebstrap, derived images with extra packages built from
 //! the cached base, a content-addressed cache with atomic publish and a per-image lock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backdoor_files::backdoor_files;
 use crate::error::GuestError;
+use crate::integrity::{inspect_entry, seal, sync_dir, Entry};
 use crate::progress::Progress;
 use crate::tuning::{self, Profile, Step};
 
@@ -61,6 +62,9 @@ umount "$T/proc"
 
 /// Deadline of one external build step (mmdebstrap, apt-get, mkfs).
 pub const STEP_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// Deadline of a quick external command (qemu-img create, umount, cp of one image file).
+pub const QUICK_DEADLINE: Duration = Duration::from_secs(5 * 60);
 
 /// Free space needed before a build starts.
 pub const NEEDED_FREE_MIB: u64 = 3 * 1024;
@@ -246,18 +250,49 @@ pub struct Image {
     pub kernel_version: String,
     /// Seconds the build took (0 if unknown).
     pub build_seconds: f64,
+    /// Size and sha256 of every file of the image (`rootfs.img`, `vmlinuz`, ...), recorded when
+    /// it was published. The sizes are checked on every use, the hashes by [`crate::verify_cache`].
+    #[serde(default)]
+    pub artefacts: BTreeMap<String, Artefact>,
+}
+
+/// One file of a cached image as recorded in its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artefact {
+    /// Size in bytes.
+    pub size: u64,
+    /// Hex sha256 of the contents.
+    pub sha256: String,
 }
 
 impl Image {
     /// Create a per-VM qcow2 overlay at `path` backed by this image
-    /// (`qemu-img create -f qcow2 -b <disk> -F raw`).
+    /// (`qemu-img create -f qcow2 -b <disk> -F raw`). Prefer [`Image::create_pinned_overlay`]:
+    /// an overlay backed by the cache entry itself breaks when that entry is rebuilt or pruned.
     pub fn create_overlay(&self, path: &Path) -> Result<(), GuestError> {
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&self.disk)
-            .arg(path)
-            .output()
-            .map_err(|e| tool_error("qemu-img", "qemu-utils", e))?;
+        self.overlay_on(&self.disk, path)
+    }
+
+    /// Pin this image's disk into `run_dir` ([`crate::pin_image`]) and create the qcow2 overlay
+    /// `path` on the pin. The machine keeps using exactly this image — across a crash and
+    /// restart too — whatever happens to the cache entry. Returns the pinned backing file.
+    pub fn create_pinned_overlay(
+        &self,
+        run_dir: &Path,
+        path: &Path,
+    ) -> Result<PathBuf, GuestError> {
+        let pinned = crate::integrity::pin_image(&self.disk, run_dir)?;
+        self.overlay_on(&pinned, path)?;
+        Ok(pinned)
+    }
+
+    fn overlay_on(&self, backing: &Path, path: &Path) -> Result<(), GuestError> {
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(backing)
+            .arg(path);
+        let out = crate::supervise::output(&cmd, QUICK_DEADLINE)
+            .map_err(|e| supervise_error(e, &self.spec.name(), "qemu-img create", "qemu-utils"))?;
         if !out.status.success() {
             return Err(GuestError::BuildStep {
                 image: self.spec.name(),
@@ -267,6 +302,22 @@ impl Image {
             });
         }
         Ok(())
+    }
+
+    /// An identifier of this build's exact bytes: the recipe [`Image::hash`] plus the recorded
+    /// sha256 of every artefact. Two builds of one recipe differ (mkfs UUIDs, timestamps), so key
+    /// anything derived from the image's bytes (e.g. a warm-start snapshot whose disk is an
+    /// overlay on it) on this, not on `hash`: a rebuild of the entry then invalidates it.
+    pub fn content_id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.hash.as_bytes());
+        for (name, a) in &self.artefacts {
+            h.update(b"\0");
+            h.update(name.as_bytes());
+            h.update(b"\0");
+            h.update(a.sha256.as_bytes());
+        }
+        hex(&h.finalize())
     }
 
     /// Write our initrd with `layer` appended to `path` (the kernel unpacks both archives).
@@ -317,7 +368,10 @@ pub fn default_cache_dir() -> PathBuf {
     machinist_qemu::cache_dir()
 }
 
-const MANIFEST: &str = "manifest.json";
+pub(crate) const MANIFEST: &str = "manifest.json";
+
+/// The files an image directory may hold besides its manifest (`initrd-debian.img`: stock only).
+pub const ARTEFACT_FILES: &[&str] = &["rootfs.img", "vmlinuz", "initrd.img", "initrd-debian.img"];
 
 impl ImageCache {
     /// A cache rooted at `cache_dir` (images go to `<cache_dir>/images/`).
@@ -360,23 +414,16 @@ impl ImageCache {
             if n.starts_with('.') || names.contains(&n) || !e.path().is_dir() {
                 continue;
             }
-            let lock = images.join(format!(".{n}.lock"));
-            let Ok(f) = fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock)
-            else {
-                continue;
-            };
-            if let Ok(_l) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            {
-                safe_remove_dir_all(&e.path());
-                let _ = fs::remove_file(&lock);
+            if remove_entry(&images, &e.path()) {
                 removed.push(e.path());
             }
         }
         Ok(removed)
+    }
+
+    /// Check the full sha256 of every cached image against its manifest (see [`crate::verify_cache`]).
+    pub fn verify(&self, repair: bool) -> Vec<crate::VerifyReport> {
+        crate::verify_cache(&self.root, repair)
     }
 
     /// `<cache>/images`.
@@ -384,22 +431,14 @@ impl ImageCache {
         self.root.join("images")
     }
 
-    /// The cached image for `spec`, if present (never builds).
+    /// The cached image for `spec`, if present and intact (never builds). An entry whose files
+    /// do not have the sizes its manifest records is not returned.
     pub fn lookup(&self, spec: &ImageSpec) -> Result<Option<Image>, GuestError> {
         let hash = spec.hash()?;
-        Ok(self.read_manifest(&self.images_dir().join(&hash)))
-    }
-
-    fn read_manifest(&self, dir: &Path) -> Option<Image> {
-        let text = fs::read_to_string(dir.join(MANIFEST)).ok()?;
-        let mut img: Image = serde_json::from_str(&text).ok()?;
-        // The cache may have been moved: trust the directory, not the recorded paths.
-        img.dir = dir.to_path_buf();
-        img.disk = dir.join("rootfs.img");
-        img.kernel = dir.join("vmlinuz");
-        img.initrd = dir.join("initrd.img");
-        img.debian_initrd = img.debian_initrd.map(|_| dir.join("initrd-debian.img"));
-        (img.disk.exists() && img.kernel.exists() && img.initrd.exists()).then_some(img)
+        Ok(match inspect_entry(&self.images_dir().join(&hash)) {
+            Entry::Intact(img) => Some(*img),
+            Entry::Missing | Entry::Damaged(_) => None,
+        })
     }
 
     /// Return the cached image for `spec`, building it (and its base) first if needed.
@@ -408,8 +447,8 @@ impl ImageCache {
         let hash = spec.hash()?;
         let dir = self.images_dir().join(&hash);
         if !self.rebuild {
-            if let Some(img) = self.read_manifest(&dir) {
-                return Ok(img);
+            if let Entry::Intact(img) = inspect_entry(&dir) {
+                return Ok(*img);
             }
         }
         let images = self.images_dir();
@@ -417,8 +456,18 @@ impl ImageCache {
             .map_err(|e| GuestError::io("creating cache directory", &images, e))?;
         let _lock = lock_image(&images, &hash, &spec.name(), progress)?;
         if !self.rebuild {
-            if let Some(img) = self.read_manifest(&dir) {
-                return Ok(img);
+            match inspect_entry(&dir) {
+                Entry::Intact(img) => return Ok(*img),
+                Entry::Damaged(why) => {
+                    let line = format!(
+                        "image {}: cache entry {} is damaged ({why}); rebuilding it",
+                        spec.name(),
+                        dir.display()
+                    );
+                    tracing::warn!("{line}");
+                    progress.line(&line);
+                }
+                Entry::Missing => {}
             }
         }
         // Leftovers of interrupted builds of this image (we hold its lock, so they are stale).
@@ -448,10 +497,10 @@ impl ImageCache {
                 .then(|| dir.join("initrd-debian.img")),
             kernel_version,
             build_seconds: start.elapsed().as_secs_f64(),
+            artefacts: BTreeMap::new(),
         };
         let phase = progress.phase(&spec.name(), "publish");
-        let manifest = serde_json::to_vec_pretty(&img).unwrap_or_default();
-        write_synced(&tmp.join(MANIFEST), &manifest)?;
+        seal(&tmp, &mut img)?;
         if dir.exists() {
             let old = images.join(format!(".old-{hash}-{}", std::process::id()));
             fs::rename(&dir, &old)
@@ -460,9 +509,7 @@ impl ImageCache {
         }
         fs::rename(&tmp, &dir).map_err(|e| GuestError::io("publishing image", &dir, e))?;
         std::mem::forget(guard);
-        if let Ok(d) = fs::File::open(&images) {
-            let _ = d.sync_all();
-        }
+        sync_dir(&images)?;
         phase.finish();
         img.build_seconds = start.elapsed().as_secs_f64();
         self.empty_trash();
@@ -512,12 +559,16 @@ impl ImageCache {
             .arg(&tree)
             .args(spec.mirrors());
         run_logged(&mut cmd, &tmp.join("build.log"), &name, "mmdebstrap", &tree)?;
+        // The tree is durable before it is marked complete.
+        syncfs(&tree)?;
         write_synced(&tree.join(".machinist-bootstrap-complete"), b"")?;
+        sync_dir(&tmp)?;
         if dir.exists() {
             safe_remove_dir_all(&dir);
         }
         fs::rename(&tmp, &dir).map_err(|e| GuestError::io("publishing bootstrap tree", &dir, e))?;
         std::mem::forget(guard);
+        sync_dir(&images)?;
         phase.finish();
         Ok(dir.join("tree"))
     }
@@ -720,9 +771,9 @@ fn safe_remove_dir_all(dir: &Path) {
         .collect();
     under.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in &under {
-        let ok = Command::new("umount")
-            .args(["-l", m])
-            .status()
+        let mut cmd = Command::new("umount");
+        cmd.args(["-l", m]);
+        let ok = crate::supervise::run(&cmd, Stdio::null(), Stdio::null(), QUICK_DEADLINE)
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
@@ -731,6 +782,30 @@ fn safe_remove_dir_all(dir: &Path) {
         }
     }
     let _ = fs::remove_dir_all(dir);
+}
+
+/// Remove the cache entry `dir` (in `images`) unless a build holds its lock; true if removed.
+pub(crate) fn remove_entry(images: &Path, dir: &Path) -> bool {
+    let Some(n) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return false;
+    };
+    let lock = images.join(format!(".{n}.lock"));
+    let Ok(f) = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+    else {
+        return false;
+    };
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(_l) => {
+            safe_remove_dir_all(dir);
+            let _ = fs::remove_file(&lock);
+            !dir.exists()
+        }
+        Err(_) => false,
+    }
 }
 
 fn remove_stale(images: &Path, hash: &str) {
@@ -821,6 +896,27 @@ fn tool_error(tool: &str, package: &str, e: std::io::Error) -> GuestError {
     }
 }
 
+fn supervise_error(
+    e: crate::supervise::SuperviseError,
+    image: &str,
+    step: &str,
+    package: &str,
+) -> GuestError {
+    use crate::supervise::SuperviseError as S;
+    match e {
+        S::Spawn { program, source } => tool_error(&program, package, source),
+        S::Timeout { seconds, .. } => GuestError::Timeout {
+            what: format!("image {image}: {step} (its process group was killed)"),
+            seconds,
+        },
+        S::Wait { program, source } => GuestError::io(
+            format!("image {image}: waiting for {step}"),
+            program,
+            source,
+        ),
+    }
+}
+
 fn require_tool(tool: &str, package: &str) -> Result<(), GuestError> {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -835,7 +931,21 @@ fn require_tool(tool: &str, package: &str) -> Result<(), GuestError> {
     }
 }
 
-fn write_synced(path: &Path, data: &[u8]) -> Result<(), GuestError> {
+/// Flush the whole filesystem holding `path` (a tree of thousands of files, e.g. mmdebstrap's).
+fn syncfs(path: &Path) -> Result<(), GuestError> {
+    let f = fs::File::open(path).map_err(|e| GuestError::io("opening", path, e))?;
+    // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+        return Err(GuestError::io(
+            "syncing the filesystem of",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn write_synced(path: &Path, data: &[u8]) -> Result<(), GuestError> {
     let mut f = fs::File::create(path).map_err(|e| map_write_err(path, e))?;
     f.write_all(data).map_err(|e| map_write_err(path, e))?;
     f.sync_all().map_err(|e| map_write_err(path, e))
@@ -872,38 +982,9 @@ fn run_logged(
     let logf2 = logf
         .try_clone()
         .map_err(|e| GuestError::io("opening build log", log, e))?;
-    // The step dies with the thread that runs the build (a killed builder leaves no mmdebstrap).
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(cmd, || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(logf)
-        .stderr(logf2)
-        .spawn()
-        .map_err(|e| tool_error(&program, &program, e))?;
-    let deadline = Instant::now() + STEP_DEADLINE;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(GuestError::Timeout {
-                    what: format!("image {image}: {step}"),
-                    seconds: STEP_DEADLINE.as_secs_f64(),
-                });
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(GuestError::io(format!("waiting for {step}"), log, e)),
-        }
-    };
+    // Its own process group, killed as a whole on timeout or when this thread dies.
+    let status = crate::supervise::run(cmd, logf.into(), logf2.into(), STEP_DEADLINE)
+        .map_err(|e| supervise_error(e, image, step, &program))?;
     if status.success() {
         return Ok(());
     }

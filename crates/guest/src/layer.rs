@@ -72,6 +72,7 @@ impl NodeLayer {
                     .into(),
             }])
         })?;
+        crate::validate::check_rendered_fields(name, cfg)?;
         let mut l = NodeLayer {
             node: name.to_string(),
             entries: BTreeMap::new(),
@@ -316,9 +317,11 @@ impl NodeLayer {
     /// A shell script that unpacks the archive at `tar` (from [`NodeLayer::to_tar`]) into `dir`
     /// and applies it with `apply-layer --live`: the warm start's step, after the archive was
     /// written to the guest.
+    /// Both paths are shell-quoted, so any characters (a `'`, spaces) are safe.
     pub fn apply_tar_script(tar: &str, dir: &str) -> String {
+        let (tar, dir) = (crate::shell_quote(tar), crate::shell_quote(dir));
         format!(
-            "rm -rf '{dir}'\nmkdir -p '{dir}'\ntar -xf '{tar}' -C '{dir}'\nrm -f '{tar}'\nsh {APPLY_LAYER_PATH} --live '{dir}'\n"
+            "rm -rf -- {dir}\nmkdir -p -- {dir}\ntar -xf {tar} -C {dir}\nrm -f -- {tar}\nsh {APPLY_LAYER_PATH} --live {dir}\n"
         )
     }
 
@@ -328,7 +331,8 @@ impl NodeLayer {
     pub fn live_apply_script(&self, dir: &str) -> Result<String, GuestError> {
         let tar = format!("{dir}.tar");
         Ok(format!(
-            "set -euo pipefail\nbase64 -d > '{tar}' <<'MACHINIST_EOF'\n{}\nMACHINIST_EOF\n{}",
+            "set -euo pipefail\nbase64 -d > {} <<'MACHINIST_EOF'\n{}\nMACHINIST_EOF\n{}",
+            crate::shell_quote(&tar),
             base64_lines(&self.to_tar()?),
             Self::apply_tar_script(&tar, dir)
         ))

@@ -4,6 +4,8 @@
 //! * [`validate`]: every problem at once, each naming node and field.
 //! * [`NetworkPlan`]: node numbers, MACs, addresses and `/etc/hosts`.
 //! * [`ImageCache::ensure`]: content-addressed images (raw ext4 + kernel + tiny initrd).
+//! * [`verify_cache`], [`pin_image`]: full-hash check of the cache; a run's own link to its image.
+//! * [`supervise`]: every external command in its own process group, killed with its parent.
 //! * [`NodeLayer`]: the per-node file tree, appended to the initrd as a cpio and applied by
 //!   `/usr/lib/machinist/apply-layer` at boot (or live, through the backdoor).
 
@@ -13,10 +15,12 @@ mod config;
 mod error;
 mod image;
 pub mod initrd;
+mod integrity;
 mod layer;
 mod network;
 pub mod presets;
 mod progress;
+pub mod supervise;
 pub mod tar;
 pub mod testvm;
 pub mod tuning;
@@ -30,14 +34,28 @@ pub use config::{
 };
 pub use error::{FieldError, GuestError, Result};
 pub use image::{
-    bundled_specs, classify_failure, default_cache_dir, Image, ImageCache, ImageSpec,
-    DEFAULT_SUITE, MIRRORS,
+    bundled_specs, classify_failure, default_cache_dir, Artefact, Image, ImageCache, ImageSpec,
+    ARTEFACT_FILES, DEFAULT_SUITE, MIRRORS,
 };
+pub use integrity::{hash_file, pin_image, verify_cache, VerifyReport, VerifyStatus};
 pub use layer::{LayerEntry, LayerFile, NodeLayer, APPLY_LAYER_PATH, INITRD_LAYER_DIR};
 pub use network::{mac_for, Interface, NetworkPlan, PlannedNode, UserInterface};
 pub use progress::Progress;
 pub use tuning::Profile;
-pub use validate::{is_valid_account_name, is_valid_hostname, validate};
+pub use validate::{is_valid_account_name, is_valid_hostname, unit_line_problem, validate};
+
+/// `s` quoted for a POSIX shell: unchanged if it holds only safe characters, else in single
+/// quotes with each `'` written as `'\\''`. Use it for every path put into a shell script.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./,=:+@%".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
 
 /// The kernel command line our images boot with (before the node's `kernel_args`).
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw quiet";

@@ -187,14 +187,14 @@ mod tests {
         std::fs::write(&tar_path, w.finish()).unwrap();
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        let status = std::process::Command::new("tar")
-            .arg("-xpf")
-            .arg(&tar_path)
-            .arg("-C")
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let mut tar = std::process::Command::new("tar");
+        tar.arg("-xpf").arg(&tar_path).arg("-C").arg(&out);
+        let run = crate::supervise::output(&tar, std::time::Duration::from_secs(60)).unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(
             std::fs::read(out.join("root/etc/hostname")).unwrap(),

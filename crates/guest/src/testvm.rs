@@ -7,7 +7,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use machinist_qemu::{Drive, Nic, QemuCommand, QemuProcess};
@@ -118,7 +118,7 @@ impl TestVm {
         let dir = &spec.dir;
         let overlay = dir.join(format!("{}.qcow2", spec.name));
         let _ = std::fs::remove_file(&overlay);
-        image.create_overlay(&overlay)?;
+        image.create_pinned_overlay(dir, &overlay)?;
         let base_initrd = spec
             .base_initrd
             .clone()
@@ -245,10 +245,4 @@ impl TestVm {
         }
         Ok(out)
     }
-}
-
-/// `true` when VM tests can run here (QEMU, the kernel-capable cache dir); used by tests to
-/// explain a skip.
-pub fn qemu_available() -> bool {
-    Path::new("/usr/bin/qemu-system-x86_64").exists()
 }

@@ -16,8 +16,17 @@ fn quote_env(key: &str, value: &str) -> String {
     let escaped = value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
-        .replace('%', "%%")
-        .replace('\n', "\\n");
+        .replace('%', "%%");
+    // Control characters as C escapes (systemd unescapes them): a raw newline would end the line.
+    let escaped: String = escaped
+        .chars()
+        .map(|c| match c {
+            '\n' => "\\n".to_string(),
+            c if c.is_control() && (c as u32) < 0x80 => format!("\\x{:02x}", c as u32),
+            c if c.is_control() => format!("\\u{:04x}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
     format!("\"{key}={escaped}\"")
 }
 

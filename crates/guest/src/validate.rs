@@ -61,6 +61,136 @@ fn valid_path(p: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._/@+:=,%-".contains(&b))
 }
 
+/// Why `value` cannot be written on one line of a unit (or sysusers.d) file, if it cannot: a
+/// newline or other control character would start a new line (a new directive or section), and a
+/// trailing backslash would join the next line to this one.
+pub fn unit_line_problem(value: &str) -> Option<String> {
+    if let Some(c) = value.chars().find(|c| c.is_control() && *c != '\t') {
+        return Some(format!(
+            "{value:?} contains the control character {c:?}; one line of a unit file cannot hold it (it would inject a directive)"
+        ));
+    }
+    if value.ends_with('\\') {
+        return Some(format!(
+            "{value:?} ends with a backslash, which would join the next line of the unit file to it"
+        ));
+    }
+    None
+}
+
+/// Check the fields of `cfg` that are written into unit, sysusers.d and tmpfiles.d lines, so
+/// that no value can inject a directive. [`validate`] runs it for every node, and
+/// [`crate::NodeLayer::render`] runs it again so an unvalidated configuration cannot inject either.
+pub(crate) fn check_rendered_fields(node: &str, cfg: &NodeConfig) -> Result<(), GuestError> {
+    let mut e = Errors {
+        node,
+        list: Vec::new(),
+    };
+    rendered_fields(cfg, &mut e);
+    if e.list.is_empty() {
+        Ok(())
+    } else {
+        Err(GuestError::Invalid(e.list))
+    }
+}
+
+fn rendered_fields(cfg: &NodeConfig, e: &mut Errors<'_>) {
+    let line = |e: &mut Errors<'_>, field: String, v: &str| {
+        if let Some(p) = unit_line_problem(v) {
+            e.push(field, p);
+        }
+    };
+    let unit_list = |e: &mut Errors<'_>, field: String, list: &[String]| {
+        for (j, u) in list.iter().enumerate() {
+            if !is_valid_unit_stem(u) {
+                e.push(
+                    format!("{field}[{j}]"),
+                    format!("{u:?} is not a unit name ([A-Za-z0-9:_.@-], e.g. postgresql.service)"),
+                );
+            }
+        }
+    };
+    let account = |e: &mut Errors<'_>, field: String, v: &str, what: &str| {
+        if !is_valid_account_name(v) {
+            e.push(
+                field,
+                format!("{v:?} is not a valid {what} name ([a-z_][a-z0-9_-]*, max 31)"),
+            );
+        }
+    };
+    for (i, s) in cfg.services.iter().enumerate() {
+        let f = |k: &str| format!("services[{i}].{k}");
+        if let Some(d) = &s.description {
+            line(e, f("description"), d);
+        }
+        if let Some(c) = &s.exec_start {
+            line(e, f("exec_start"), c);
+        }
+        if let Some(d) = &s.working_directory {
+            line(e, f("working_directory"), d);
+        }
+        if let Some(u) = &s.user {
+            account(e, f("user"), u, "user");
+        }
+        if let Some(g) = &s.group {
+            account(e, f("group"), g, "group");
+        }
+        for (k, list) in [
+            ("after", &s.after),
+            ("before", &s.before),
+            ("wants", &s.wants),
+            ("requires", &s.requires),
+            ("wanted_by", &s.wanted_by),
+        ] {
+            unit_list(e, f(k), list);
+        }
+        for (j, l) in s.extra_service_lines.iter().enumerate() {
+            let field = f(&format!("extra_service_lines[{j}]"));
+            let key_ok = l.split_once('=').is_some_and(|(k, _)| {
+                let k = k.trim_end();
+                k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                    && k.chars().all(|c| c.is_ascii_alphanumeric())
+            });
+            if let Some(p) = unit_line_problem(l) {
+                e.push(field, p);
+            } else if !key_ok {
+                e.push(
+                    field,
+                    format!("{l:?} is not a `Key=Value` line (e.g. `LimitNOFILE=4096`)"),
+                );
+            }
+        }
+    }
+    for (i, fb) in cfg.first_boot.iter().enumerate() {
+        unit_list(e, format!("first_boot[{i}].after"), &fb.after);
+        unit_list(e, format!("first_boot[{i}].before"), &fb.before);
+    }
+    for (i, u) in cfg.users.iter().enumerate() {
+        if let Some(d) = &u.description {
+            line(e, format!("users[{i}].description"), d);
+        }
+        if let Some(sh) = &u.shell {
+            if !valid_path(sh) {
+                e.push(
+                    format!("users[{i}].shell"),
+                    format!("{sh:?} is not an absolute path of letters, digits and ._/@+:=,%-"),
+                );
+            }
+        }
+        if let Some(g) = &u.group {
+            account(e, format!("users[{i}].group"), g, "group");
+        }
+        for (j, g) in u.extra_groups.iter().enumerate() {
+            account(e, format!("users[{i}].extra_groups[{j}]"), g, "group");
+        }
+    }
+    for (i, g) in cfg.groups.iter().enumerate() {
+        for (j, m) in g.members.iter().enumerate() {
+            account(e, format!("groups[{i}].members[{j}]"), m, "user");
+        }
+    }
+}
+
 /// Check every node; return all problems at once, each naming the node and the field.
 pub fn validate(nodes: &[(&str, &NodeConfig)]) -> Result<(), GuestError> {
     let mut all = Vec::new();
@@ -102,6 +232,7 @@ pub fn validate(nodes: &[(&str, &NodeConfig)]) -> Result<(), GuestError> {
 }
 
 fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
+    rendered_fields(cfg, e);
     for p in &cfg.packages {
         let ok = !p.is_empty()
             && p.bytes().all(|b| {

@@ -48,19 +48,38 @@ fn image_warm_cache_hit_is_fast() {
     assert!(img.disk.exists() && img.kernel.exists() && img.initrd.exists());
 }
 
+/// Under CI (`CI` set and not `false`) a missing prerequisite fails the test instead of skipping.
+fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
 /// A cache on a nearly full filesystem fails before building, with a clear error naming the
-/// directory and MACHINIST_CACHE_DIR (needs root for the tmpfs mount; skipped otherwise).
+/// directory and MACHINIST_CACHE_DIR (needs root for the tmpfs mount: skipped with a message
+/// outside CI, a failure under `CI=true`).
 #[test]
 fn image_disk_full_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let ok = std::process::Command::new("mount")
+    let mount = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
         .arg(dir.path())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+        .output();
+    let ok = mount.as_ref().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        let why = match &mount {
+            Ok(o) => String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+            Err(e) => e.to_string(),
+        };
+        let msg = format!(
+            "cannot mount a tmpfs at {} ({why}): this test needs root (CI runs the suite as root)",
+            dir.path().display()
+        );
+        assert!(!on_ci(), "{msg}");
+        eprintln!("skipped (not under CI): {msg}");
         return;
     }
     let cache = ImageCache::new(dir.path());

@@ -114,7 +114,115 @@ fn live_apply_script_is_valid_bash() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(script.ends_with("sh /usr/lib/machinist/apply-layer --live '/run/machinist-layer'\n"));
+    assert!(script.ends_with("sh /usr/lib/machinist/apply-layer --live /run/machinist-layer\n"));
+}
+
+/// A `'`, a `$(...)` and spaces in the paths are data, not shell: the real shell unpacks the
+/// archive into exactly that directory and runs nothing else.
+#[test]
+fn live_apply_script_quotes_hostile_paths() {
+    let s = NodeConfig::new().file(FileSpec::new("/etc/marker", "here\n"));
+    let plan = NetworkPlan::new(&[("server", &s)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("it's $(touch pwned) a dir");
+    let script = NodeLayer::render("server", &s, &plan)
+        .unwrap()
+        .live_apply_script(dir.to_str().unwrap())
+        .unwrap();
+    // Stop before apply-layer (not installed on the host): everything up to it must work.
+    let script = script.replace("sh /usr/lib/machinist/apply-layer --live", "echo applied");
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("root/etc/marker")).unwrap(),
+        "here\n"
+    );
+    assert!(!tmp.path().join("pwned").exists());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("applied {}", dir.display())
+    );
+}
+
+fn invalid_fields(cfg: &NodeConfig) -> Vec<(String, String)> {
+    let plan = NetworkPlan::new(&[("node", cfg)]);
+    let render = NodeLayer::render("node", cfg, &plan).unwrap_err();
+    let validate = machinist_guest::validate(&[("node", cfg)]).unwrap_err();
+    for err in [&render, &validate] {
+        assert!(matches!(err, GuestError::Invalid(_)), "{err}");
+    }
+    match validate {
+        GuestError::Invalid(list) => list.into_iter().map(|e| (e.field, e.message)).collect(),
+        _ => unreachable!(),
+    }
+}
+
+/// Newlines (and other control characters, and a trailing backslash that continues a line) in
+/// anything written into a unit file would inject directives: rejected by `validate` and by
+/// `render`, naming the field.
+#[test]
+fn unit_fields_cannot_inject_directives() {
+    let cfg = NodeConfig::new()
+        .service(
+            ServiceSpec::new("app", "/bin/true\nExecStartPre=/bin/rm -rf /")
+                .description("App\n[Service]\nUser=root")
+                .after("network.target\nRequires=evil.service")
+                .service_line("LimitNOFILE=1\nUser=root")
+                .service_line("[Install]")
+                .service_line("Nice=1 \\"),
+        )
+        .service(ServiceSpec::new("cont", "/bin/echo \\").description("tab\tis fine"))
+        .service(ServiceSpec::new("cr", "/bin/true\rUser=root"))
+        .user(UserSpec {
+            description: Some("Bob\nu evil 0 \"x\" /root /bin/sh".into()),
+            ..UserSpec::new("bob")
+        });
+    let errs = invalid_fields(&cfg);
+    let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "services[0].description",
+            "services[0].exec_start",
+            "services[0].after[0]",
+            "services[0].extra_service_lines[0]",
+            "services[0].extra_service_lines[1]",
+            "services[0].extra_service_lines[2]",
+            "services[1].exec_start",
+            "services[2].exec_start",
+            "users[0].description",
+        ],
+        "{errs:#?}"
+    );
+    assert!(
+        errs[0].1.contains("control character '\\n'"),
+        "{}",
+        errs[0].1
+    );
+    assert!(errs[5].1.contains("backslash"), "{}", errs[5].1);
+    assert!(errs[4].1.contains("Key=Value"), "{}", errs[4].1);
+}
+
+/// Environment values may hold any character: they are escaped, never a raw newline.
+#[test]
+fn environment_values_are_escaped_not_rejected() {
+    let cfg = NodeConfig::new()
+        .service(ServiceSpec::new("app", "/bin/true").env("MULTI", "a\nUser=root\r\u{1b}\"%"));
+    machinist_guest::validate(&[("node", &cfg)]).unwrap();
+    let unit = machinist_guest::units::service_unit(&cfg.services[0]);
+    assert!(
+        unit.contains("Environment=\"MULTI=a\\nUser=root\\x0d\\x1b\\\"%%\"\n"),
+        "{unit}"
+    );
+    assert!(!unit.lines().any(|l| l.starts_with("User=")), "{unit}");
 }
 
 #[test]
