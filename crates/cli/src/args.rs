@@ -33,8 +33,27 @@ pub enum Command {
         #[arg(long)]
         rebuild: bool,
     },
-    /// Check this host: QEMU, accelerator, tesseract, mmdebstrap, cache directory, free disk.
+    /// Check this host: QEMU, accelerator, tesseract, mmdebstrap, cache directory, free disk
+    /// (and remove run directories left behind by killed test processes).
     Doctor,
+    /// Inspect the image cache.
+    Cache {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+/// `machinist cache ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CacheAction {
+    /// Check the full sha256 of every cached image file against its manifest (exit 1 if one is
+    /// damaged).
+    Verify {
+        /// Remove damaged entries, so that the next use rebuilds them.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 /// Options of `machinist run`.

@@ -35,7 +35,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use args::{AccelArg, Cli, Command, RunArgs};
+pub use args::{AccelArg, CacheAction, Cli, Command, RunArgs};
 pub use registry::{BundledTest, Script};
 
 /// Exit code: the test passed (or the command succeeded).
@@ -68,6 +68,9 @@ where
     match cli.command {
         Command::List => list(tests),
         Command::Doctor => doctor_cmd(),
+        Command::Cache {
+            action: CacheAction::Verify { repair },
+        } => cache_verify(repair),
         Command::BuildImages { rebuild } => images::build_bundled(rebuild),
         Command::Run(args) => run(&args, tests),
         Command::Interactive { test } => match registry::find(tests, &test) {
@@ -95,6 +98,25 @@ fn list(tests: &[BundledTest]) -> u8 {
         let _ = writeln!(out, "{:<width$}  {}", t.name, t.about);
     }
     EXIT_PASS
+}
+
+/// `machinist cache verify [--repair]`: one line per cached image; exit 1 if one is damaged
+/// and was not removed.
+fn cache_verify(repair: bool) -> u8 {
+    let dir = machinist_guest::default_cache_dir();
+    let reports = machinist_guest::verify_cache(&dir, repair);
+    if reports.is_empty() {
+        println!("no images in {}", dir.display());
+    }
+    for r in &reports {
+        println!("{}", r.line());
+    }
+    if reports.iter().any(|r| !r.is_ok() && !r.removed) {
+        eprintln!("machinist: damaged cache entries found; `machinist cache verify --repair` removes them (they are rebuilt on next use)");
+        EXIT_FAILURE
+    } else {
+        EXIT_PASS
+    }
 }
 
 fn doctor_cmd() -> u8 {

@@ -769,7 +769,8 @@ fn warm_choice(
         nic_macs.push(u.mac.clone());
     }
     WarmChoice::Warm(WarmPlan {
-        image_hash: img.hash.clone(),
+        // The exact bytes, not the recipe: a rebuilt image gets new snapshots.
+        image_hash: img.content_id(),
         plain_initrd: img.initrd.clone(),
         layer_tar: std::sync::Arc::new(layer_tar),
         masked: cfg.masked_units.clone(),

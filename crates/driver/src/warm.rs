@@ -417,7 +417,10 @@ async fn build_async(
             step_t,
         )
         .await?;
-        let uri = format!("exec:cat > '{}'", state.display());
+        let uri = format!(
+            "exec:cat > {}",
+            machinist_guest::shell_quote(&state.to_string_lossy())
+        );
         // Paused first: a live migration of a running MTTCG guest produced an inconsistent
         // image once (kernel oops in the restored guest); a stopped VM is copied in one pass.
         // The restored VM therefore comes up paused and gets a `cont`.

@@ -51,6 +51,41 @@ pub fn create_qcow2_overlay(
     Ok(())
 }
 
+/// Points the qcow2 image `overlay` at `backing` (format `backing_format`) without reading or
+/// copying any data (`qemu-img rebase -u`): for a backing file that moved, e.g. one pinned by a
+/// hard link. The caller guarantees that the new backing file holds the same bytes.
+pub fn repoint_backing(
+    overlay: &Path,
+    backing: &Path,
+    backing_format: &str,
+) -> Result<(), QemuError> {
+    let backing_abs = std::path::absolute(backing)
+        .map_err(|e| QemuError::io(format!("resolving {}", backing.display()), e))?;
+    let out = Command::new("qemu-img")
+        .args(["rebase", "-u", "-f", "qcow2", "-F", backing_format, "-b"])
+        .arg(&backing_abs)
+        .arg(overlay)
+        .output()
+        .map_err(|e| {
+            QemuError::io(
+                "running qemu-img (install the Debian package qemu-utils)",
+                e,
+            )
+        })?;
+    if !out.status.success() {
+        return Err(QemuError::io(
+            format!(
+                "qemu-img rebase -u -b {} {} failed: {}",
+                backing_abs.display(),
+                overlay.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            std::io::Error::other("qemu-img failed"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +101,25 @@ mod tests {
         assert_eq!(&head[..4], b"QFI\xfb");
         let err = create_qcow2_overlay(&dir.path().join("nope"), "raw", &ov).unwrap_err();
         assert!(err.to_string().contains("nope"));
+    }
+
+    #[test]
+    fn repointing_changes_only_the_backing_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.img");
+        std::fs::write(&base, vec![7u8; 1 << 20]).unwrap();
+        let ov = dir.path().join("vm.qcow2");
+        create_qcow2_overlay(&base, "raw", &ov).unwrap();
+        let pinned = dir.path().join("pinned.img");
+        std::fs::hard_link(&base, &pinned).unwrap();
+        repoint_backing(&ov, &pinned, "raw").unwrap();
+        let info = Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(&ov)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(info["backing-filename"], pinned.display().to_string());
+        assert!(repoint_backing(&dir.path().join("missing.qcow2"), &pinned, "raw").is_err());
     }
 }

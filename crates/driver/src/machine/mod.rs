@@ -265,8 +265,12 @@ impl Machine {
         )?;
         let overlay = self.dir.join("disk.qcow2");
         if !overlay.exists() {
+            // The overlay's backing file is a pin (hard link) of the cached image in the
+            // machine's directory: a rebuilt or pruned cache entry cannot change its bytes, even
+            // for a restart after crash().
+            let backing = self.pinned_image()?;
             machinist_qemu::overlay::create_qcow2_overlay(
-                &self.spec.disk,
+                &backing,
                 &self.spec.disk_format,
                 &overlay,
             )
@@ -289,6 +293,17 @@ impl Machine {
             )?;
         }
         Ok((overlay, initrd))
+    }
+
+    /// The machine's pin of its cached disk image (made on first use).
+    pub(crate) fn pinned_image(&self) -> Result<PathBuf> {
+        machinist_guest::pin_image(&self.spec.disk, &self.dir).map_err(|e| {
+            Error::backend(
+                Some(&self.name),
+                "pinning the disk image into the run directory",
+                e,
+            )
+        })
     }
 
     pub(crate) fn qemu_command(

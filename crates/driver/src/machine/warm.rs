@@ -282,23 +282,47 @@ impl Machine {
             || format!("creating {}", self.dir.display()),
             std::fs::create_dir_all(&self.dir),
         )?;
-        // The machine's own reference to the frozen disk: a later cold boot (after crash())
-        // needs it even if the snapshot is discarded or rebuilt meanwhile.
+        // The machine's own copy of the frozen disk (small: the guest's writes up to the
+        // snapshot), pointed at the machine's pin of the image it was taken on (the snapshot key
+        // holds that image's content id): a later cold boot (after crash()) needs both even if
+        // the snapshot or the cache entry is discarded or rebuilt meanwhile.
         let base = self.dir.join("snapshot-disk.qcow2");
         let _ = std::fs::remove_file(&base);
-        if std::fs::hard_link(&snap.disk, &base).is_err() {
-            self.io(
-                || format!("copying {}", snap.disk.display()),
-                std::fs::copy(&snap.disk, &base),
-            )?;
-        }
+        self.io(
+            || format!("copying {}", snap.disk.display()),
+            std::fs::copy(&snap.disk, &base),
+        )?;
+        let mut perm = self
+            .io(
+                || format!("reading {}", base.display()),
+                std::fs::metadata(&base),
+            )?
+            .permissions();
+        perm.set_readonly(false);
+        self.io(
+            || format!("making {} writable", base.display()),
+            std::fs::set_permissions(&base, perm),
+        )?;
+        let pinned = self.pinned_image()?;
+        machinist_qemu::overlay::repoint_backing(&base, &pinned, &self.spec.disk_format).map_err(
+            |e| {
+                Error::backend(
+                    Some(&self.name),
+                    "pointing the snapshot disk at the pinned image",
+                    e,
+                )
+            },
+        )?;
         let overlay = self.dir.join("disk.qcow2");
         machinist_qemu::overlay::create_qcow2_overlay(&base, "qcow2", &overlay)
             .map_err(|e| Error::backend(Some(&self.name), "creating the disk overlay", e))?;
         let (overlay, initrd) = self.prepare_files()?;
         let cmd = self
             .qemu_command(&overlay, &initrd, allow_reboot)
-            .incoming(format!("exec:cat '{}'", snap.state.display()));
+            .incoming(format!(
+                "exec:cat {}",
+                machinist_guest::shell_quote(&snap.state.to_string_lossy())
+            ));
         let pending = PendingIdentity {
             key: snap.key.clone(),
             script: identity_script(plan),
