@@ -179,6 +179,34 @@ fn latency(name: &str, ours: &[f64], base: &[f64], metrics: &mut Vec<Metric>) {
     }
 }
 
+/// `runs` throughput runs of `cmd` (which prints `bytes` bytes), ours then the NixOS protocol's,
+/// in MB/s.
+async fn throughput(
+    shell: &mut Shell,
+    cmd: &str,
+    bytes: f64,
+    runs: usize,
+    ta: &mut Vec<f64>,
+    tb: &mut Vec<f64>,
+) -> Result<(), ShellError> {
+    for _ in 0..runs {
+        let (t, out) = ours(shell, cmd).await?;
+        if out.len() as f64 != bytes {
+            return Err(shell.desync(format!("bench: `{cmd}` returned {} bytes", out.len())));
+        }
+        ta.push(bytes / 1e6 / (t / 1000.0));
+        let (t, out) = baseline(shell, cmd).await?;
+        if out.len() as f64 != bytes {
+            return Err(shell.desync(format!(
+                "bench: `{cmd}` (NixOS) returned {} bytes",
+                out.len()
+            )));
+        }
+        tb.push(bytes / 1e6 / (t / 1000.0));
+    }
+    Ok(())
+}
+
 /// Run the benchmark on a connected shell, print the report lines to stdout and return them.
 pub async fn run(shell: &mut Shell, opts: &BenchOptions) -> Result<BenchReport, ShellError> {
     let mut metrics = Vec::new();
@@ -197,21 +225,12 @@ pub async fn run(shell: &mut Shell, opts: &BenchOptions) -> Result<BenchReport, 
     let cmd = format!("head -c {} /dev/zero", opts.throughput_mib * 1024 * 1024);
     let bytes = (opts.throughput_mib * 1024 * 1024) as f64;
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for _ in 0..opts.throughput_runs {
-        let (t, out) = ours(shell, &cmd).await?;
-        if out.len() as f64 != bytes {
-            return Err(shell.desync(format!("bench: `{cmd}` returned {} bytes", out.len())));
-        }
-        ta.push(bytes / 1e6 / (t / 1000.0));
-        let (t, out) = baseline(shell, &cmd).await?;
-        if out.len() as f64 != bytes {
-            return Err(shell.desync(format!(
-                "bench: `{cmd}` (NixOS) returned {} bytes",
-                out.len()
-            )));
-        }
-        tb.push(bytes / 1e6 / (t / 1000.0));
-    }
+    // The whole output is measured: keep all of it.
+    let limit = shell.output_limit();
+    shell.set_output_limit(limit.max(bytes as usize));
+    let measured = throughput(shell, &cmd, bytes, opts.throughput_runs, &mut ta, &mut tb).await;
+    shell.set_output_limit(limit);
+    measured?;
     if opts.throughput_runs > 0 {
         let (o, bl) = (quantile(&ta, 0.5), quantile(&tb, 0.5));
         metrics.push(Metric {

@@ -41,4 +41,7 @@ mod shell;
 pub use attach::ESCAPE_CTRL_RIGHT_BRACKET;
 pub use control::Control;
 pub use error::ShellError;
-pub use shell::{Canceller, ConnectOptions, Output, Shell, ShellStream};
+pub use shell::{
+    dropped_marker, Canceller, ConnectOptions, Output, Shell, ShellStream, DEFAULT_OUTPUT_LIMIT,
+    MAX_LINE, MIN_OUTPUT_LIMIT, OUTPUT_LIMIT_ENV,
+};

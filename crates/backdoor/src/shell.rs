@@ -29,6 +29,100 @@ const RESPAWN_QUIET: Duration = Duration::from_millis(300);
 /// Read chunk size.
 const CHUNK: usize = 64 * 1024;
 
+/// Default bound on the output kept per command: the last 16 MiB.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The smallest accepted output limit (smaller values are raised to it).
+pub const MIN_OUTPUT_LIMIT: usize = 4096;
+
+/// The environment variable that overrides [`DEFAULT_OUTPUT_LIMIT`] for every new shell: a byte
+/// count, optionally with a binary suffix `K`, `M` or `G` (e.g. `64M`).
+pub const OUTPUT_LIMIT_ENV: &str = "MACHINIST_OUTPUT_LIMIT";
+
+/// The longest line passed to the `on_line` callback of [`Shell::execute`]; a longer line is cut
+/// to this many bytes, followed by a note of its real length. The returned output is not cut.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Bytes between the first byte of an over-limit output and the first newline searched for, so
+/// that the kept tail starts on a line boundary when lines are short.
+const ALIGN_WINDOW: usize = 4096;
+
+/// Parse an output limit such as `16777216`, `512K`, `64M` or `1G`.
+fn parse_limit(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let (num, mul) = match t.as_bytes().last()? {
+        b'k' | b'K' => (&t[..t.len() - 1], 1usize << 10),
+        b'm' | b'M' => (&t[..t.len() - 1], 1 << 20),
+        b'g' | b'G' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mul)
+}
+
+/// The output limit for a new shell: [`OUTPUT_LIMIT_ENV`] if set and valid, else the default.
+fn limit_from_env() -> usize {
+    match std::env::var(OUTPUT_LIMIT_ENV) {
+        Err(_) => DEFAULT_OUTPUT_LIMIT,
+        Ok(v) => match parse_limit(&v) {
+            Some(n) => n.max(MIN_OUTPUT_LIMIT),
+            None => {
+                tracing::warn!(
+                    "ignoring {OUTPUT_LIMIT_ENV}={v:?}: expected a byte count such as 16777216 or 16M; \
+                     keeping the default of {DEFAULT_OUTPUT_LIMIT} bytes"
+                );
+                DEFAULT_OUTPUT_LIMIT
+            }
+        },
+    }
+}
+
+/// The line that starts a command's output when `dropped` bytes were dropped from its head.
+pub fn dropped_marker(dropped: u64, kept: usize) -> String {
+    format!(
+        "[machinist: {dropped} bytes of output dropped; only the last {kept} bytes are kept \
+         (raise the limit with {OUTPUT_LIMIT_ENV} or Shell::set_output_limit)]\n"
+    )
+}
+
+/// Passes lines to the caller's `on_line`, cut to [`MAX_LINE`] bytes; remembers the head of a
+/// line whose start was dropped from the output buffer.
+struct LineSink<'a> {
+    on_line: &'a mut (dyn FnMut(&[u8]) + Send),
+    /// First bytes of the current line, already dropped from the buffer.
+    head: Vec<u8>,
+    /// How many bytes of the current line were dropped from the buffer.
+    head_total: u64,
+}
+
+impl LineSink<'_> {
+    /// The current line's bytes `part` are about to leave the buffer (the line goes on).
+    fn carry(&mut self, part: &[u8]) {
+        self.head_total += part.len() as u64;
+        let room = MAX_LINE.saturating_sub(self.head.len()).min(part.len());
+        self.head.extend_from_slice(&part[..room]);
+    }
+
+    /// The rest of the current line (without its newline): pass the whole line on.
+    fn line(&mut self, rest: &[u8]) {
+        if self.head_total == 0 && rest.len() <= MAX_LINE {
+            (self.on_line)(rest);
+            return;
+        }
+        let total = self.head_total + rest.len() as u64;
+        let mut shown = std::mem::take(&mut self.head);
+        let room = MAX_LINE.saturating_sub(shown.len()).min(rest.len());
+        shown.extend_from_slice(&rest[..room]);
+        if total > shown.len() as u64 {
+            shown.extend_from_slice(
+                format!(" [machinist: line of {total} bytes cut to its first {MAX_LINE}]")
+                    .as_bytes(),
+            );
+        }
+        self.head_total = 0;
+        (self.on_line)(&shown);
+    }
+}
+
 /// A bidirectional byte stream to a guest console (in production a `tokio::net::UnixStream`
 /// accepted from QEMU's `-chardev socket`).
 pub trait ShellStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -132,6 +226,8 @@ pub struct Shell {
     guest_pid: u32,
     control: Option<Control>,
     cancel: Arc<CancelState>,
+    /// At most this many bytes of a command's output are kept (the tail).
+    output_limit: usize,
 }
 
 impl std::fmt::Debug for Shell {
@@ -153,6 +249,39 @@ async fn read_some(
         into.reserve(CHUNK.max(into.len() / 4));
     }
     stream.read_buf(into).await
+}
+
+/// Stray bytes before a start line that are tolerated before the oldest are dropped.
+const STRAY_LIMIT: usize = 1024 * 1024;
+
+/// Stray bytes kept when they are dropped (more than a start or end line).
+const STRAY_KEEP: usize = 4096;
+
+/// Drop the head of `out` so that at most `limit` bytes remain, starting after a newline when
+/// one is within [`ALIGN_WINDOW`] bytes (and before `search_end`, where an end line may begin).
+/// Undelivered bytes of the current line go to `sink` first; `delivered` is adjusted. Returns
+/// how many bytes were dropped.
+fn trim_head(
+    out: &mut Vec<u8>,
+    limit: usize,
+    search_end: usize,
+    delivered: &mut usize,
+    sink: &mut LineSink<'_>,
+) -> usize {
+    let mut cut = out.len().saturating_sub(limit);
+    let window_end = (cut + ALIGN_WINDOW).min(search_end);
+    if cut < window_end {
+        if let Some(n) = out[cut..window_end].iter().position(|&b| b == b'\n') {
+            cut += n + 1;
+        }
+    }
+    if *delivered < cut {
+        sink.carry(&out[*delivered..cut]);
+        *delivered = cut;
+    }
+    out.drain(..cut);
+    *delivered -= cut;
+    cut
 }
 
 /// Bytes for a log line: printable ASCII as is, the rest escaped, at most 2000 bytes.
@@ -182,6 +311,7 @@ impl Shell {
             guest_pid: 0,
             control: None,
             cancel: Arc::default(),
+            output_limit: limit_from_env(),
         };
         shell.handshake().await?;
         Ok(shell)
@@ -207,6 +337,19 @@ impl Shell {
     /// Whether the shell is usable (connected and in step).
     pub fn is_usable(&self) -> bool {
         self.dead.is_none()
+    }
+
+    /// Keep at most the last `bytes` bytes of each command's output (at least
+    /// [`MIN_OUTPUT_LIMIT`]); what was dropped is announced by a [`dropped_marker`] line at the
+    /// start of the returned output. The default is [`DEFAULT_OUTPUT_LIMIT`], or
+    /// [`OUTPUT_LIMIT_ENV`] when set. Lines streamed to `on_line` are all delivered either way.
+    pub fn set_output_limit(&mut self, bytes: usize) {
+        self.output_limit = bytes.max(MIN_OUTPUT_LIMIT);
+    }
+
+    /// The current output limit (see [`Shell::set_output_limit`]).
+    pub fn output_limit(&self) -> usize {
+        self.output_limit
     }
 
     /// Attach the control shell used to kill commands on timeout or cancel.
@@ -382,7 +525,10 @@ impl Shell {
     ///
     /// The command runs in its own subshell with `set -euo pipefail`, stdin `/dev/null` and
     /// stdout a pipe; each complete output line is passed to `on_line` (without its newline) as it
-    /// arrives, and the whole output is returned. `timeout` is enforced on the host: at the
+    /// arrives (a line longer than [`MAX_LINE`] is cut, with a note of its length), and the
+    /// output is returned: all of it, or when it exceeds the output limit
+    /// ([`Shell::set_output_limit`]) a [`dropped_marker`] line followed by its last bytes, so host
+    /// memory per command stays below about twice the limit however much the guest writes. `timeout` is enforced on the host: at the
     /// deadline the control shell kills the command's process tree and [`ShellError::Timeout`] is
     /// returned (needs [`Shell::set_control`]). A command that exits while a process it started
     /// still holds its stdout gives [`ShellError::BackgroundHolder`] at once.
@@ -444,6 +590,14 @@ impl Shell {
         let mut kill_sent = false;
         let mut grace: Option<Instant> = None;
         let mut last_read = Instant::now();
+        let limit = self.output_limit;
+        let mut sink = LineSink {
+            on_line,
+            head: Vec::new(),
+            head_total: 0,
+        };
+        // Bytes dropped from the head of the output (over the limit).
+        let mut dropped: u64 = 0;
         // A greeting among the stray bytes before the start line: the shell died and a new one
         // greeted before the old relay copied the start line (the relay is a separate process).
         let mut greeted_before_start = false;
@@ -473,6 +627,13 @@ impl Shell {
                         self.buf.clear();
                         pid = Some(p);
                     }
+                } else if self.buf.len() > STRAY_LIMIT {
+                    // Neither line yet and a flood of stray bytes (a background process of an
+                    // earlier command): keep only a tail that may hold the start of either line.
+                    let cut = self.buf.len() - STRAY_KEEP;
+                    greeted_before_start |=
+                        find(&self.buf[..cut], GREETING_LINE.as_bytes(), 0).is_some();
+                    self.drop_stray(cut, "before a command started");
                 }
             }
             if pid.is_some() {
@@ -486,7 +647,19 @@ impl Shell {
                                 })?;
                             self.buf = out.split_off(rest + nl + 1);
                             out.truncate(p);
-                            protocol::deliver_rest(&out, &mut delivered, on_line);
+                            protocol::deliver_rest(&out, &mut delivered, &mut |l| sink.line(l));
+                            if out.len() > limit {
+                                let len = out.len();
+                                dropped +=
+                                    trim_head(&mut out, limit, len, &mut delivered, &mut sink)
+                                        as u64;
+                            }
+                            if dropped > 0 {
+                                let mut with_marker =
+                                    dropped_marker(dropped, out.len()).into_bytes();
+                                with_marker.extend_from_slice(&out);
+                                out = with_marker;
+                            }
                             let mut end = end;
                             if kill.is_none() && !end.holders.is_empty() {
                                 end.holders = self.confirm_holders(end.holders).await?;
@@ -502,8 +675,19 @@ impl Shell {
                             &mut delivered,
                             &mut line_scan,
                             end_pat.as_bytes(),
-                            on_line,
+                            &mut |l| sink.line(l),
                         );
+                        // Amortised: trim once the output is half as large again as the limit.
+                        if out.len() > limit + limit / 2 {
+                            if dropped == 0 {
+                                tracing::warn!(shell = %self.opts.name, "the output of `{command}` exceeds {limit} bytes: only its last {limit} bytes are kept");
+                            }
+                            let cut =
+                                trim_head(&mut out, limit, searched, &mut delivered, &mut sink);
+                            searched -= cut;
+                            line_scan = line_scan.max(cut) - cut;
+                            dropped += cut as u64;
+                        }
                     }
                 }
             }

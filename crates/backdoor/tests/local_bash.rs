@@ -544,3 +544,105 @@ async fn output_ending_with_the_greeting_text_is_not_a_respawn() {
     .await;
     assert_eq!(out.stdout_lossy(), "Spawning backdoor root shell...\n");
 }
+
+#[tokio::test]
+async fn output_over_the_limit_keeps_a_marked_tail_and_stays_in_step() {
+    let mut g = guest().await;
+    let limit = 64 * 1024;
+    g.shell.set_output_limit(limit);
+    assert_eq!(g.shell.output_limit(), limit);
+    // 200 MB of "y\n": `head` ends the pipe, `yes` dies of SIGPIPE, and pipefail makes it 141.
+    let mut lines = 0u64;
+    let out = g
+        .shell
+        .execute(
+            "yes | head -c 200M",
+            Some(Duration::from_secs(120)),
+            &mut |l| {
+                assert_eq!(l, b"y");
+                lines += 1;
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.code, 141);
+    // Every line was streamed although the output kept is only the tail.
+    assert_eq!(lines, 100 * 1024 * 1024);
+    let text = out.stdout_lossy();
+    let (first, rest) = text.split_once('\n').unwrap();
+    assert!(
+        first.starts_with("[machinist: ") && first.contains("bytes of output dropped"),
+        "{first}"
+    );
+    let dropped: u64 = first["[machinist: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rest.len() <= limit, "kept {} bytes", rest.len());
+    assert!(rest.len() > limit - 4096, "kept only {} bytes", rest.len());
+    assert_eq!(dropped + rest.len() as u64, 200 * 1024 * 1024);
+    // The kept tail starts on a line boundary.
+    assert!(rest
+        .bytes()
+        .eq(b"y\n".iter().copied().cycle().take(rest.len())));
+    // The shell is in step: the next command gets exactly its own output.
+    assert_eq!(
+        run(&mut g.shell, "echo next").await.stdout_lossy(),
+        "next\n"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_line_is_cut_for_on_line_and_bounded_in_the_output() {
+    let mut g = guest().await;
+    let limit = 256 * 1024;
+    g.shell.set_output_limit(limit);
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let out = g
+        .shell
+        .execute(
+            "echo start; head -c 20000000 /dev/zero | tr '\\0' x; echo; echo end; exit 3",
+            Some(Duration::from_secs(120)),
+            &mut |l| seen.push(l.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.code, 3);
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0], b"start");
+    assert_eq!(seen[2], b"end");
+    let note = format!(
+        " [machinist: line of 20000000 bytes cut to its first {}]",
+        machinist_backdoor::MAX_LINE
+    );
+    assert_eq!(seen[1].len(), machinist_backdoor::MAX_LINE + note.len());
+    assert!(seen[1][..machinist_backdoor::MAX_LINE]
+        .iter()
+        .all(|&b| b == b'x'));
+    assert!(seen[1].ends_with(note.as_bytes()));
+    let text = out.stdout_lossy();
+    let (first, rest) = text.split_once('\n').unwrap();
+    assert!(first.contains("bytes of output dropped"), "{first}");
+    assert!(rest.len() <= limit);
+    assert!(rest.ends_with("xxx\nend\n"), "{}", &rest[rest.len() - 20..]);
+    assert_eq!(
+        run(&mut g.shell, "echo next").await.stdout_lossy(),
+        "next\n"
+    );
+}
+
+#[tokio::test]
+async fn output_under_the_limit_has_no_marker() {
+    let mut g = guest().await;
+    g.shell.set_output_limit(1);
+    // Raised to the minimum.
+    assert_eq!(g.shell.output_limit(), machinist_backdoor::MIN_OUTPUT_LIMIT);
+    let out = run(&mut g.shell, "head -c 4096 /dev/zero").await;
+    assert_eq!(out.stdout, vec![0u8; 4096]);
+    let out = run(&mut g.shell, "head -c 4097 /dev/zero").await;
+    assert!(out
+        .stdout_lossy()
+        .starts_with("[machinist: 1 bytes of output dropped"));
+}

@@ -1,7 +1,6 @@
 //! Command-level Machine methods: succeed/fail, waits, systemd, files, ports, copies.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -544,117 +543,6 @@ impl Machine {
             )
         })
     }
-
-    /// Copies a host file or directory into the guest at `target` (NixOS `copy_from_host`).
-    /// There is no shared directory: the data travels through the backdoor as base64 (a tar
-    /// stream for directories), in chunks.
-    pub fn copy_from_host(&self, source: impl AsRef<Path>, target: &str) -> Result<()> {
-        let source = source.as_ref();
-        self.nested(&format!("copying {} to {target}", source.display()), || {
-            let meta = std::fs::metadata(source).map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
-            let parent = Path::new(target).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into());
-            if meta.is_dir() {
-                let tar = tar_dir(source)?;
-                self.upload(&tar, "/tmp/.machinist-upload.tar")?;
-                self.succeed(format!(
-                    "mkdir -p {t} && tar -x -f /tmp/.machinist-upload.tar -C {t} && rm -f /tmp/.machinist-upload.tar",
-                    t = quote(target)
-                ))?;
-            } else {
-                let data = std::fs::read(source).map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
-                self.succeed(format!("mkdir -p {}", quote(&parent)))?;
-                self.upload(&data, target)?;
-                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
-                self.succeed(format!("chmod {mode:o} {}", quote(target)))?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Writes `data` to `target` in the guest through the shell, base64 in 48 KiB chunks.
-    fn upload(&self, data: &[u8], target: &str) -> Result<()> {
-        use base64::Engine;
-        let q = quote(target);
-        if data.is_empty() {
-            self.run_checked(&format!(": > {q}"))?;
-        }
-        for (i, chunk) in data.chunks(48 * 1024).enumerate() {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(chunk);
-            let redirect = if i == 0 { ">" } else { ">>" };
-            self.run_checked(&format!("echo -n {b64} | base64 -d {redirect} {q}"))?;
-        }
-        Ok(())
-    }
-
-    /// Runs a command quietly (no nested log), failing on a non-zero exit.
-    fn run_checked(&self, cmd: &str) -> Result<String> {
-        let (code, out) = self.run_command(cmd, Some(self.ctx.scaled(DEFAULT_TIMEOUT)))?;
-        let out = String::from_utf8_lossy(&out).into_owned();
-        if code != 0 {
-            let shown = if cmd.chars().count() > 200 {
-                format!("{}...", cmd.chars().take(200).collect::<String>())
-            } else {
-                cmd.to_string()
-            };
-            return Err(Error::CommandFailed {
-                machine: self.name().to_string(),
-                command: shown,
-                code,
-                output: out,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Copies a host file into the guest with `echo -n <base64> | base64 -d > target`
-    /// (NixOS `copy_from_host_via_shell`; files only).
-    pub fn copy_from_host_via_shell(&self, source: impl AsRef<Path>, target: &str) -> Result<()> {
-        let source = source.as_ref();
-        let data = std::fs::read(source)
-            .map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
-        self.upload(&data, target)
-    }
-
-    /// Copies a guest file or directory to `<output dir>/<target_dir>/<name>` (NixOS
-    /// `copy_from_machine`); returns the host path.
-    pub fn copy_from_machine(&self, source: &str, target_dir: &str) -> Result<PathBuf> {
-        use base64::Engine;
-        let name = Path::new(source)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "root".into());
-        let dest_dir = self.ctx.out_dir.join(target_dir);
-        std::fs::create_dir_all(&dest_dir)
-            .map_err(|e| Error::io(format!("creating {}", dest_dir.display()), e))?;
-        let dest = dest_dir.join(&name);
-        self.nested(
-            &format!("copying {source} from the machine to {}", dest.display()),
-            || {
-                let q = quote(source);
-                let is_dir = self.run_command(&format!("test -d {q}"), None)?.0 == 0;
-                let cmd = if is_dir {
-                    format!("tar -c -C {q} . | base64 -w0")
-                } else {
-                    format!("base64 -w0 < {q}")
-                };
-                let b64 = self.run_checked(&cmd)?;
-                let data = base64::engine::general_purpose::STANDARD
-                    .decode(b64.trim())
-                    .map_err(|e| {
-                        Error::backend(Some(self.name()), format!("decoding {source}"), e)
-                    })?;
-                if is_dir {
-                    std::fs::create_dir_all(&dest)
-                        .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
-                    untar(&data, &dest)?;
-                } else {
-                    std::fs::write(&dest, data)
-                        .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
-                }
-                Ok(dest.clone())
-            },
-        )
-    }
 }
 
 /// Parses `systemctl show` output (`Key=Value` lines).
@@ -664,53 +552,6 @@ pub(crate) fn parse_properties(out: &str) -> BTreeMap<String, String> {
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-fn tar_dir(dir: &Path) -> Result<Vec<u8>> {
-    let out = std::process::Command::new("tar")
-        .arg("-c")
-        .arg("-C")
-        .arg(dir)
-        .arg(".")
-        .output()
-        .map_err(|e| {
-            Error::io(
-                "running tar on the host (install the Debian package tar)",
-                e,
-            )
-        })?;
-    if !out.status.success() {
-        return Err(Error::Invalid(format!(
-            "tar of {} failed: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(out.stdout)
-}
-
-fn untar(data: &[u8], dest: &Path) -> Result<()> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("tar")
-        .arg("-x")
-        .arg("-C")
-        .arg(dest)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io("running tar on the host", e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(data)
-            .map_err(|e| Error::io("feeding tar", e))?;
-    }
-    let st = child.wait().map_err(|e| Error::io("waiting for tar", e))?;
-    if !st.success() {
-        return Err(Error::Invalid(format!(
-            "extracting into {} failed",
-            dest.display()
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! one machine are serialised.
 
 mod commands;
+mod copy;
 mod display;
 pub(crate) mod scripts;
 mod timeout;
