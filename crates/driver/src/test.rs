@@ -314,48 +314,6 @@ impl<'a> Test<'a> {
     }
 }
 
-#[cfg(test)]
-mod name_tests {
-    use super::*;
-
-    #[test]
-    fn test_names_are_one_path_component() {
-        for bad in ["", ".", "..", "a/b", "/abs", "../up", "tab\tname", "nul\0"] {
-            assert!(!valid_test_name(bad), "{bad:?}");
-        }
-        for good in ["postgrest", "vm-single", "a.b", "..x", "ünïcode"] {
-            assert!(valid_test_name(good), "{good:?}");
-        }
-        let e = Test::new("..")
-            .node("m", NodeConfig::new())
-            .validate()
-            .unwrap_err();
-        assert!(e.to_string().contains("test name `..` is invalid"), "{e}");
-    }
-
-    #[test]
-    fn the_default_output_base_is_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let uid = nix::unistd::getuid().as_raw();
-        let dir = tmp.path().join("out");
-        private_dir(&dir, uid).unwrap();
-        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
-        // Reused as it is.
-        private_dir(&dir, uid).unwrap();
-        // World-writable, a symlink, or another owner: refused.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(private_dir(&dir, uid).is_err());
-        let link = tmp.path().join("link");
-        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
-        assert!(private_dir(&link, uid).is_err());
-        let other = tmp.path().join("other");
-        std::fs::create_dir(&other).unwrap();
-        assert!(private_dir(&other, uid + 1).is_err());
-    }
-}
-
 fn valid_node_name(n: &str) -> bool {
     let b = n.as_bytes();
     !b.is_empty()
@@ -777,4 +735,46 @@ fn warm_choice(
         nic_names,
         nic_macs,
     })
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn test_names_are_one_path_component() {
+        for bad in ["", ".", "..", "a/b", "/abs", "../up", "tab\tname", "nul\0"] {
+            assert!(!valid_test_name(bad), "{bad:?}");
+        }
+        for good in ["postgrest", "vm-single", "a.b", "..x", "ünïcode"] {
+            assert!(valid_test_name(good), "{good:?}");
+        }
+        let e = Test::new("..")
+            .node("m", NodeConfig::new())
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("test name `..` is invalid"), "{e}");
+    }
+
+    #[test]
+    fn the_default_output_base_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let dir = tmp.path().join("out");
+        private_dir(&dir, uid).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // Reused as it is.
+        private_dir(&dir, uid).unwrap();
+        // World-writable, a symlink, or another owner: refused.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_dir(&dir, uid).is_err());
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+        assert!(private_dir(&link, uid).is_err());
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        assert!(private_dir(&other, uid + 1).is_err());
+    }
 }

@@ -29,6 +29,10 @@ use crate::error::{Error, Result};
 use crate::timeouts::DEFAULT_TIMEOUT;
 use crate::vlan::VLan;
 
+/// How many bytes of one command's output go to the log at most (the command's result keeps
+/// the backdoor's own, larger bound).
+const LOG_BUDGET: usize = 16 << 20;
+
 /// How long taking over a re-spawned guest shell may take (its greeting is already read).
 const RESPAWN_RECONNECT: Duration = Duration::from_secs(30);
 
@@ -194,17 +198,35 @@ impl Machine {
     /// Ctrl-C (`TestRun::interrupt`) ends the wait.
     pub(crate) fn with_shell<T>(&self, f: impl AsyncFnOnce(&mut Shell) -> T) -> Result<T> {
         let run = self.require_running("use the backdoor shell")?;
-        self.ctx.block_on(false, async {
+        let intr = self.ctx.interrupted(false);
+        let res = self.ctx.handle.block_on(async {
+            tokio::pin!(intr);
             let mut slot = run.shell.lock().await;
-            self.ensure_connected(&run, &mut slot).await?;
+            tokio::select! {
+                r = self.ensure_connected(&run, &mut slot) => r?,
+                e = &mut intr => return Err(e),
+            }
             let ShellSlot::Ready(shell) = &mut *slot else {
                 return Err(Error::NotRunning {
                     machine: self.name.clone(),
                     message: "the backdoor shell is not connected".into(),
                 });
             };
-            Ok(f(shell).await)
-        })
+            let canceller = shell.canceller();
+            let fut = f(shell);
+            tokio::pin!(fut);
+            tokio::select! {
+                v = &mut fut => Ok(v),
+                e = &mut intr => {
+                    // Kill the guest command too (not only stop reading its output), and let the
+                    // shell read the command's end so that it stays in step.
+                    canceller.cancel();
+                    let _ = tokio::time::timeout(Duration::from_secs(15), &mut fut).await;
+                    Err(e)
+                }
+            }
+        });
+        res.map_err(|e| self.ctx.resolve_interrupt(e))
     }
 
     /// Whether QEMU is running (NixOS `booted`).
@@ -642,10 +664,16 @@ impl Machine {
             };
             let canceller = shell.canceller();
             let logger = &self.ctx.logger;
-            let mut stream = |line: &[u8]| {
-                if log_output {
+            // At most LOG_BUDGET bytes of one command's output reach the log (`yes` must not
+            // fill the disk); the rest is counted and said once.
+            let (mut logged, mut unlogged) = (0usize, 0u64);
+            let mut stream = |line: &[u8]| match log_output {
+                false => {}
+                true if logged < LOG_BUDGET => {
+                    logged += line.len() + 1;
                     logger.output(&self.name, &String::from_utf8_lossy(line));
                 }
+                true => unlogged += 1,
             };
             let r = {
                 let fut = shell.execute(command, timeout, &mut stream);
@@ -659,6 +687,14 @@ impl Machine {
                     }
                 }
             };
+            if unlogged > 0 {
+                logger.output(
+                    &self.name,
+                    &format!(
+                        "[machinist: {unlogged} more output lines of this command not logged]"
+                    ),
+                );
+            }
             match r {
                 Ok(o) => Ok((o.code, o.stdout)),
                 Err(ShellError::Timeout { stdout, .. }) => Ok((124, stdout)),

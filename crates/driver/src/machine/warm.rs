@@ -292,16 +292,9 @@ impl Machine {
             || format!("copying {}", snap.disk.display()),
             std::fs::copy(&snap.disk, &base),
         )?;
-        let mut perm = self
-            .io(
-                || format!("reading {}", base.display()),
-                std::fs::metadata(&base),
-            )?
-            .permissions();
-        perm.set_readonly(false);
         self.io(
             || format!("making {} writable", base.display()),
-            std::fs::set_permissions(&base, perm),
+            std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o600)),
         )?;
         let pinned = self.pinned_image()?;
         machinist_qemu::overlay::repoint_backing(&base, &pinned, &self.spec.disk_format).map_err(
