@@ -41,6 +41,10 @@ pub struct OptionalFeature {
     pub feature: String,
     /// Test targets (`[[test]]`) whose `required-features` include it.
     pub tests: Vec<String>,
+    /// The package has a library target (its unit tests run with `--lib`).
+    pub has_lib: bool,
+    /// The package has binary targets (their unit tests run with `--bins`).
+    pub has_bins: bool,
 }
 
 /// Lists every non-default feature of every workspace member, with its test targets.
@@ -50,6 +54,13 @@ pub fn optional_features(metadata: &serde_json::Value) -> Vec<OptionalFeature> {
         let name = pkg["name"].as_str().unwrap_or_default();
         let Some(features) = pkg["features"].as_object() else {
             continue;
+        };
+        let has_kind = |kind: &str| {
+            pkg["targets"].as_array().into_iter().flatten().any(|t| {
+                t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == kind))
+            })
         };
         for f in features.keys().filter(|f| *f != "default") {
             let tests = pkg["targets"]
@@ -72,6 +83,8 @@ pub fn optional_features(metadata: &serde_json::Value) -> Vec<OptionalFeature> {
                 package: name.to_string(),
                 feature: f.clone(),
                 tests,
+                has_lib: has_kind("lib"),
+                has_bins: has_kind("bin"),
             });
         }
     }
@@ -102,7 +115,13 @@ pub fn run_all() -> Result<()> {
         })?;
         phase(&format!("test {pkg} --features {feature}"), || {
             let mut cmd = cargo();
-            cmd.args(["test", "-p", pkg, "--features", feature, "--lib"]);
+            cmd.args(["test", "-p", pkg, "--features", feature]);
+            if f.has_lib {
+                cmd.arg("--lib");
+            }
+            if f.has_bins {
+                cmd.arg("--bins");
+            }
             for t in &f.tests {
                 cmd.args(["--test", t]);
             }
@@ -126,15 +145,27 @@ mod tests {
                 {"name": "inprocess", "kind": ["test"], "required-features": ["libtesseract"]},
                 {"name": "inprocess", "kind": ["example"], "required-features": ["libtesseract"]},
              ]},
-            {"name": "xtask", "features": {}, "targets": []},
+            {"name": "xtask", "features": {"bench": []},
+             "targets": [{"name": "xtask", "kind": ["bin"]}]},
         ]});
         assert_eq!(
             optional_features(&meta),
-            [OptionalFeature {
-                package: "machinist-ocr".into(),
-                feature: "libtesseract".into(),
-                tests: vec!["inprocess".into()],
-            }]
+            [
+                OptionalFeature {
+                    package: "machinist-ocr".into(),
+                    feature: "libtesseract".into(),
+                    tests: vec!["inprocess".into()],
+                    has_lib: true,
+                    has_bins: false,
+                },
+                OptionalFeature {
+                    package: "xtask".into(),
+                    feature: "bench".into(),
+                    tests: vec![],
+                    has_lib: false,
+                    has_bins: true,
+                }
+            ]
         );
     }
 }
