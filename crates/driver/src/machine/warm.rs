@@ -462,7 +462,7 @@ mod tests {
         assert!(s.contains("machinist_nic 52:54:00:ee:00:01 52:54:00:12:01:01 vlan1\n"));
         assert!(s.contains("machinist_nic 52:54:00:ee:00:02 52:54:00:12:02:01 vlan2\n"));
         assert!(s.contains("systemctl stop -- postgresql.service"));
-        assert!(s.ends_with("--live '/run/machinist-layer'\n"));
+        assert!(s.ends_with("--live /run/machinist-layer\n"), "{s}");
         let out = std::process::Command::new("bash")
             .args(["-n", "-c", &s])
             .output()
