@@ -20,11 +20,40 @@ pub fn create_qcow2_overlay(
             path: backing.to_path_buf(),
         });
     }
-    let backing_abs = std::path::absolute(backing)
-        .map_err(|e| QemuError::io(format!("resolving {}", backing.display()), e))?;
+    let backing_abs = absolute(backing)?;
+    qemu_img(
+        &["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"],
+        &backing_abs,
+        overlay,
+    )
+}
+
+/// Points the qcow2 image `overlay` at `backing` (format `backing_format`) without reading or
+/// copying any data (`qemu-img rebase -u`): for a backing file that moved, e.g. one pinned by a
+/// hard link. The caller guarantees that the new backing file holds the same bytes.
+pub fn repoint_backing(
+    overlay: &Path,
+    backing: &Path,
+    backing_format: &str,
+) -> Result<(), QemuError> {
+    let backing_abs = absolute(backing)?;
+    qemu_img(
+        &["rebase", "-u", "-f", "qcow2", "-F", backing_format, "-b"],
+        &backing_abs,
+        overlay,
+    )
+}
+
+fn absolute(p: &Path) -> Result<std::path::PathBuf, QemuError> {
+    std::path::absolute(p).map_err(|e| QemuError::io(format!("resolving {}", p.display()), e))
+}
+
+/// Runs `qemu-img <args> <backing> <overlay>`; the error quotes its stderr and names the Debian
+/// package when `qemu-img` is missing.
+fn qemu_img(args: &[&str], backing: &Path, overlay: &Path) -> Result<(), QemuError> {
     let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
-        .arg(&backing_abs)
+        .args(args)
+        .arg(backing)
         .arg(overlay)
         .output()
         .map_err(|e| {
@@ -40,43 +69,9 @@ pub fn create_qcow2_overlay(
     if !out.status.success() {
         return Err(QemuError::io(
             format!(
-                "qemu-img create -b {} {} failed: {}",
-                backing_abs.display(),
-                overlay.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            std::io::Error::other("qemu-img failed"),
-        ));
-    }
-    Ok(())
-}
-
-/// Points the qcow2 image `overlay` at `backing` (format `backing_format`) without reading or
-/// copying any data (`qemu-img rebase -u`): for a backing file that moved, e.g. one pinned by a
-/// hard link. The caller guarantees that the new backing file holds the same bytes.
-pub fn repoint_backing(
-    overlay: &Path,
-    backing: &Path,
-    backing_format: &str,
-) -> Result<(), QemuError> {
-    let backing_abs = std::path::absolute(backing)
-        .map_err(|e| QemuError::io(format!("resolving {}", backing.display()), e))?;
-    let out = Command::new("qemu-img")
-        .args(["rebase", "-u", "-f", "qcow2", "-F", backing_format, "-b"])
-        .arg(&backing_abs)
-        .arg(overlay)
-        .output()
-        .map_err(|e| {
-            QemuError::io(
-                "running qemu-img (install the Debian package qemu-utils)",
-                e,
-            )
-        })?;
-    if !out.status.success() {
-        return Err(QemuError::io(
-            format!(
-                "qemu-img rebase -u -b {} {} failed: {}",
-                backing_abs.display(),
+                "qemu-img {} {} {} failed: {}",
+                args.join(" "),
+                backing.display(),
                 overlay.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
