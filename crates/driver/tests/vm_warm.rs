@@ -98,21 +98,21 @@ fn vm_warm_corrupt_snapshot_is_rebuilt() {
     };
     let out = common::out_dir("vm_warm_corrupt_1");
     single().output_dir(&out).run().unwrap();
-    let root = machinist::warm::snapshot_root();
-    let mut n = 0;
-    for e in std::fs::read_dir(&root).unwrap().flatten() {
-        let state = e.path().join("state");
-        if state.is_file() {
-            let len = std::fs::metadata(&state).unwrap().len();
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&state)
-                .unwrap();
-            f.set_len(len / 2).unwrap();
-            n += 1;
-        }
-    }
-    assert!(n > 0, "no snapshot under {}", root.display());
+    // Only this test's own snapshot is damaged: other tests' snapshots in the shared cache
+    // must not be touched.
+    let log = log_text(&out);
+    let key = regex::Regex::new(r"restored from snapshot ([0-9a-f]+)")
+        .unwrap()
+        .captures(&log)
+        .unwrap_or_else(|| panic!("the first run was not restored:\n{log}"))[1]
+        .to_string();
+    let state = machinist::warm::snapshot_root().join(&key).join("state");
+    let len = std::fs::metadata(&state).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap();
+    f.set_len(len / 2).unwrap();
     let out = common::out_dir("vm_warm_corrupt_2");
     let started = std::time::Instant::now();
     single().output_dir(&out).run().unwrap();

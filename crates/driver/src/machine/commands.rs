@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 use crate::timeouts::DEFAULT_TIMEOUT;
 
 /// Extra host-side slack over a guest-side loop deadline before the command is killed (the
-/// guest loop kills a hanging attempt at its deadline, with a 2 s grace).
-const HOST_SLACK: Duration = Duration::from_secs(5);
+/// guest loop's last attempt may run [`scripts::ATTEMPT_GRACE`] past the deadline, plus a 2 s
+/// kill grace).
+const HOST_SLACK: Duration = Duration::from_secs(8);
 
 /// Options of [`Machine::wait_for_unit_with`].
 #[derive(Debug, Clone, Default)]

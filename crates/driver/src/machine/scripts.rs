@@ -30,6 +30,12 @@ fn loop_head(timeout_us: u128) -> String {
 /// `<LAST_ATTEMPT> <exit code>[ <pid of a background process holding the output>...]`.
 pub(crate) const LAST_ATTEMPT: &str = "__machinist_last_attempt__";
 
+/// How long the last attempt of a wait may run past the wait's deadline before it is killed: an
+/// attempt started just before the deadline (a `curl` that needs a second under TCG) may still
+/// succeed, as under NixOS, while a hanging one ends within the timeout plus this (plus a 2 s
+/// kill grace).
+pub(crate) const ATTEMPT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Exit code of a wait loop whose attempt left a background process holding its stdout.
 pub(crate) const EXIT_BACKGROUND: i32 = 5;
 
@@ -37,8 +43,9 @@ pub(crate) const EXIT_BACKGROUND: i32 = 5;
 /// status is zero (`want_success`) or non-zero, or the guest deadline passes.
 ///
 /// Each attempt writes its stdout to a file (not a pipe: a background process that keeps the
-/// output open must not stall the loop) and runs under coreutils `timeout` for the time left,
-/// so a hanging attempt ends at the deadline (its whole process group is killed). After each
+/// output open must not stall the loop) and runs under coreutils `timeout` for the time left
+/// plus [`ATTEMPT_GRACE`], so a hanging attempt ends soon after the deadline (its whole process
+/// group is killed). After each
 /// attempt, a process that still holds the output file open (re-checked over 0.3 s, so that a
 /// process just killed with the attempt has time to die) is reported at once (exit
 /// [`EXIT_BACKGROUND`]), as `succeed` does.
@@ -58,7 +65,7 @@ pub(crate) fn wait_until(cmd: &str, want_success: bool, timeout_us: u128) -> Str
          __mn_to=; command -v timeout >/dev/null && __mn_to=1\n\
          __mn_show() {{ cat \"$__mn_f\"; rm -f \"$__mn_f\"; }}\n\
          while :; do\n\
-         \x20 __mn_now; __mn_left=$(( __mn_end - __mn_t )); (( __mn_left > 10000 )) || __mn_left=10000\n\
+         \x20 __mn_now; __mn_left=$(( __mn_end - __mn_t + {grace_us} )); (( __mn_left > 10000 )) || __mn_left=10000\n\
          \x20 if [[ -n $__mn_to ]]; then\n\
          \x20   printf -v __mn_s '%d.%06d' $((__mn_left / 1000000)) $((__mn_left % 1000000))\n\
          \x20   timeout -k 2 \"$__mn_s\" bash --norc -c 'set -euo pipefail; eval \"$1\"' machinist \"$__mn_cmd\" >\"$__mn_f\"; __mn_rc=$?\n\
@@ -77,6 +84,7 @@ pub(crate) fn wait_until(cmd: &str, want_success: bool, timeout_us: u128) -> Str
          done\n",
         head = loop_head(timeout_us),
         cmd = quote(cmd),
+        grace_us = ATTEMPT_GRACE.as_micros(),
     )
 }
 
@@ -297,6 +305,10 @@ mod tests {
         // kill grace, and says the last attempt was killed (timeout's 124).
         let (code, out, took) = run(&wait_until("echo started; sleep 30", true, 1_000_000));
         assert_eq!(code, 124, "{out}");
+        assert!(
+            took >= ATTEMPT_GRACE,
+            "the last attempt gets its grace: {took:?}"
+        );
         assert_eq!(
             parse_wait(code, &out),
             WaitEnd::TimedOut {
@@ -304,7 +316,10 @@ mod tests {
                 last_code: Some(124)
             }
         );
-        assert!(took < Duration::from_secs(4), "{took:?}");
+        assert!(
+            took < Duration::from_secs(1) + ATTEMPT_GRACE + Duration::from_secs(2),
+            "{took:?}"
+        );
     }
 
     #[test]
