@@ -106,9 +106,16 @@ impl Machine {
     }
 
     /// Runs a guest-side loop script with a guest deadline of `t`; returns (code, stdout).
+    /// The loop prints only the deciding attempt's output, at its end: it is logged then, like a
+    /// command's output, without the loop's own trailer line.
     fn guest_loop(&self, script: &str, t: Duration) -> Result<(i32, String)> {
-        let (code, out) = self.run_command(script, Some(t + HOST_SLACK))?;
-        Ok((code, String::from_utf8_lossy(&out).into_owned()))
+        let (code, out) = self.run_command_quiet(script, Some(t + HOST_SLACK))?;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let (attempt, _) = scripts::split_trailer(code, &out);
+        for line in attempt.lines() {
+            self.ctx.logger.output(self.name(), line);
+        }
+        Ok((code, out))
     }
 
     fn wait_until(

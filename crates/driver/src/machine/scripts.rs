@@ -111,16 +111,22 @@ pub(crate) enum WaitEnd {
     },
 }
 
+/// Splits a guest wait loop's stdout into the attempt's output and the fields of its
+/// [`LAST_ATTEMPT`] line (empty when the loop succeeded or printed none).
+pub(crate) fn split_trailer(code: i32, out: &str) -> (&str, &str) {
+    let tag = format!("\n{LAST_ATTEMPT} ");
+    match out.rfind(&tag) {
+        Some(i) if code != 0 => (&out[..i], out[i + tag.len()..].trim_end()),
+        _ => (out, ""),
+    }
+}
+
 /// Parses the exit code and stdout of a [`wait_until`] loop.
 pub(crate) fn parse_wait(code: i32, out: &str) -> WaitEnd {
     if code == 0 {
         return WaitEnd::Done(out.to_string());
     }
-    let tag = format!("\n{LAST_ATTEMPT} ");
-    let (output, fields) = match out.rfind(&tag) {
-        Some(i) => (&out[..i], out[i + tag.len()..].trim_end()),
-        None => (out, ""),
-    };
+    let (output, fields) = split_trailer(code, out);
     let mut words = fields.split_whitespace().map(str::parse::<i64>);
     let last_code = words
         .next()
