@@ -1,4 +1,5 @@
-//! State shared by a test run and its machines.
+//! What a test run shares with its machines: the async runtime, the log, the timeout policy,
+//! the abort and interrupt signals, the polling conditions and the boot board.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::log::Logger;
 use crate::polling::Registry;
-use crate::timeouts::TimeoutScale;
+use crate::timeouts::Timeouts;
 
 /// Why every in-flight wait must stop now.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,10 +23,10 @@ pub(crate) enum Abort {
 pub(crate) struct Ctx {
     pub(crate) logger: Logger,
     pub(crate) handle: tokio::runtime::Handle,
-    pub(crate) scale: TimeoutScale,
+    /// Every timeout of the run.
+    pub(crate) timeouts: Timeouts,
     pub(crate) run_dir: PathBuf,
     pub(crate) out_dir: PathBuf,
-    pub(crate) boot_deadline: Duration,
     pub(crate) abort_tx: watch::Sender<Option<Abort>>,
     /// Bumped by `TestRun::interrupt` (Ctrl-C): every wait in flight stops with
     /// `Error::Interrupted`; later calls are unaffected.
@@ -36,14 +37,14 @@ pub(crate) struct Ctx {
     pub(crate) warm_start: bool,
     /// The accelerator every machine of the run uses (probed once per host and cached).
     pub(crate) accel: machinist_qemu::Accel,
-    /// Every machine of the run (for boot settling).
-    pub(crate) machines: std::sync::Mutex<Vec<std::sync::Weak<crate::machine::Machine>>>,
+    /// Every machine of the run, for the boot settle of timed waits.
+    pub(crate) boots: crate::settle::BootBoard,
 }
 
 impl Ctx {
-    /// Scales a user-facing timeout.
+    /// Scales a timeout given by the script.
     pub(crate) fn scaled(&self, d: Duration) -> Duration {
-        self.scale.apply(d)
+        self.timeouts.scaled(d)
     }
 
     pub(crate) fn aborted(&self) -> Option<Abort> {

@@ -26,6 +26,7 @@
 //! Templates for node files use strict `@name@` substitution: see [`template`].
 
 pub mod backdoor_bench;
+mod backend;
 mod ctx;
 pub mod error;
 pub mod log;
@@ -36,22 +37,25 @@ mod polling;
 mod run;
 pub mod stale;
 pub mod template;
+mod settle;
 mod test;
 pub mod timeouts;
 mod vlan;
 pub mod warm;
 pub mod warm_bench;
-mod watchdog;
+
 
 pub use error::{BoxError, Error, Result};
 pub use log::{Logger, Span};
-pub use machine::{Commands, ExecResult, IntoTimeout, Machine, StartKind, WaitForUnit};
+pub use backend::BackendKind;
+pub use machine::{Commands, ExecResult, Machine, StartKind, WaitForUnit};
 pub use node::Node;
 pub use polling::{CheckOutcome, PollingCondition};
-pub use run::TestRun;
+pub use run::{Report, ScriptResult, TestRun};
 pub use template::{substitute_all, substitute_file, substitute_named, TemplateError, Vars};
-pub use test::{Report, ScriptResult, Test};
-pub use timeouts::TimeoutScale;
+pub use test::Test;
+pub use timeouts::{IntoTimeout, TimeoutScale, Timeouts};
+pub use warm::Prepared;
 pub use vlan::VLan;
 
 /// Re-exports of the guest crate's configuration types, so tests need only `machinist`.

@@ -1,19 +1,13 @@
 //! Command-level Machine methods: succeed/fail, waits, systemd, files, ports, copies.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::scripts::{self, quote};
-use super::{Commands, IntoTimeout, Machine};
+use super::{Commands, Machine};
 use crate::ctx::Deadline;
 use crate::error::{Error, Result};
-use crate::timeouts::DEFAULT_TIMEOUT;
-
-/// Extra host-side slack over a guest-side loop deadline before the command is killed (the
-/// guest loop's last attempt may run [`scripts::ATTEMPT_GRACE`] past the deadline, plus a 2 s
-/// kill grace).
-const HOST_SLACK: Duration = Duration::from_secs(8);
+use crate::timeouts::{IntoTimeout, Wait, DEFAULT_TIMEOUT};
 
 /// Options of [`Machine::wait_for_unit_with`].
 #[derive(Debug, Clone, Default)]
@@ -30,7 +24,7 @@ pub struct WaitForUnit {
 
 impl Machine {
     fn timeout_or_default(&self, t: impl IntoTimeout) -> Duration {
-        self.ctx.scaled(t.into_timeout().unwrap_or(DEFAULT_TIMEOUT))
+        self.ctx.timeouts.arg(t, DEFAULT_TIMEOUT)
     }
 
     /// Runs each command, requiring exit code 0 (NixOS `succeed`); returns the concatenated
@@ -105,11 +99,17 @@ impl Machine {
         Ok(output)
     }
 
+    /// How long a guest loop's last attempt may run past its deadline, in microseconds.
+    fn grace_us(&self) -> u128 {
+        self.ctx.timeouts.of(Wait::AttemptGrace).as_micros()
+    }
+
     /// Runs a guest-side loop script with a guest deadline of `t`; returns (code, stdout).
     /// The loop prints only the deciding attempt's output, at its end: it is logged then, like a
     /// command's output, without the loop's own trailer line.
     fn guest_loop(&self, script: &str, t: Duration) -> Result<(i32, String)> {
-        let (code, out) = self.run_command_quiet(script, Some(t + HOST_SLACK))?;
+        let slack = self.ctx.timeouts.of(Wait::GuestLoopSlack);
+        let (code, out) = self.run_command_quiet(script, Some(t + slack))?;
         let out = String::from_utf8_lossy(&out).into_owned();
         let (attempt, _) = scripts::split_trailer(code, &out);
         for line in attempt.lines() {
@@ -130,7 +130,7 @@ impl Machine {
             // The boot wait must not eat into `t`: connect first (a no-op once connected).
             self.settle_boots()?;
             let deadline = Deadline::new(t);
-            let script = scripts::wait_until(command, want_success, t.as_micros());
+            let script = scripts::wait_until(command, want_success, t.as_micros(), self.grace_us());
             let (code, out) = self.guest_loop(&script, t)?;
             self.wait_outcome(command, command, code, &out, t, &deadline)
         })
@@ -176,84 +176,6 @@ impl Machine {
                 })
             }
         }
-    }
-
-    /// Makes sure the machine runs and its shell is connected (waits for the boot under the boot
-    /// deadline). Commands do this implicitly.
-    pub fn ensure_up(&self) -> Result<()> {
-        if self.is_up() {
-            return Ok(());
-        }
-        self.run_command("true", None).map(drop)
-    }
-
-    /// Before a timed wait starts its clock, every machine that is still booting (this one
-    /// included) finishes booting: its backdoor greets us and systemd finishes starting up
-    /// (`systemctl is-system-running --wait`, at most 60 s (scaled) within the boot deadline).
-    /// So `client.wait_until_succeeds("curl server", 7)` right after `start_all()` means seven
-    /// seconds of trying once both machines have booted, even under TCG on a loaded host (NixOS
-    /// only gets away with it thanks to KVM). Plain commands (`succeed`, `execute`) only wait for
-    /// their own machine's backdoor. A peer that fails to boot is left for its own commands to
-    /// report.
-    pub(crate) fn settle_boots(&self) -> Result<()> {
-        self.ensure_up()?;
-        if crate::polling::in_check() {
-            return Ok(());
-        }
-        let mut booting: Vec<Arc<Machine>> = self
-            .ctx
-            .machines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(|w| w.upgrade())
-            .filter(|m| m.is_booting())
-            .collect();
-        if booting.is_empty() {
-            return Ok(());
-        }
-        booting.sort_by(|a, b| a.name().cmp(b.name()));
-        std::thread::scope(|s| {
-            for p in &booting {
-                s.spawn(move || {
-                    if let Err(e) = p.settle() {
-                        p.log_line(&format!("did not finish booting: {e}"));
-                    }
-                });
-            }
-        });
-        self.ctx.before_command()
-    }
-
-    /// Waits for this machine's backdoor and for systemd to finish starting up.
-    fn settle(&self) -> Result<()> {
-        self.ensure_up()?;
-        let Some(run) = self.current() else {
-            return Ok(());
-        };
-        if run.settled.load(std::sync::atomic::Ordering::Acquire) {
-            return Ok(());
-        }
-        let cap = self.ctx.scaled(Duration::from_secs(60));
-        let span = self.ctx.logger.begin(
-            Some(self.name()),
-            "waiting for systemd to finish starting up",
-        );
-        let (code, out) =
-            self.run_command("systemctl is-system-running --wait 2>&1 || true", Some(cap))?;
-        let state = String::from_utf8_lossy(&out).trim().to_string();
-        if code == 124 {
-            self.log_line(&format!(
-                "systemd is still starting after {} s; going on",
-                cap.as_secs()
-            ));
-        } else if state != "running" {
-            self.log_line(&format!("system state: {state} (see `systemctl --failed`)"));
-        }
-        run.settled
-            .store(true, std::sync::atomic::Ordering::Release);
-        span.finish();
-        Ok(())
     }
 
     /// Repeats `command` until it succeeds (NixOS `wait_until_succeeds`); returns its stdout.
@@ -415,7 +337,7 @@ impl Machine {
     /// error message (empty if the guest cannot tell).
     fn unit_diagnostics(&self, unit: &str, user: Option<&str>) -> String {
         let script = scripts::unit_diagnostics(unit, user);
-        match self.run_command(&script, Some(self.ctx.scaled(Duration::from_secs(30)))) {
+        match self.run_command(&script, Some(self.ctx.timeouts.of(Wait::UnitDiagnostics))) {
             Ok((_, out)) => {
                 let text = String::from_utf8_lossy(&out).trim_end().to_string();
                 for line in text.lines() {
@@ -477,7 +399,7 @@ impl Machine {
         self.settle_boots()?;
         let deadline = Deadline::new(t);
         let (code, out) =
-            self.guest_loop(&scripts::wait_until(probe, want_success, t.as_micros()), t)?;
+            self.guest_loop(&scripts::wait_until(probe, want_success, t.as_micros(), self.grace_us()), t)?;
         self.wait_outcome(probe, what, code, &out, t, &deadline)
             .map(drop)
     }

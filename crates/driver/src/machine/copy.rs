@@ -69,7 +69,7 @@ impl Machine {
 
     /// Runs a command quietly (no nested log), failing on a non-zero exit.
     fn run_checked(&self, cmd: &str) -> Result<String> {
-        let (code, out) = self.run_command(cmd, Some(self.ctx.scaled(DEFAULT_TIMEOUT)))?;
+        let (code, out) = self.run_command(cmd, Some(self.ctx.timeouts.scaled(DEFAULT_TIMEOUT)))?;
         let out = String::from_utf8_lossy(&out).into_owned();
         if code != 0 {
             return Err(Error::CommandFailed {
@@ -152,7 +152,7 @@ impl Machine {
             .open(into)
             .map_err(|e| Error::io(format!("creating {}", into.display()), e))?;
         let mut sink = Base64Sink::new(file);
-        let timeout = self.ctx.scaled(DEFAULT_TIMEOUT);
+        let timeout = self.ctx.timeouts.scaled(DEFAULT_TIMEOUT);
         let r = self.with_shell(async |shell| {
             let old = shell.output_limit();
             shell.set_output_limit(DOWNLOAD_OUTPUT_LIMIT);

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{IntoTimeout, Machine};
+use super::Machine;
 use crate::ctx::Deadline;
 use crate::error::{Error, Result};
-use crate::timeouts::DEFAULT_TIMEOUT;
+use crate::timeouts::{IntoTimeout, Pace, Wait, DEFAULT_TIMEOUT};
 
 /// NixOS' `CHAR_TO_KEY`: characters to HMP `sendkey` names.
 pub(crate) fn char_to_key(c: char) -> Option<String> {
@@ -61,7 +61,7 @@ impl Machine {
     /// Presses `key` (an HMP `sendkey` name like `ctrl-alt-delete`, `ret`, or one character)
     /// (NixOS `send_key`, delay 0.01 s).
     pub fn send_key(&self, key: &str) -> Result<()> {
-        self.send_key_with(key, Duration::from_millis(10), true)
+        self.send_key_with(key, Pace::KeyDelay.get(), true)
     }
 
     /// [`Machine::send_key`] with a delay after the key and optional logging.
@@ -90,7 +90,7 @@ impl Machine {
 
     /// Types `chars` one key at a time (NixOS `send_chars`, 0.01 s between keys).
     pub fn send_chars(&self, chars: &str) -> Result<()> {
-        self.send_chars_with(chars, Duration::from_millis(10))
+        self.send_chars_with(chars, Pace::KeyDelay.get())
     }
 
     /// [`Machine::send_chars`] with another delay between keys.
@@ -112,8 +112,9 @@ impl Machine {
         } else {
             machinist_qemu::ScreendumpFormat::Png
         };
+        let qmp = self.monitor(&run, "screenshot")?;
         self.ctx.block_on(false, async move {
-            run.qmp.screendump(&p, format).await.map_err(|e| {
+            qmp.screendump(&p, format).await.map_err(|e| {
                 Error::backend(Some(&name), format!("screendump to {}", p.display()), e)
             })
         })
@@ -195,9 +196,7 @@ impl Machine {
     /// 900 s): fresh screenshots with backoff, variants raced, the last screenshot saved to the
     /// output directory on failure. Returns the matched text.
     pub fn wait_for_text(&self, regex: &str, timeout: impl IntoTimeout) -> Result<String> {
-        let t = self
-            .ctx
-            .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+        let t = self.ctx.timeouts.arg(timeout, DEFAULT_TIMEOUT);
         self.nested(&format!("waiting for {regex} to appear on screen"), || {
             let ocr = self.ocr()?;
             let mut source = || {
@@ -234,9 +233,7 @@ impl Machine {
     ) -> Result<()> {
         let re = regex::Regex::new(regex)
             .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
-        let t = self
-            .ctx
-            .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+        let t = self.ctx.timeouts.arg(timeout, DEFAULT_TIMEOUT);
         self.nested(&format!("waiting for {regex} to appear on tty {tty}"), || {
             let deadline = Deadline::new(t);
             let mut last = String::new();
@@ -255,7 +252,7 @@ impl Machine {
                         last_output: last,
                     });
                 }
-                self.ctx.sleep(Duration::from_millis(500).min(deadline.remaining()))?;
+                self.ctx.sleep(Pace::ScreenPoll.get().min(deadline.remaining()))?;
             }
         })
     }
@@ -270,12 +267,12 @@ impl Machine {
     /// X server binary and no `/tmp/.X11-unix`, or (`need_xwininfo`) no `xwininfo`. One cheap
     /// command; waiting for an X server that can never start would take the whole timeout.
     fn require_x(&self, what: &str, need_xwininfo: bool) -> Result<()> {
-        let (code, _) = self.execute_with(X_PROBE, Duration::from_secs(60))?;
+        let (code, _) = self.execute_with(X_PROBE, Wait::XProbe.base())?;
         let why = match code {
             0 if !need_xwininfo => return Ok(()),
             0 => {
                 let (code, _) =
-                    self.execute_with("command -v xwininfo >/dev/null", Duration::from_secs(60))?;
+                    self.execute_with("command -v xwininfo >/dev/null", Wait::XProbe.base())?;
                 if code == 0 {
                     return Ok(());
                 }
@@ -300,9 +297,7 @@ impl Machine {
     /// `/tmp/.X11-unix/X0` exists. Needs a graphical guest: on a guest with no X server
     /// installed it fails at once with [`Error::NotSupported`].
     pub fn wait_for_x(&self, timeout: impl IntoTimeout) -> Result<()> {
-        let t = self
-            .ctx
-            .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+        let t = self.ctx.timeouts.arg(timeout, DEFAULT_TIMEOUT);
         self.require_x("wait_for_x", false)?;
         self.nested("waiting for the X11 server", || {
             self.wait_until_succeeds(
@@ -332,9 +327,7 @@ impl Machine {
     pub fn wait_for_window(&self, regex: &str, timeout: impl IntoTimeout) -> Result<()> {
         let re = regex::Regex::new(regex)
             .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
-        let t = self
-            .ctx
-            .scaled(timeout.into_timeout().unwrap_or(DEFAULT_TIMEOUT));
+        let t = self.ctx.timeouts.arg(timeout, DEFAULT_TIMEOUT);
         self.require_x("wait_for_window", true)?;
         self.nested("waiting for a window to appear", || {
             let deadline = Deadline::new(t);
@@ -353,7 +346,7 @@ impl Machine {
                         last_output: names.join("\n"),
                     });
                 }
-                self.ctx.sleep(Duration::from_secs(1).min(deadline.remaining()))?;
+                self.ctx.sleep(Pace::RetryPause.get().min(deadline.remaining()))?;
             }
         })
     }

@@ -30,12 +30,6 @@ fn loop_head(timeout_us: u128) -> String {
 /// `<LAST_ATTEMPT> <exit code>[ <pid of a background process holding the output>...]`.
 pub(crate) const LAST_ATTEMPT: &str = "__machinist_last_attempt__";
 
-/// How long the last attempt of a wait may run past the wait's deadline before it is killed: an
-/// attempt started just before the deadline (a `curl` that needs a second under TCG) may still
-/// succeed, as under NixOS, while a hanging one ends within the timeout plus this (plus a 2 s
-/// kill grace).
-pub(crate) const ATTEMPT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
-
 /// Exit code of a wait loop whose attempt left a background process holding its stdout.
 pub(crate) const EXIT_BACKGROUND: i32 = 5;
 
@@ -44,7 +38,8 @@ pub(crate) const EXIT_BACKGROUND: i32 = 5;
 ///
 /// Each attempt writes its stdout to a file (not a pipe: a background process that keeps the
 /// output open must not stall the loop) and runs under coreutils `timeout` for the time left
-/// plus [`ATTEMPT_GRACE`], so a hanging attempt ends soon after the deadline (its whole process
+/// plus `grace_us` ([`crate::timeouts::Wait::AttemptGrace`]: an attempt started just before the
+/// deadline may still succeed, as under NixOS), so a hanging attempt ends soon after the deadline (its whole process
 /// group is killed). After each
 /// attempt, a process that still holds the output file open (re-checked over 0.3 s, so that a
 /// process just killed with the attempt has time to die) is reported at once (exit
@@ -53,7 +48,7 @@ pub(crate) const EXIT_BACKGROUND: i32 = 5;
 /// Exit codes: 0 the wanted outcome (prints that attempt's stdout exactly); 124 the deadline
 /// passed; [`EXIT_BACKGROUND`]. Both failures print the last attempt's stdout, then a
 /// [`LAST_ATTEMPT`] line (see [`parse_wait`]).
-pub(crate) fn wait_until(cmd: &str, want_success: bool, timeout_us: u128) -> String {
+pub(crate) fn wait_until(cmd: &str, want_success: bool, timeout_us: u128, grace_us: u128) -> String {
     let test = if want_success {
         "(( __mn_rc == 0 ))"
     } else {
@@ -84,7 +79,6 @@ pub(crate) fn wait_until(cmd: &str, want_success: bool, timeout_us: u128) -> Str
          done\n",
         head = loop_head(timeout_us),
         cmd = quote(cmd),
-        grace_us = ATTEMPT_GRACE.as_micros(),
     )
 }
 
@@ -246,6 +240,10 @@ pub(crate) fn unix_probe(path: &str, datagram: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timeouts::Wait;
+
+    const GRACE: Duration = Wait::AttemptGrace.base();
+    const GRACE_US: u128 = GRACE.as_micros();
     use std::process::Command;
     use std::time::{Duration, Instant};
 
@@ -286,14 +284,14 @@ mod tests {
              false_unless $((n+1)); printf 'done %s\\n\\n' $((n+1))",
             f = f.display()
         );
-        let (code, out, _) = run(&wait_until(&cmd, true, 5_000_000));
+        let (code, out, _) = run(&wait_until(&cmd, true, 5_000_000, GRACE_US));
         assert_eq!(code, 0);
         assert_eq!(out, "done 3\n\n");
     }
 
     #[test]
     fn wait_until_times_out_with_124_and_last_output() {
-        let (code, out, took) = run(&wait_until("echo nope; exit 3", true, 300_000));
+        let (code, out, took) = run(&wait_until("echo nope; exit 3", true, 300_000, GRACE_US));
         assert_eq!(code, 124);
         assert_eq!(
             parse_wait(code, &out),
@@ -309,10 +307,10 @@ mod tests {
     fn a_hanging_attempt_ends_at_the_deadline() {
         // The attempt itself never returns: the loop still ends within its timeout plus the
         // kill grace, and says the last attempt was killed (timeout's 124).
-        let (code, out, took) = run(&wait_until("echo started; sleep 30", true, 1_000_000));
+        let (code, out, took) = run(&wait_until("echo started; sleep 30", true, 1_000_000, GRACE_US));
         assert_eq!(code, 124, "{out}");
         assert!(
-            took >= ATTEMPT_GRACE,
+            took >= GRACE,
             "the last attempt gets its grace: {took:?}"
         );
         assert_eq!(
@@ -323,14 +321,14 @@ mod tests {
             }
         );
         assert!(
-            took < Duration::from_secs(1) + ATTEMPT_GRACE + Duration::from_secs(2),
+            took < Duration::from_secs(1) + GRACE + Duration::from_secs(2),
             "{took:?}"
         );
     }
 
     #[test]
     fn a_background_process_holding_the_output_is_reported_at_once() {
-        let (code, out, took) = run(&wait_until("echo hi; sleep 30 &", true, 20_000_000));
+        let (code, out, took) = run(&wait_until("echo hi; sleep 30 &", true, 20_000_000, GRACE_US));
         let WaitEnd::Background {
             output,
             code: rc,
@@ -349,6 +347,7 @@ mod tests {
             "sleep 30 >/dev/null 2>&1 & echo $!",
             true,
             5_000_000,
+            GRACE_US,
         ));
         let WaitEnd::Done(pid) = parse_wait(code, &out) else {
             panic!("expected success, got code {code}: {out:?}");
@@ -379,11 +378,11 @@ mod tests {
     #[test]
     fn wait_until_fails_semantics_and_set_e() {
         // `false; true` must fail under set -e: wait_until_fails returns at once.
-        let (code, _, took) = run(&wait_until("false; true", false, 5_000_000));
+        let (code, _, took) = run(&wait_until("false; true", false, 5_000_000, GRACE_US));
         assert_eq!(code, 0);
         assert!(took < Duration::from_secs(1));
         // pipefail applies too.
-        let (code, _, _) = run(&wait_until("false | true", false, 5_000_000));
+        let (code, _, _) = run(&wait_until("false | true", false, 5_000_000, GRACE_US));
         assert_eq!(code, 0);
     }
 

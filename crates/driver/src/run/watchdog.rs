@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use crate::ctx::{Abort, Ctx};
 use crate::machine::Machine;
-
-/// How long the script gets to return after the global timeout before the process exits.
-const GRACE: Duration = Duration::from_secs(60);
+use crate::timeouts::Wait;
 
 /// A running watchdog; [`Watchdog::stop`] disarms it.
 pub(crate) struct Watchdog {
@@ -38,18 +36,19 @@ impl Watchdog {
                 all.extend(extra.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
                 for m in &all {
                     if let Some(r) = m.current() {
-                        r.process.start_kill();
+                        r.instance.start_kill();
                     }
                 }
                 span.finish();
                 drop(all);
                 // The script should now fail fast (every wait watches the abort signal).
-                if rx.recv_timeout(GRACE).is_err() {
+                let grace = ctx.timeouts.of(Wait::GlobalTimeoutGrace);
+                if rx.recv_timeout(grace).is_err() {
                     ctx.logger.error(
                         None,
                         &format!(
                             "the test script did not return within {} seconds after the global timeout; exiting the process",
-                            GRACE.as_secs()
+                            grace.as_secs()
                         ),
                     );
                     ctx.logger.flush();
