@@ -20,6 +20,11 @@
 //! Lines are not indented by depth (NixOS does not indent either); the JSON log keeps the tree
 //! through `id`/`parent`. A block that fails prints no `(finished: ...)` line (as in NixOS); the
 //! JSON log records it with `"ok": false`.
+//!
+//! Facts that tools read (a machine started warm or cold, its shell connected, a subtest's
+//! outcome, the artefacts) are typed [`Event`]s: [`Logger::event`], [`Logger::begin_event`] and
+//! [`Span::end`] print their usual human line and attach the event's fields to its JSON record,
+//! so a reader of `log.jsonl` never has to match the wording of a line.
 
 mod event;
 pub(crate) mod forward;
