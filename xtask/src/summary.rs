@@ -1,6 +1,9 @@
 //! The end-of-run summary of `cargo xtask test-postgrest`, read from the run's `log.jsonl` (the
-//! driver's JSON log: `nest` / `finished` / `log` / `error` / `serial` records with `time` in
-//! seconds since the test started).
+//! driver's JSON log). Facts come only from the typed `event` objects of its records (`name` and
+//! fields: `starting`, `started`, `connected`, `image_ready`, `start_all`, `script_started` /
+//! `script_finished`, `subtest_started` / `subtest_finished`, `artefact`), the records' `time`
+//! (seconds since the test started) and the block ids linking a `nest` record to its `finished`
+//! record; the wording of human lines is never matched (`error` lines are only shown).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,11 +12,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// A block of the log (`nest` ... `finished`).
+/// A block of the log opened by an event (`script_started`, `subtest_started`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Block {
-    /// The block's message (`subtest: ...`).
-    pub message: String,
+    /// The subtest's name (empty for the script).
+    pub name: String,
     /// When it started (seconds since the test started).
     pub start: f64,
     /// `Some(ok)` once finished, `None` if the log ends inside it.
@@ -22,25 +25,36 @@ pub struct Block {
     pub duration: Option<f64>,
 }
 
+/// An image the run made sure of (`image_ready`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    /// The image's name.
+    pub name: String,
+    /// Whether the run built it (rather than taking it from the cache).
+    pub built: bool,
+    /// Seconds spent on it.
+    pub seconds: f64,
+}
+
 /// What the summary needs from a run's log.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunLog {
-    /// When `start all VMs` began.
+    /// When `start_all` began.
     pub start_all: Option<f64>,
-    /// Per machine: seconds from its first `starting vm` to its first `connected to guest root
-    /// shell` (the first boot; a machine's shell connects when the script first uses it).
+    /// Per machine: seconds from its first `starting` to its first `connected` (the first boot;
+    /// a machine's shell connects when the script first uses it).
     pub boots: BTreeMap<String, f64>,
-    /// Per machine: how its first boot went, `warm` (restored from a snapshot) or `cold`.
-    pub boot_kinds: BTreeMap<String, &'static str>,
-    /// `ensuring image ...` blocks (image lookups/builds the run itself did).
-    pub images: Vec<Block>,
-    /// `run the VM test script`.
+    /// Per machine: how its first boot went (`started`'s `kind`: `warm` or `cold`).
+    pub boot_kinds: BTreeMap<String, String>,
+    /// The images the run made sure of.
+    pub images: Vec<Image>,
+    /// The test script's block.
     pub script: Option<Block>,
-    /// `subtest: ...` blocks, in order.
+    /// The subtests' blocks, in order.
     pub subtests: Vec<Block>,
-    /// `error` records.
+    /// The messages of `error` records (shown as they are).
     pub errors: Vec<String>,
-    /// The artefact paths listed after `output directory:`.
+    /// The artefacts (`artefact` events), in order.
     pub artefacts: Vec<PathBuf>,
 }
 
@@ -53,93 +67,97 @@ pub fn parse_log_file(path: &Path) -> Option<RunLog> {
 /// Parses the text of a `log.jsonl`.
 pub fn parse_log(text: &str) -> RunLog {
     let mut log = RunLog::default();
-    // id -> (kind, index) of blocks we track.
-    let mut open: BTreeMap<u64, (Kind, usize)> = BTreeMap::new();
+    // Block id -> the block it opened (the script, or the index of a subtest).
+    let mut open: BTreeMap<u64, Tracked> = BTreeMap::new();
     let mut starting: BTreeMap<String, f64> = BTreeMap::new();
-    let mut in_artefacts = false;
     for rec in text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
     {
         let time = rec["time"].as_f64().unwrap_or(0.0);
-        let message = rec["message"].as_str().unwrap_or("");
-        let machine = rec["machine"].as_str();
-        match rec["type"].as_str().unwrap_or("") {
-            "nest" => {
-                let block = Block {
-                    message: message.to_string(),
+        let id = rec["id"].as_u64();
+        if rec["type"] == "error" {
+            log.errors
+                .push(rec["message"].as_str().unwrap_or("").to_string());
+        }
+        if rec["type"] == "finished" {
+            let block = id.and_then(|id| open.remove(&id)).and_then(|t| match t {
+                Tracked::Script => log.script.as_mut(),
+                Tracked::Subtest(i) => log.subtests.get_mut(i),
+            });
+            if let Some(b) = block {
+                // The finishing event says how it went; a block closed without one (unwound
+                // by a panic) still has the record's own outcome.
+                let ev = &rec["event"];
+                b.ok = ev["ok"].as_bool().or(rec["ok"].as_bool());
+                b.duration = ev["seconds"].as_f64().or(rec["duration"].as_f64());
+            }
+            continue;
+        }
+        let ev = &rec["event"];
+        let machine = ev["machine"].as_str();
+        match (ev["name"].as_str().unwrap_or(""), machine) {
+            ("start_all", _) => {
+                log.start_all.get_or_insert(time);
+            }
+            ("script_started", _) if log.script.is_none() => {
+                log.script = Some(Block {
+                    name: String::new(),
                     start: time,
                     ok: None,
                     duration: None,
-                };
-                let id = rec["id"].as_u64().unwrap_or(u64::MAX);
-                if message == "start all VMs" && log.start_all.is_none() {
-                    log.start_all = Some(time);
-                } else if message == "run the VM test script" && log.script.is_none() {
-                    log.script = Some(block);
-                    open.insert(id, (Kind::Script, 0));
-                } else if message.starts_with("subtest: ") {
-                    log.subtests.push(block);
-                    open.insert(id, (Kind::Subtest, log.subtests.len() - 1));
-                } else if message.starts_with("ensuring image ") {
-                    log.images.push(block);
-                    open.insert(id, (Kind::Image, log.images.len() - 1));
+                });
+                if let Some(id) = id {
+                    open.insert(id, Tracked::Script);
                 }
             }
-            "finished" => {
-                let id = rec["id"].as_u64().unwrap_or(u64::MAX);
-                if let Some((kind, i)) = open.remove(&id) {
-                    let b = match kind {
-                        Kind::Script => log.script.as_mut(),
-                        Kind::Subtest => log.subtests.get_mut(i),
-                        Kind::Image => log.images.get_mut(i),
-                    };
-                    if let Some(b) = b {
-                        b.ok = rec["ok"].as_bool();
-                        b.duration = rec["duration"].as_f64();
-                    }
+            ("subtest_started", _) => {
+                log.subtests.push(Block {
+                    name: ev["subtest"].as_str().unwrap_or("").to_string(),
+                    start: time,
+                    ok: None,
+                    duration: None,
+                });
+                if let Some(id) = id {
+                    open.insert(id, Tracked::Subtest(log.subtests.len() - 1));
                 }
             }
-            "log" => {
-                if let Some(m) = machine {
-                    let kind = if message.starts_with("warm start: restored") {
-                        Some("warm")
-                    } else if message.starts_with("cold boot:") {
-                        Some("cold")
-                    } else {
-                        None
-                    };
-                    if let Some(k) = kind {
-                        log.boot_kinds.entry(m.to_string()).or_insert(k);
-                    }
-                    if message == "starting vm" {
-                        starting.entry(m.to_string()).or_insert(time);
-                    } else if message == "connected to guest root shell" {
-                        if let Some(t0) = starting.get(m) {
-                            log.boots.entry(m.to_string()).or_insert(time - t0);
-                        }
-                    }
-                } else if message.starts_with("output directory:") {
-                    in_artefacts = true;
-                } else if in_artefacts {
-                    match message.strip_prefix("  ") {
-                        Some(p) => log.artefacts.push(PathBuf::from(p.trim())),
-                        None => in_artefacts = false,
-                    }
+            ("image_ready", _) => log.images.push(Image {
+                name: ev["image"].as_str().unwrap_or("").to_string(),
+                built: ev["built"].as_bool().unwrap_or(false),
+                seconds: ev["seconds"].as_f64().unwrap_or(0.0),
+            }),
+            ("starting", Some(m)) => {
+                starting.entry(m.to_string()).or_insert(time);
+            }
+            ("started", Some(m)) => {
+                if let Some(k) = ev["kind"].as_str() {
+                    log.boot_kinds
+                        .entry(m.to_string())
+                        .or_insert_with(|| k.to_string());
                 }
             }
-            "error" => log.errors.push(message.to_string()),
+            ("connected", Some(m)) => {
+                if let Some(t0) = starting.get(m) {
+                    log.boots.entry(m.to_string()).or_insert(time - t0);
+                }
+            }
+            ("artefact", _) => {
+                if let Some(p) = ev["path"].as_str() {
+                    log.artefacts.push(PathBuf::from(p));
+                }
+            }
             _ => {}
         }
     }
     log
 }
 
+/// A block whose `finished` record is still to come.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+enum Tracked {
     Script,
-    Subtest,
-    Image,
+    Subtest(usize),
 }
 
 /// Everything the summary prints.
@@ -268,7 +286,7 @@ impl Summary {
                     (Some(false), Some(d)) => ("FAIL", format!("{d:5.1} s")),
                     _ => ("??  ", "    ? ".to_string()),
                 };
-                let name = t.message.trim_start_matches("subtest: ");
+                let name = &t.name;
                 let done = t
                     .duration
                     .map(|d| format!(" (done {:.1} s after start_all)", t.start + d - start_all))
@@ -288,31 +306,61 @@ impl Summary {
 mod tests {
     use super::*;
 
-    /// Records of a real run (trimmed).
+    /// Records of a run (trimmed), as the driver writes them: facts in `event` objects.
     const LOG: &str = r#"{"id":1,"machine":null,"message":"ensuring image bookworm+curl","parent":null,"time":0.003,"type":"nest"}
+{"event":{"built":false,"image":"bookworm+curl","name":"image_ready","seconds":0.002},"machine":null,"parent":1,"time":0.005,"type":"event"}
 {"duration":0.003,"id":1,"ok":true,"time":0.006,"type":"finished"}
-{"id":3,"machine":null,"message":"run the VM test script","parent":null,"time":0.017,"type":"nest"}
-{"id":4,"machine":null,"message":"start all VMs","parent":3,"time":0.017,"type":"nest"}
-{"machine":"client","message":"starting vm","parent":null,"time":0.017,"type":"log"}
-{"machine":"server","message":"starting vm","parent":null,"time":0.019,"type":"log"}
-{"machine":"client","message":"warm start: restored from snapshot 0123abcd (0.31 s to running)","parent":null,"time":0.4,"type":"log"}
-{"machine":"server","message":"cold boot: warm start is off (MACHINIST_WARM_START=0 or Test::warm_start(false))","parent":null,"time":0.02,"type":"log"}
+{"event":{"name":"script_started"},"id":3,"machine":null,"message":"run the VM test script","parent":null,"time":0.017,"type":"nest"}
+{"event":{"name":"start_all"},"id":4,"machine":null,"message":"start all VMs","parent":3,"time":0.017,"type":"nest"}
+{"event":{"machine":"client","name":"starting"},"machine":"client","message":"starting vm","parent":4,"time":0.017,"type":"log"}
+{"event":{"machine":"server","name":"starting"},"machine":"server","message":"starting vm","parent":4,"time":0.019,"type":"log"}
+{"machine":"server","message":"cold boot: warm start is off (MACHINIST_WARM_START=0 or Test::warm_start(false))","parent":4,"time":0.02,"type":"log"}
+{"event":{"kind":"cold","machine":"server","name":"started","pid":2002,"reason":"warm start is off (MACHINIST_WARM_START=0 or Test::warm_start(false))","seconds":0.1},"machine":"server","message":"QEMU running (pid 2002)","parent":4,"time":0.12,"type":"log"}
+{"machine":"client","message":"warm start: restored from snapshot 0123abcd (0.31 s to running)","parent":4,"time":0.4,"type":"log"}
+{"event":{"kind":"warm","machine":"client","name":"started","pid":2001,"reason":"0123abcd","seconds":0.31},"machine":"client","message":"QEMU running (pid 2001)","parent":4,"time":0.4,"type":"log"}
 {"duration":0.133,"id":4,"ok":true,"time":0.151,"type":"finished"}
-{"id":5,"machine":null,"message":"subtest: the guide's script","parent":3,"time":0.151,"type":"nest"}
+{"event":{"name":"subtest_started","subtest":"the guide's script"},"id":5,"machine":null,"message":"subtest: the guide's script","parent":3,"time":0.151,"type":"nest"}
 {"line":"machinist-initrd: start at 3.18 s","machine":"server","time":5.235,"type":"serial"}
-{"machine":"client","message":"connected to guest root shell","parent":7,"time":11.075,"type":"log"}
-{"machine":"server","message":"connected to guest root shell","parent":8,"time":12.271,"type":"log"}
-{"duration":30.874,"id":5,"ok":true,"time":31.024,"type":"finished"}
-{"machine":"server","message":"starting vm","parent":12,"time":34.474,"type":"log"}
-{"machine":"server","message":"connected to guest root shell","parent":16,"time":42.844,"type":"log"}
-{"id":9,"machine":null,"message":"subtest: crash","parent":3,"time":31.024,"type":"nest"}
-{"machine":null,"message":"Test \"crash\" failed with error: \"boom\"","parent":9,"time":40.0,"type":"error"}
-{"duration":9.0,"id":9,"ok":false,"time":40.024,"type":"finished"}
-{"duration":40.0,"id":3,"ok":false,"time":40.03,"type":"finished"}
-{"machine":null,"message":"output directory: /tmp/o","parent":null,"time":59.309,"type":"log"}
-{"machine":null,"message":"  /tmp/o/client-console.log","parent":null,"time":59.31,"type":"log"}
-{"machine":null,"message":"  /tmp/o/log.jsonl","parent":null,"time":59.31,"type":"log"}
+{"event":{"machine":"client","name":"connected","seconds":10.9},"machine":"client","message":"connected to guest root shell","parent":7,"time":11.075,"type":"log"}
+{"machine":"client","message":"(connecting took 10.90 seconds)","parent":7,"time":11.075,"type":"log"}
+{"event":{"code":0,"command":"true","machine":"client","name":"command","seconds":11.0},"machine":"client","parent":7,"time":11.1,"type":"event"}
+{"event":{"machine":"server","name":"connected","seconds":12.1},"machine":"server","message":"connected to guest root shell","parent":8,"time":12.271,"type":"log"}
+{"duration":30.874,"event":{"name":"subtest_finished","ok":true,"seconds":30.874,"subtest":"the guide's script","error":null},"id":5,"ok":true,"time":31.024,"type":"finished"}
+{"event":{"machine":"server","name":"starting"},"machine":"server","message":"starting vm","parent":12,"time":34.474,"type":"log"}
+{"event":{"kind":"cold","machine":"server","name":"started","pid":2003,"reason":"the machine's own disk overlay (restart)","seconds":0.1},"machine":"server","message":"QEMU running (pid 2003)","parent":12,"time":34.6,"type":"log"}
+{"event":{"machine":"server","name":"connected","seconds":8.2},"machine":"server","message":"connected to guest root shell","parent":16,"time":42.844,"type":"log"}
+{"event":{"name":"subtest_started","subtest":"crash"},"id":9,"machine":null,"message":"subtest: crash","parent":3,"time":31.024,"type":"nest"}
+{"duration":9.0,"event":{"error":"boom","name":"subtest_finished","ok":false,"seconds":9.0,"subtest":"crash"},"id":9,"ok":false,"time":40.024,"type":"finished"}
+{"machine":null,"message":"Test \"crash\" failed with error: \"boom\"","parent":3,"time":40.024,"type":"error"}
+{"duration":40.0,"event":{"name":"script_finished","ok":false,"seconds":40.0},"id":3,"ok":false,"time":40.03,"type":"finished"}
+{"event":{"name":"output_directory","path":"/tmp/o"},"machine":null,"message":"output directory: /tmp/o","parent":null,"time":59.309,"type":"log"}
+{"event":{"kind":"console_log","name":"artefact","path":"/tmp/o/client-console.log"},"machine":null,"message":"  /tmp/o/client-console.log","parent":null,"time":59.31,"type":"log"}
+{"event":{"kind":"json_log","name":"artefact","path":"/tmp/o/log.jsonl"},"machine":null,"message":"  /tmp/o/log.jsonl","parent":null,"time":59.31,"type":"log"}
 "#;
+
+    /// [`LOG`] with every `message` replaced: the summary must not depend on the wording.
+    fn reworded(log: &str) -> String {
+        log.lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                if v["type"] != "error" && v.get("message").is_some() {
+                    v["message"] = Value::from("reworded");
+                }
+                format!("{v}\n")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_facts_from_events_not_wording() {
+        assert_eq!(parse_log(&reworded(LOG)), parse_log(LOG));
+        // And a record without an event carries no fact, whatever it says.
+        let plain = r#"{"machine":"server","message":"starting vm","parent":null,"time":1.0,"type":"log"}
+{"machine":"server","message":"connected to guest root shell","parent":null,"time":2.0,"type":"log"}
+{"id":1,"machine":null,"message":"subtest: x","parent":null,"time":0.1,"type":"nest"}
+"#;
+        assert_eq!(parse_log(plain), RunLog::default());
+    }
 
     #[test]
     fn parses_a_run_log() {
@@ -329,7 +377,16 @@ mod tests {
         assert_eq!(log.subtests.len(), 2);
         assert_eq!(log.subtests[1].ok, Some(false));
         assert_eq!(log.script.as_ref().unwrap().ok, Some(false));
-        assert_eq!(log.images.len(), 1);
+        assert_eq!(
+            log.images,
+            [Image {
+                name: "bookworm+curl".into(),
+                built: false,
+                seconds: 0.002
+            }]
+        );
+        assert_eq!(log.subtests[0].name, "the guide's script");
+        assert_eq!(log.subtests[0].duration, Some(30.874));
         assert_eq!(log.errors.len(), 1);
         assert_eq!(
             log.artefacts,

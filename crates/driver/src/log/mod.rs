@@ -20,7 +20,13 @@
 //! Lines are not indented by depth (NixOS does not indent either); the JSON log keeps the tree
 //! through `id`/`parent`. A block that fails prints no `(finished: ...)` line (as in NixOS); the
 //! JSON log records it with `"ok": false`.
+//!
+//! Facts that tools read (a machine started warm or cold, its shell connected, a subtest's
+//! outcome, the artefacts) are typed [`Event`]s: [`Logger::event`], [`Logger::begin_event`] and
+//! [`Span::end`] print their usual human line and attach the event's fields to its JSON record,
+//! so a reader of `log.jsonl` never has to match the wording of a line.
 
+mod event;
 pub(crate) mod forward;
 mod json;
 mod junit;
@@ -34,6 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub use event::{ArtefactKind, BootKind, Event};
 #[cfg(test)]
 use junit::strip_control;
 use terminal::{Kind, Terminal};
@@ -169,17 +176,73 @@ impl Logger {
 
     fn emit(&self, kind: Kind, ty: &str, machine: Option<&str>, message: &str) {
         let mut st = self.state();
+        self.emit_locked(&mut st, kind, ty, machine, message, None);
+    }
+
+    /// Prints `message` (terminal and JUnit) and writes its JSON record, with `event` attached.
+    fn emit_locked(
+        &self,
+        st: &mut State,
+        kind: Kind,
+        ty: &str,
+        machine: Option<&str>,
+        message: &str,
+        event: Option<&Event>,
+    ) {
         let plain = terminal::format_line(kind, machine, message, false);
         st.junit.line(plain.trim_end_matches('\n'));
         if let Some(t) = st.terminal.as_mut() {
             t.line(kind, machine, message);
         }
-        let record = json!({
+        let mut record = json!({
             "time": self.now(), "type": ty, "parent": Self::parent(),
             "machine": machine, "message": message,
         });
+        if let Some(e) = event {
+            record["event"] = json::event(e);
+        }
         if let Some(j) = st.json.as_mut() {
             j.write(record);
+        }
+    }
+
+    /// Logs a typed [`Event`]: its human line(s) exactly as [`Logger::log`] would print them
+    /// (an error line for a failed subtest), and one JSON record carrying the event (an `event`
+    /// record for an event without a human line). A subtest's start and end also open and close
+    /// its JUnit test case; for the blocks (`start all VMs`, the script, subtests) use
+    /// [`Logger::begin_event`] and [`Span::end`] instead.
+    pub fn event(&self, event: Event) {
+        let mut st = self.state();
+        self.emit_event_locked(&mut st, &event, true);
+    }
+
+    /// The lines of `event`; the first record carries the event when `attach` (otherwise the
+    /// event is on a record of its own already). Opens / closes the JUnit case of a subtest.
+    fn emit_event_locked(&self, st: &mut State, event: &Event, attach: bool) {
+        if let Event::SubtestStarted { subtest } = event {
+            st.junit.begin(subtest, Instant::now());
+        }
+        let machine = event.machine();
+        let (kind, ty) = match event.kind() {
+            Kind::Error => (Kind::Error, "error"),
+            _ => (Kind::Info, "log"),
+        };
+        let lines = event.lines();
+        if lines.is_empty() && attach {
+            let record = json!({
+                "time": self.now(), "type": "event", "parent": Self::parent(),
+                "machine": machine, "event": json::event(event),
+            });
+            if let Some(j) = st.json.as_mut() {
+                j.write(record);
+            }
+        }
+        for (i, line) in lines.iter().enumerate() {
+            let with = (attach && i == 0).then_some(event);
+            self.emit_locked(st, kind, ty, machine, line, with);
+        }
+        if let Event::SubtestFinished { error, .. } = event {
+            st.junit.end(error.clone(), Instant::now());
         }
     }
 
@@ -250,18 +313,38 @@ impl Logger {
     /// `(finished: <message>, in N.NN seconds)`. Dropping the span without finishing records a
     /// failed block in the JSON log only.
     pub fn begin(&self, machine: Option<&str>, message: &str) -> Span {
+        self.open(machine, message, None)
+    }
+
+    /// Opens a nested block for an event that starts one ([`Event::StartAll`],
+    /// [`Event::ScriptStarted`], [`Event::SubtestStarted`]): prints the event's line as the block
+    /// start and attaches the event to the block's `nest` record; a subtest also opens its JUnit
+    /// test case (so do not call [`Logger::junit_begin`] for it). Close the block with
+    /// [`Span::end`] and the matching finished event.
+    pub fn begin_event(&self, event: Event) -> Span {
+        let message = event.message().unwrap_or_default();
+        self.open(event.machine(), &message, Some(&event))
+    }
+
+    fn open(&self, machine: Option<&str>, message: &str, event: Option<&Event>) -> Span {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = self.state();
+            if let Some(Event::SubtestStarted { subtest }) = event {
+                st.junit.begin(subtest, Instant::now());
+            }
             let plain = terminal::format_line(Kind::Nest, machine, message, false);
             st.junit.line(plain.trim_end_matches('\n'));
             if let Some(t) = st.terminal.as_mut() {
                 t.line(Kind::Nest, machine, message);
             }
-            let record = json!({
+            let mut record = json!({
                 "time": self.now(), "type": "nest", "id": id, "parent": Self::parent(),
                 "machine": machine, "message": message,
             });
+            if let Some(e) = event {
+                record["event"] = json::event(e);
+            }
             if let Some(j) = st.json.as_mut() {
                 j.write(record);
             }
@@ -358,10 +441,24 @@ impl Span {
 
     /// Closes the block successfully: `(finished: <message>, in N.NN seconds)`.
     pub fn finish(mut self) {
-        self.close(true);
+        self.close(true, None);
     }
 
-    fn close(&mut self, ok: bool) {
+    /// Closes the block with the event that ends it ([`Event::ScriptFinished`],
+    /// [`Event::SubtestFinished`]; the block failed when the event says `ok: false`): the
+    /// `(finished: ...)` line when it succeeded, the event on the block's `finished` record, then
+    /// the event's own line (`Test "NAME" failed with error: "..."` for a failed subtest); a
+    /// subtest's end also closes its JUnit test case (so do not call [`Logger::junit_end`] for
+    /// it).
+    pub fn end(mut self, event: Event) {
+        let ok = event.ok().unwrap_or(true);
+        self.close(ok, Some(&event));
+        let lg = self.logger.clone();
+        let mut st = lg.state();
+        lg.emit_event_locked(&mut st, &event, false);
+    }
+
+    fn close(&mut self, ok: bool, event: Option<&Event>) {
         if self.done {
             return;
         }
@@ -386,10 +483,13 @@ impl Span {
                 t.line(Kind::Info, None, &msg);
             }
         }
-        let record = json!({
+        let mut record = json!({
             "time": lg.now(), "type": "finished", "id": self.id, "ok": ok,
             "duration": json::seconds(d),
         });
+        if let Some(e) = event {
+            record["event"] = json::event(e);
+        }
         if let Some(j) = st.json.as_mut() {
             j.write(record);
         }
@@ -398,7 +498,7 @@ impl Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        self.close(false);
+        self.close(false, None);
     }
 }
 

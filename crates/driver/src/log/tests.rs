@@ -137,3 +137,284 @@ fn very_long_guest_lines_are_clipped_with_a_marker() {
         &clipped[clipped.len() - 80..]
     );
 }
+
+/// [`guide_session`] told through typed events where a fact has one.
+fn guide_session_with_events(lg: &Logger) {
+    let start = lg.begin_event(Event::StartAll);
+    for (m, pid) in [("client", 21160), ("server", 21169)] {
+        lg.event(Event::Starting { machine: m.into() });
+        lg.event(Event::Started {
+            machine: m.into(),
+            kind: BootKind::Cold,
+            pid,
+            seconds: 0.5,
+            reason: Some("warm start is off".into()),
+        });
+    }
+    start.finish();
+    let cmd = lg.begin(Some("server"), "must succeed: echo \"Hello, world!\"");
+    let boot = lg.begin(Some("server"), "waiting for the VM to finish booting");
+    lg.serial("server", "[    1.234567] Run /init as init process");
+    lg.log(
+        Some("server"),
+        "Guest shell says: b'Spawning backdoor root shell...\\n'",
+    );
+    lg.event(Event::Connected {
+        machine: "server".into(),
+        seconds: 0.0,
+    });
+    boot.finish();
+    cmd.finish();
+    let sub = lg.begin_event(Event::SubtestStarted {
+        subtest: "networking".into(),
+    });
+    let failing = lg.begin(Some("client"), "must succeed: false");
+    lg.log(Some("client"), "output: ");
+    drop(failing);
+    let seconds = sub.elapsed().as_secs_f64();
+    sub.end(Event::SubtestFinished {
+        subtest: "networking".into(),
+        ok: false,
+        seconds,
+        error: Some("command `false` failed (exit code 1)".into()),
+    });
+    lg.set_print_serial(false);
+    lg.serial("server", "hidden from the terminal, kept in JSON");
+}
+
+/// The JSON records of `text` without their `event` objects and with times redacted.
+fn without_events(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("event");
+            serde_json::from_str(&redact(&v.to_string())).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn events_print_todays_lines_and_only_add_fields_to_the_json() {
+    let (old_term, new_term) = (SharedBuf::default(), SharedBuf::default());
+    let (old_json, new_json) = (SharedBuf::default(), SharedBuf::default());
+    let old = Logger::to_writer(old_term.clone(), false);
+    old.write_json_to_writer(old_json.clone());
+    guide_session(&old);
+    let new = Logger::to_writer(new_term.clone(), false);
+    new.write_json_to_writer(new_json.clone());
+    guide_session_with_events(&new);
+    assert_eq!(redact(&new_term.text()), redact(&old_term.text()));
+    assert_eq!(
+        redact(&new.junit_xml("t", true)),
+        redact(&old.junit_xml("t", true))
+    );
+    assert_eq!(
+        without_events(&new_json.text()),
+        without_events(&old_json.text())
+    );
+    let with_event = new_json
+        .text()
+        .lines()
+        .filter(|l| l.contains(r#""event":{"#))
+        .count();
+    // start all (nest), 2 x starting, 2 x started, connected, subtest start and end.
+    assert_eq!(with_event, 8, "{}", new_json.text());
+}
+
+#[test]
+fn event_lines_are_todays_wording() {
+    let cases = [
+        (
+            Event::Starting {
+                machine: "server".into(),
+            },
+            Some("starting vm"),
+        ),
+        (
+            Event::Started {
+                machine: "server".into(),
+                kind: BootKind::Warm,
+                pid: 42,
+                seconds: 0.84,
+                reason: Some("0123abcd".into()),
+            },
+            Some("QEMU running (pid 42)"),
+        ),
+        (
+            Event::Connected {
+                machine: "server".into(),
+                seconds: 4.123,
+            },
+            Some("connected to guest root shell"),
+        ),
+        (Event::StartAll, Some("start all VMs")),
+        (Event::ScriptStarted, Some("run the VM test script")),
+        (
+            Event::SubtestStarted {
+                subtest: "db".into(),
+            },
+            Some("subtest: db"),
+        ),
+        (
+            Event::SubtestFinished {
+                subtest: "db".into(),
+                ok: false,
+                seconds: 1.0,
+                error: Some("boom".into()),
+            },
+            Some("Test \"db\" failed with error: \"boom\""),
+        ),
+        (
+            Event::SubtestFinished {
+                subtest: "db".into(),
+                ok: true,
+                seconds: 1.0,
+                error: None,
+            },
+            None,
+        ),
+        (
+            Event::ScriptFinished {
+                ok: true,
+                seconds: 1.0,
+            },
+            None,
+        ),
+        (
+            Event::OutputDirectory {
+                path: "/tmp/o".into(),
+            },
+            Some("output directory: /tmp/o"),
+        ),
+        (
+            Event::Artefact {
+                path: "/tmp/o/junit.xml".into(),
+                kind: ArtefactKind::Junit,
+            },
+            Some("  /tmp/o/junit.xml"),
+        ),
+        (
+            Event::Command {
+                machine: "server".into(),
+                command: "true".into(),
+                code: 0,
+                seconds: 0.1,
+            },
+            None,
+        ),
+        (
+            Event::Settle {
+                machines: vec!["server".into()],
+                reason: "waiting for success: true".into(),
+                seconds: 2.0,
+                ok: true,
+            },
+            None,
+        ),
+        (
+            Event::ImageReady {
+                image: "bookworm".into(),
+                built: false,
+                seconds: 0.01,
+            },
+            None,
+        ),
+    ];
+    for (event, line) in cases {
+        assert_eq!(event.message().as_deref(), line, "{event:?}");
+    }
+    let connected = Event::Connected {
+        machine: "server".into(),
+        seconds: 4.123,
+    };
+    assert_eq!(
+        connected.lines(),
+        [
+            "connected to guest root shell",
+            "(connecting took 4.12 seconds)"
+        ]
+    );
+}
+
+#[test]
+fn event_records() {
+    let buf = SharedBuf::default();
+    let lg = Logger::silent();
+    lg.write_json_to_writer(buf.clone());
+    let script = lg.begin_event(Event::ScriptStarted);
+    let image = lg.begin(None, "ensuring image bookworm+curl");
+    lg.event(Event::ImageReady {
+        image: "bookworm+curl".into(),
+        built: true,
+        seconds: 12.3456,
+    });
+    image.finish();
+    lg.event(Event::Starting {
+        machine: "server".into(),
+    });
+    lg.event(Event::Started {
+        machine: "server".into(),
+        kind: BootKind::Warm,
+        pid: 4242,
+        seconds: 0.8412,
+        reason: Some("0123abcd".into()),
+    });
+    lg.event(Event::Settle {
+        machines: vec!["client".into(), "server".into()],
+        reason: "waiting for success: curl server".into(),
+        seconds: 3.5,
+        ok: true,
+    });
+    lg.event(Event::Command {
+        machine: "server".into(),
+        command: "echo hi".into(),
+        code: 0,
+        seconds: 0.02,
+    });
+    let sub = lg.begin_event(Event::SubtestStarted {
+        subtest: "ok".into(),
+    });
+    sub.end(Event::SubtestFinished {
+        subtest: "ok".into(),
+        ok: true,
+        seconds: 1.25,
+        error: None,
+    });
+    script.end(Event::ScriptFinished {
+        ok: true,
+        seconds: 2.5,
+    });
+    lg.event(Event::OutputDirectory {
+        path: "/tmp/o".into(),
+    });
+    lg.event(Event::Artefact {
+        path: "/tmp/o/server-console.log".into(),
+        kind: ArtefactKind::ConsoleLog,
+    });
+    lg.flush();
+    insta::assert_snapshot!(redact(&buf.text()));
+}
+
+#[test]
+fn a_subtest_event_block_fills_the_junit_case() {
+    let lg = Logger::silent();
+    let sub = lg.begin_event(Event::SubtestStarted {
+        subtest: "db".into(),
+    });
+    lg.log(Some("server"), "inside");
+    sub.end(Event::SubtestFinished {
+        subtest: "db".into(),
+        ok: false,
+        seconds: 0.5,
+        error: Some("boom".into()),
+    });
+    lg.log(None, "after");
+    let xml = lg.junit_xml("t", true);
+    let case = &xml[xml.find(r#"<testcase name="db""#).unwrap()..];
+    assert!(case.contains(r#"<failure message="boom"/>"#), "{xml}");
+    assert!(
+        case.contains("subtest: db\nserver: inside\nTest &quot;db&quot; failed"),
+        "{xml}"
+    );
+    assert!(!case.contains("after"), "{xml}");
+}
