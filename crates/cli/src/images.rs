@@ -77,12 +77,12 @@ fn build_snapshots() -> u8 {
             Ok(machines) => {
                 for (machine, outcome) in machines {
                     match outcome {
-                        Ok(key) => eprintln!(
+                        machinist::Prepared::Snapshot { key } => eprintln!(
                             "machinist: snapshot of {}/{machine}: ready ({key})",
                             test.name
                         ),
-                        Err(why) => {
-                            eprintln!("machinist: {}/{machine} boots cold: {why}", test.name)
+                        machinist::Prepared::Cold { reason } => {
+                            eprintln!("machinist: {}/{machine} boots cold: {reason}", test.name)
                         }
                     }
                 }

@@ -35,19 +35,18 @@ mod node;
 pub mod orphans;
 mod polling;
 mod run;
+mod settle;
 pub mod stale;
 pub mod template;
-mod settle;
 mod test;
 pub mod timeouts;
 mod vlan;
 pub mod warm;
 pub mod warm_bench;
 
-
+pub use backend::BackendKind;
 pub use error::{BoxError, Error, Result};
 pub use log::{Logger, Span};
-pub use backend::BackendKind;
 pub use machine::{Commands, ExecResult, Machine, StartKind, WaitForUnit};
 pub use node::Node;
 pub use polling::{CheckOutcome, PollingCondition};
@@ -55,8 +54,8 @@ pub use run::{Report, ScriptResult, TestRun};
 pub use template::{substitute_all, substitute_file, substitute_named, TemplateError, Vars};
 pub use test::Test;
 pub use timeouts::{IntoTimeout, TimeoutScale, Timeouts};
-pub use warm::Prepared;
 pub use vlan::VLan;
+pub use warm::Prepared;
 
 /// Re-exports of the guest crate's configuration types, so tests need only `machinist`.
 pub use machinist_guest::{

@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, Result};
-use crate::log::Logger;
+use crate::log::{Event, Logger};
 
 /// A machine as the boot settle sees it.
 pub(crate) trait Booting: Send + Sync {
@@ -68,6 +68,7 @@ impl BootBoard {
                 names.join(", ")
             ),
         );
+        let began = std::time::Instant::now();
         let errors: Vec<Error> = std::thread::scope(|s| {
             let handles: Vec<_> = booting
                 .iter()
@@ -80,6 +81,13 @@ impl BootBoard {
                     Err(_) => Some(Error::Script("the boot settle panicked".into())),
                 })
                 .collect()
+        });
+        let reason = format!("a timed wait on {waiter} starts its clock once they have booted");
+        logger.event(Event::Settle {
+            machines: names.iter().map(|n| n.to_string()).collect(),
+            reason,
+            seconds: began.elapsed().as_secs_f64(),
+            ok: errors.is_empty(),
         });
         match errors.into_iter().next() {
             None => {

@@ -47,4 +47,3 @@ impl Commands for &[String] {
         self.to_vec()
     }
 }
-

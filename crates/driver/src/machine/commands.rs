@@ -398,8 +398,10 @@ impl Machine {
     fn wait_loop(&self, probe: &str, want_success: bool, t: Duration, what: &str) -> Result<()> {
         self.settle_boots()?;
         let deadline = Deadline::new(t);
-        let (code, out) =
-            self.guest_loop(&scripts::wait_until(probe, want_success, t.as_micros(), self.grace_us()), t)?;
+        let (code, out) = self.guest_loop(
+            &scripts::wait_until(probe, want_success, t.as_micros(), self.grace_us()),
+            t,
+        )?;
         self.wait_outcome(probe, what, code, &out, t, &deadline)
             .map(drop)
     }

@@ -6,13 +6,16 @@ use std::io::Write as _;
 
 use super::Machine;
 use crate::backend::Instance;
+use crate::ctx::Deadline;
 use crate::error::{Error, Result};
 use crate::timeouts::{IntoTimeout, Pace, DEFAULT_TIMEOUT};
-use crate::ctx::Deadline;
 
 impl Machine {
     /// Copies the console of a new instance to the log and the console log file.
-    pub(super) fn spawn_console_task(&self, instance: &dyn Instance) -> tokio::task::JoinHandle<()> {
+    pub(super) fn spawn_console_task(
+        &self,
+        instance: &dyn Instance,
+    ) -> tokio::task::JoinHandle<()> {
         let mut rx = instance.console().subscribe();
         let logger = self.ctx.logger.clone();
         let name = self.name.clone();
@@ -167,5 +170,4 @@ impl Machine {
             })?;
         }
     }
-
 }

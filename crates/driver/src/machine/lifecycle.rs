@@ -9,6 +9,7 @@ use super::{Machine, Running};
 use crate::backend::qemu::Started;
 use crate::backend::Instance;
 use crate::error::{Error, Result};
+use crate::log::{BootKind, Event};
 use crate::timeouts::{Pace, Wait, DEFAULT_TIMEOUT};
 use crate::warm;
 
@@ -40,15 +41,28 @@ impl Machine {
         if let Some(a) = self.ctx.aborted() {
             return Err(crate::ctx::Ctx::abort_error(a));
         }
-        self.log_line("starting vm");
-        let running = self.spawn(allow_reboot)?;
-        self.log_line(&format!("QEMU running (pid {})", running.instance.pid()));
+        self.ctx.logger.event(Event::Starting {
+            machine: self.name.clone(),
+        });
+        let began = std::time::Instant::now();
+        let (running, kind, reason) = self.spawn(allow_reboot)?;
+        self.ctx.logger.event(Event::Started {
+            machine: self.name.clone(),
+            kind: match kind {
+                StartKind::Restored => BootKind::Warm,
+                StartKind::Cold => BootKind::Cold,
+            },
+            pid: running.instance.pid(),
+            seconds: began.elapsed().as_secs_f64(),
+            reason: Some(reason),
+        });
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
         Ok(())
     }
 
-    /// The start path: a warm start where possible, else a cold boot.
-    fn spawn(&self, allow_reboot: bool) -> Result<Arc<Running>> {
+    /// The start path: a warm start where possible, else a cold boot. Returns the run, how it
+    /// started and why (the snapshot key, or why it booted cold).
+    fn spawn(&self, allow_reboot: bool) -> Result<(Arc<Running>, StartKind, String)> {
         let first = !self.started_once.swap(true, Ordering::AcqRel);
         let outcome = warm::start(
             &self.ctx,
@@ -58,7 +72,7 @@ impl Machine {
             allow_reboot,
             &self.name,
         )?;
-        let (run, kind) = match outcome {
+        let (run, kind, reason) = match outcome {
             warm::Outcome::Restored {
                 started,
                 pending,
@@ -73,9 +87,9 @@ impl Machine {
                 // guide's script may never send the server a command, yet expects its services
                 // to come up).
                 self.wake_restored_eagerly(&run);
-                (run, StartKind::Restored)
+                (run, StartKind::Restored, format!("snapshot {key}"))
             }
-            warm::Outcome::Cold { line, .. } => {
+            warm::Outcome::Cold { line, reason } => {
                 if let Some(line) = line {
                     self.log_line(&line);
                 }
@@ -83,11 +97,12 @@ impl Machine {
                 (
                     self.running_from(started, allow_reboot, None),
                     StartKind::Cold,
+                    reason,
                 )
             }
         };
         *self.last_start.lock().unwrap_or_else(|p| p.into_inner()) = Some(kind);
-        Ok(run)
+        Ok((run, kind, reason))
     }
 
     fn running_from(

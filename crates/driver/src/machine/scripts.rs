@@ -48,7 +48,12 @@ pub(crate) const EXIT_BACKGROUND: i32 = 5;
 /// Exit codes: 0 the wanted outcome (prints that attempt's stdout exactly); 124 the deadline
 /// passed; [`EXIT_BACKGROUND`]. Both failures print the last attempt's stdout, then a
 /// [`LAST_ATTEMPT`] line (see [`parse_wait`]).
-pub(crate) fn wait_until(cmd: &str, want_success: bool, timeout_us: u128, grace_us: u128) -> String {
+pub(crate) fn wait_until(
+    cmd: &str,
+    want_success: bool,
+    timeout_us: u128,
+    grace_us: u128,
+) -> String {
     let test = if want_success {
         "(( __mn_rc == 0 ))"
     } else {
@@ -307,12 +312,14 @@ mod tests {
     fn a_hanging_attempt_ends_at_the_deadline() {
         // The attempt itself never returns: the loop still ends within its timeout plus the
         // kill grace, and says the last attempt was killed (timeout's 124).
-        let (code, out, took) = run(&wait_until("echo started; sleep 30", true, 1_000_000, GRACE_US));
+        let (code, out, took) = run(&wait_until(
+            "echo started; sleep 30",
+            true,
+            1_000_000,
+            GRACE_US,
+        ));
         assert_eq!(code, 124, "{out}");
-        assert!(
-            took >= GRACE,
-            "the last attempt gets its grace: {took:?}"
-        );
+        assert!(took >= GRACE, "the last attempt gets its grace: {took:?}");
         assert_eq!(
             parse_wait(code, &out),
             WaitEnd::TimedOut {
@@ -328,7 +335,12 @@ mod tests {
 
     #[test]
     fn a_background_process_holding_the_output_is_reported_at_once() {
-        let (code, out, took) = run(&wait_until("echo hi; sleep 30 &", true, 20_000_000, GRACE_US));
+        let (code, out, took) = run(&wait_until(
+            "echo hi; sleep 30 &",
+            true,
+            20_000_000,
+            GRACE_US,
+        ));
         let WaitEnd::Background {
             output,
             code: rc,

@@ -11,6 +11,7 @@ use machinist_backdoor::{ConnectOptions, Control, Shell, ShellError};
 use super::{ExecResult, Machine, Running};
 use crate::backend::{while_running, Instance, ShellTransport};
 use crate::error::{Error, Result};
+use crate::log::Event;
 use crate::timeouts::{IntoTimeout, Wait, DEFAULT_TIMEOUT};
 use crate::warm::identity::{self, PendingIdentity};
 
@@ -86,11 +87,20 @@ impl Session {
     }
 
     /// Sends a restored machine's identity, once, if it was not sent yet.
-    async fn wake_restored(&self, name: &str, slot: &mut ShellSlot, within: std::time::Duration) -> Result<()> {
+    async fn wake_restored(
+        &self,
+        name: &str,
+        slot: &mut ShellSlot,
+        within: std::time::Duration,
+    ) -> Result<()> {
         let ShellSlot::Pending(transport) = slot else {
             return Ok(());
         };
-        let mut pending = self.restore.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut pending = self
+            .restore
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let r = match pending.as_mut() {
             Some(p) => identity::wake(name, p, transport, within).await,
             None => Ok(()),
@@ -255,11 +265,10 @@ impl Machine {
         session.needs_reconnect.store(false, Ordering::Release);
         session.connected.store(true, Ordering::Release);
         self.log_line("Guest shell says: b'Spawning backdoor root shell...\\n'");
-        self.log_line("connected to guest root shell");
-        self.log_line(&format!(
-            "(connecting took {:.2} seconds)",
-            started.elapsed().as_secs_f64()
-        ));
+        self.ctx.logger.event(Event::Connected {
+            machine: self.name.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
         span.finish();
         Ok(())
     }
@@ -337,6 +346,7 @@ impl Machine {
         let run = self.require_running("run a command")?;
         let intr = self.ctx.interrupted(true);
         let timeouts = self.ctx.timeouts;
+        let began = Instant::now();
         let res = self.ctx.handle.block_on(async {
             let mut slot = run.session.shell.lock().await;
             tokio::pin!(intr);
@@ -384,7 +394,7 @@ impl Machine {
                     ),
                 );
             }
-            match r {
+            let r = match r {
                 Ok(o) => Ok((o.code, o.stdout)),
                 Err(ShellError::Timeout { stdout, .. }) => Ok((124, stdout)),
                 Err(ShellError::BackgroundHolder {
@@ -443,7 +453,16 @@ impl Machine {
                     format!("running `{command}`"),
                     e,
                 )),
+            };
+            if let Ok((code, _)) = &r {
+                logger.event(Event::Command {
+                    machine: self.name.clone(),
+                    command: command.to_string(),
+                    code: *code,
+                    seconds: began.elapsed().as_secs_f64(),
+                });
             }
+            r
         });
         res.map_err(|e| self.ctx.resolve_interrupt(e))
     }

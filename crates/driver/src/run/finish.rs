@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::TestRun;
 use crate::error::{Error, Result};
+use crate::log::{ArtefactKind, Event};
 use crate::timeouts::Wait;
 
 /// What a successful run produced.
@@ -36,15 +37,15 @@ impl TestRun {
             w.stop();
         }
         let failed = outcome.is_err();
-        let mut artefacts: Vec<PathBuf> = Vec::new();
+        let mut artefacts: Vec<(PathBuf, ArtefactKind)> = Vec::new();
         if let Err(e) = &outcome {
             lg.error(None, &format!("!!! Test \"{}\" failed: {e}", self.name));
             for m in self.every_machine() {
                 if let Some(p) = m.failure_screenshot() {
-                    artefacts.push(p);
+                    artefacts.push((p, ArtefactKind::Screenshot));
                 }
                 if let Some(p) = m.failure_journal() {
-                    artefacts.push(p);
+                    artefacts.push((p, ArtefactKind::Journal));
                 }
             }
             for v in self.vlans.values() {
@@ -62,13 +63,13 @@ impl TestRun {
         })?;
         for m in self.every_machine() {
             if m.console_log_path().exists() {
-                artefacts.push(m.console_log_path().to_path_buf());
+                artefacts.push((m.console_log_path().to_path_buf(), ArtefactKind::ConsoleLog));
             }
         }
         for v in self.vlans.values() {
             if let Some(p) = v.pcap_path() {
                 if failed && p.exists() {
-                    artefacts.push(p.to_path_buf());
+                    artefacts.push((p.to_path_buf(), ArtefactKind::Pcap));
                 }
             }
         }
@@ -87,12 +88,15 @@ impl TestRun {
         if let Err(e) = std::fs::write(&junit, xml) {
             lg.warning(None, &format!("cannot write {}: {e}", junit.display()));
         }
-        artefacts.push(junit.clone());
-        artefacts.push(json_log.clone());
+        artefacts.push((junit.clone(), ArtefactKind::Junit));
+        artefacts.push((json_log.clone(), ArtefactKind::JsonLog));
         self.cleanup_run_dir();
-        lg.log(None, &format!("output directory: {}", out.display()));
-        for a in &artefacts {
-            lg.log(None, &format!("  {}", a.display()));
+        lg.event(Event::OutputDirectory { path: out.clone() });
+        for (path, kind) in &artefacts {
+            lg.event(Event::Artefact {
+                path: path.clone(),
+                kind: *kind,
+            });
         }
         lg.flush();
         self.finished = true;
@@ -101,7 +105,7 @@ impl TestRun {
             output_dir: out,
             json_log,
             junit,
-            artefacts,
+            artefacts: artefacts.into_iter().map(|(p, _)| p).collect(),
             duration: self.started.elapsed(),
         })
     }

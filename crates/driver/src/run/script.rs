@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::TestRun;
 use crate::ctx::{Ctx, Deadline};
 use crate::error::{BoxError, Error, Result};
+use crate::log::Event;
 use crate::polling::{CheckOutcome, PollingCondition};
 use crate::timeouts::Pace;
 
@@ -17,7 +18,7 @@ pub type ScriptResult = std::result::Result<(), BoxError>;
 impl TestRun {
     /// Runs `script`, catching panics; the error (if any) is logged NixOS-style.
     pub fn run_script(&self, script: impl FnOnce(&TestRun) -> ScriptResult) -> Result<()> {
-        let span = self.ctx.logger.begin(None, "run the VM test script");
+        let span = self.ctx.logger.begin_event(Event::ScriptStarted);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| script(self)));
         let outcome = match r {
             Ok(Ok(())) => Ok(()),
@@ -32,12 +33,13 @@ impl TestRun {
             (Err(_), Some(a)) => Err(Ctx::abort_error(a)),
             (o, _) => o,
         };
-        match &outcome {
-            Ok(()) => span.finish(),
-            Err(e) => {
-                drop(span);
-                self.ctx.logger.junit_fail_current(&e.to_string());
-            }
+        let seconds = span.elapsed().as_secs_f64();
+        span.end(Event::ScriptFinished {
+            ok: outcome.is_ok(),
+            seconds,
+        });
+        if let Err(e) = &outcome {
+            self.ctx.logger.junit_fail_current(&e.to_string());
         }
         outcome
     }
@@ -45,7 +47,8 @@ impl TestRun {
     /// Starts every machine concurrently; returns once every QEMU runs, without waiting for the
     /// guests to boot (the first command on each machine waits for it).
     pub fn start_all(&self) -> Result<()> {
-        self.ctx.logger.nested(None, "start all VMs", || {
+        let span = self.ctx.logger.begin_event(Event::StartAll);
+        let r = (|| {
             let machines = self.all_machines();
             let errors: Vec<Error> = std::thread::scope(|s| {
                 let handles: Vec<_> = machines
@@ -75,7 +78,11 @@ impl TestRun {
                         .join("; ")
                 ))),
             }
-        })
+        })();
+        if r.is_ok() {
+            span.finish();
+        }
+        r
     }
 
     /// Waits for every machine to shut down (NixOS `join_all`).
@@ -93,32 +100,25 @@ impl TestRun {
     /// Runs `f` as a subtest: a nested block `subtest: <name>` and a JUnit test case. On error,
     /// logs `Test "<name>" failed with error: "<e>"` and returns the error.
     pub fn subtest<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let lg = &self.ctx.logger;
-        lg.junit_begin(name);
-        let span = lg.begin(None, &format!("subtest: {name}"));
+        let span = self.ctx.logger.begin_event(Event::SubtestStarted {
+            subtest: name.to_string(),
+        });
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let error = match &r {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(p) => Some(panic_message(p)),
+        };
+        let seconds = span.elapsed().as_secs_f64();
+        span.end(Event::SubtestFinished {
+            subtest: name.to_string(),
+            ok: error.is_none(),
+            seconds,
+            error,
+        });
         match r {
-            Ok(Ok(v)) => {
-                span.finish();
-                lg.junit_end(None);
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                drop(span);
-                lg.error(None, &format!("Test \"{name}\" failed with error: \"{e}\""));
-                lg.junit_end(Some(e.to_string()));
-                Err(e)
-            }
-            Err(p) => {
-                drop(span);
-                let msg = panic_message(&p);
-                lg.error(
-                    None,
-                    &format!("Test \"{name}\" failed with error: \"{msg}\""),
-                );
-                lg.junit_end(Some(msg));
-                std::panic::resume_unwind(p)
-            }
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
         }
     }
 

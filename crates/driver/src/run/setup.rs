@@ -14,7 +14,7 @@ use super::TestRun;
 use crate::backend::qemu::{BootSpec, NicSpec, QemuBackend};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::log::Logger;
+use crate::log::{Event, Logger};
 use crate::machine::Machine;
 use crate::node::Node;
 use crate::polling::Registry;
@@ -182,9 +182,18 @@ impl TestRun {
             let img = ctx
                 .logger
                 .nested(None, &format!("ensuring image {name}"), || {
-                    self.image_cache
+                    let began = Instant::now();
+                    let cached = matches!(self.image_cache.lookup(&spec), Ok(Some(_)));
+                    let img = self
+                        .image_cache
                         .ensure(&spec, Progress::Lines)
-                        .map_err(|e| Error::backend(None, format!("building image {name}"), e))
+                        .map_err(|e| Error::backend(None, format!("building image {name}"), e))?;
+                    ctx.logger.event(Event::ImageReady {
+                        image: name.clone(),
+                        built: !cached,
+                        seconds: began.elapsed().as_secs_f64(),
+                    });
+                    Ok::<_, Error>(img)
                 })?;
             images.push((spec, img));
         }

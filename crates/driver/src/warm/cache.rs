@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 use crate::backend::qemu::{command_for, BootSpec};
 use crate::timeouts::{Pace, Timeouts, Wait};
 
-
 /// Bumped when the guest-side protocol of a snapshot (arming, identity script) changes.
 pub(crate) const FORMAT: &str = "machinist-warm-7";
 

@@ -19,7 +19,6 @@ pub(crate) const RESTORE_RC: &str = "/run/machinist-restore.rc";
 /// Where the restored main shell writes the node layer's archive.
 pub(crate) const RESTORE_LAYER_TAR: &str = "/run/machinist-layer.tar";
 
-
 /// A restored machine whose identity has not been applied yet (done on the first connect).
 #[derive(Debug)]
 pub(crate) struct PendingIdentity {

@@ -44,7 +44,6 @@ pub fn warm_start_from_env() -> bool {
     }
 }
 
-
 /// Whether and how a machine may be restored.
 #[derive(Debug, Clone)]
 pub(crate) enum WarmChoice {
@@ -162,18 +161,32 @@ pub(crate) fn start(
         }
     };
     if backend.overlay().exists() {
-        return Ok(Outcome::cold("the machine already has a disk overlay", true));
+        return Ok(Outcome::cold(
+            "the machine already has a disk overlay",
+            true,
+        ));
     }
     let version = match machinist_qemu::qemu_version() {
         Ok(v) => v.text,
-        Err(e) => return Ok(Outcome::cold(format!("cannot read the QEMU version ({e})"), true)),
+        Err(e) => {
+            return Ok(Outcome::cold(
+                format!("cannot read the QEMU version ({e})"),
+                true,
+            ))
+        }
     };
-    let key = cache::shape_key(backend.spec(), &plan.image_hash, &plan.plain_initrd, &version);
+    let key = cache::shape_key(
+        backend.spec(),
+        &plan.image_hash,
+        &plan.plain_initrd,
+        &version,
+    );
     for attempt in 0..2 {
         let snap = match ensure_snapshot(ctx, backend.spec(), plan, &key, name) {
             Ok(s) => s,
             Err(e) => {
-                ctx.logger.warning(Some(name), &format!("{e}; booting cold"));
+                ctx.logger
+                    .warning(Some(name), &format!("{e}; booting cold"));
                 return Ok(Outcome::cold(format!("no snapshot ({e})"), false));
             }
         };
@@ -197,7 +210,9 @@ pub(crate) fn start(
                 };
                 ctx.logger.warning(
                     Some(name),
-                    &format!("warm start: snapshot {key} failed to restore ({e}); discarded, {next}"),
+                    &format!(
+                        "warm start: snapshot {key} failed to restore ({e}); discarded, {next}"
+                    ),
                 );
             }
         }
@@ -241,7 +256,12 @@ pub(crate) fn prepare(
     let version = machinist_qemu::qemu_version()
         .map_err(|e| Error::backend(Some(name), "reading the QEMU version", e))?
         .text;
-    let key = cache::shape_key(backend.spec(), &plan.image_hash, &plan.plain_initrd, &version);
+    let key = cache::shape_key(
+        backend.spec(),
+        &plan.image_hash,
+        &plan.plain_initrd,
+        &version,
+    );
     ensure_snapshot(ctx, backend.spec(), plan, &key, name)
         .map_err(|e| Error::backend(Some(name), "building the warm-start snapshot", e))?;
     Ok(Prepared::Snapshot { key })

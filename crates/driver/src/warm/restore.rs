@@ -42,14 +42,15 @@ pub(crate) fn restore(
     std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| io(format!("making {} writable", base.display()), e))?;
     let pinned = backend.pinned_image()?;
-    machinist_qemu::overlay::repoint_backing(&base, &pinned, &backend.spec().disk_format)
-        .map_err(|e| {
+    machinist_qemu::overlay::repoint_backing(&base, &pinned, &backend.spec().disk_format).map_err(
+        |e| {
             Error::backend(
                 Some(name),
                 "pointing the snapshot disk at the pinned image",
                 e,
             )
-        })?;
+        },
+    )?;
     machinist_qemu::overlay::create_qcow2_overlay(&base, "qcow2", &backend.overlay())
         .map_err(|e| Error::backend(Some(name), "creating the disk overlay", e))?;
     let (overlay, initrd) = backend.prepare_files()?;
@@ -75,11 +76,7 @@ pub(crate) fn restore(
 }
 
 /// Waits for the incoming state to load, then continues the (paused) VM.
-fn run_when_loaded(
-    ctx: &Ctx,
-    vm: Arc<crate::backend::qemu::QemuVm>,
-    name: &str,
-) -> Result<()> {
+fn run_when_loaded(ctx: &Ctx, vm: Arc<crate::backend::qemu::QemuVm>, name: &str) -> Result<()> {
     let t = ctx.timeouts.of(Wait::RestoreLoad);
     let name = name.to_string();
     ctx.block_on(false, async move {
