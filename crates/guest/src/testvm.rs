@@ -94,6 +94,13 @@ async fn accept_by(
     }
 }
 
+/// `command` for the backdoor, which runs each command in its own subshell with
+/// `set -euo pipefail` and stderr on the serial console: as a plain bash would (no `-e`, `-u`
+/// or `pipefail`), with stderr merged into the output.
+fn plain(command: &str) -> String {
+    format!("set +euo pipefail\nexec 2>&1\n{command}")
+}
+
 impl TestVm {
     /// Boot `image` with `layer` appended to its initrd; returns once the backdoor shells are
     /// connected.
@@ -190,12 +197,11 @@ impl TestVm {
     /// no `set -e`); returns (exit code, output). At `timeout` the command is killed and
     /// [`GuestError::Shell`] reports the timeout.
     pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String), GuestError> {
-        // The backdoor runs each command in its own subshell with `set -euo pipefail` and stderr
-        // on the serial console; this helper has always meant a plain shell with stderr kept.
-        let wrapped = format!("set +euo pipefail\nexec 2>&1\n{command}");
-        let out =
-            self.runtime
-                .block_on(self.shell.execute(&wrapped, Some(timeout), &mut |_| {}))?;
+        let out = self.runtime.block_on(self.shell.execute(
+            &plain(command),
+            Some(timeout),
+            &mut |_| {},
+        ))?;
         Ok((out.code, out.stdout_lossy()))
     }
 
@@ -211,5 +217,52 @@ impl TestVm {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use machinist_backdoor::local::LocalShell;
+
+    async fn run(shell: &mut Shell, command: &str) -> (i32, String) {
+        let out = shell
+            .execute(&plain(command), None, &mut |_| {})
+            .await
+            .unwrap();
+        (out.code, out.stdout_lossy())
+    }
+
+    #[test]
+    fn commands_run_as_in_a_plain_shell_with_stderr_merged() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (_local, stream) = LocalShell::spawn(std::process::Stdio::null()).unwrap();
+            let opts = ConnectOptions::new("local").timeout(Duration::from_secs(20));
+            let sh = &mut Shell::connect(stream, opts).await.unwrap();
+            // stderr is part of the output, in order.
+            assert_eq!(
+                run(sh, "echo out; echo err >&2; echo out2").await,
+                (0, "out\nerr\nout2\n".into())
+            );
+            // No `set -e`, `-u` or `pipefail`: a failing command does not end the script.
+            assert_eq!(
+                run(sh, "false; echo $unset_var after; false | true; echo $?").await,
+                (0, "after\n0\n".into())
+            );
+            assert_eq!(run(sh, "echo x; exit 3").await, (3, "x\n".into()));
+            // Each command starts afresh: the last one's `set +e` and redirection are gone.
+            let out = shell_execute_raw(sh, "echo gone >&2; echo kept").await;
+            assert_eq!(out, "kept\n");
+        });
+    }
+
+    /// Runs `command` as the backdoor does, without [`plain`].
+    async fn shell_execute_raw(shell: &mut Shell, command: &str) -> String {
+        let out = shell.execute(command, None, &mut |_| {}).await.unwrap();
+        out.stdout_lossy()
     }
 }
