@@ -106,20 +106,9 @@ pub fn is_plain(command: &str) -> bool {
         && !command.split(' ').any(|w| RESERVED.contains(&w))
 }
 
-/// Single-quote `s` for bash: `'` becomes `'\''`. Any byte except NUL survives.
-pub fn single_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
+/// Single-quotes `s` for bash (`'` becomes `'\''`; any byte except NUL survives): Machinist's one
+/// shell quoting, re-exported here because the protocol's `eval` lines use it.
+pub use machinist_qemu::single_quote;
 
 /// The exact line sent for one command.
 ///

@@ -102,6 +102,13 @@ pub enum GuestError {
         /// How long.
         seconds: f64,
     },
+    /// Locking or publishing a cache entry failed (the lock file or directory is named).
+    #[error(transparent)]
+    Cache(#[from] machinist_qemu::PublishError),
+
+    /// The backdoor shell of a test VM failed (the machine is named).
+    #[error(transparent)]
+    Shell(#[from] machinist_backdoor::ShellError),
 }
 
 impl GuestError {

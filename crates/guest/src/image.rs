@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use machinist_qemu::publish::{lock_path, CacheLock, Staging};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::backdoor_files::backdoor_files;
 use crate::error::GuestError;
-use crate::integrity::{inspect_entry, seal, sync_dir, Entry};
+use crate::integrity::{inspect_entry, seal, Entry};
 use crate::progress::Progress;
 use crate::tuning::{self, Profile, Step};
 
@@ -473,15 +474,14 @@ impl ImageCache {
         // Leftovers of interrupted builds of this image (we hold its lock, so they are stale).
         remove_stale(&images, &hash);
         check_free_space(&images, &spec.name())?;
-        let tmp = images.join(format!(".tmp-{hash}-{}", std::process::id()));
-        fs::create_dir_all(&tmp).map_err(|e| GuestError::io("creating", &tmp, e))?;
-        let guard = TmpGuard(tmp.clone());
+        let staging = Staging::with_remover(&images, &hash, safe_remove_dir_all)?;
+        let tmp = staging.path();
         let start = Instant::now();
         let result = if spec.is_base() {
-            self.build_base(spec, &hash, &tmp, progress)
+            self.build_base(spec, &hash, tmp, progress)
         } else {
             let base = self.ensure(&spec.base_spec(), progress)?;
-            self.build_derived(spec, &base, &tmp, progress)
+            self.build_derived(spec, &base, tmp, progress)
         };
         let kernel_version = result?;
         let mut img = Image {
@@ -500,16 +500,8 @@ impl ImageCache {
             artefacts: BTreeMap::new(),
         };
         let phase = progress.phase(&spec.name(), "publish");
-        seal(&tmp, &mut img)?;
-        if dir.exists() {
-            let old = images.join(format!(".old-{hash}-{}", std::process::id()));
-            fs::rename(&dir, &old)
-                .map_err(|e| GuestError::io("moving old image aside", &dir, e))?;
-            safe_remove_dir_all(&old);
-        }
-        fs::rename(&tmp, &dir).map_err(|e| GuestError::io("publishing image", &dir, e))?;
-        std::mem::forget(guard);
-        sync_dir(&images)?;
+        seal(tmp, &mut img)?;
+        staging.publish(&dir)?;
         phase.finish();
         img.build_seconds = start.elapsed().as_secs_f64();
         self.empty_trash();
@@ -545,9 +537,8 @@ impl ImageCache {
         }
         remove_stale(&images, &key);
         require_tool("mmdebstrap", "mmdebstrap")?;
-        let tmp = images.join(format!(".tmp-{key}-{}", std::process::id()));
-        fs::create_dir_all(&tmp).map_err(|e| GuestError::io("creating", &tmp, e))?;
-        let guard = TmpGuard(tmp.clone());
+        let staging = Staging::with_remover(&images, &key, safe_remove_dir_all)?;
+        let tmp = staging.path();
         let tree = tmp.join("tree");
         let phase = progress.phase(&name, "mmdebstrap");
         // In a private mount namespace: mounts mmdebstrap makes die with it, even on SIGKILL.
@@ -562,13 +553,7 @@ impl ImageCache {
         // The tree is durable before it is marked complete.
         syncfs(&tree)?;
         write_synced(&tree.join(".machinist-bootstrap-complete"), b"")?;
-        sync_dir(&tmp)?;
-        if dir.exists() {
-            safe_remove_dir_all(&dir);
-        }
-        fs::rename(&tmp, &dir).map_err(|e| GuestError::io("publishing bootstrap tree", &dir, e))?;
-        std::mem::forget(guard);
-        sync_dir(&images)?;
+        staging.publish(&dir)?;
         phase.finish();
         Ok(dir.join("tree"))
     }
@@ -746,15 +731,6 @@ fn take_rebuild(flag: bool, key: &str) -> bool {
 
 static TRASH_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Removes a temporary build directory unless forgotten.
-struct TmpGuard(PathBuf);
-
-impl Drop for TmpGuard {
-    fn drop(&mut self) {
-        safe_remove_dir_all(&self.0);
-    }
-}
-
 /// Remove a build directory, but never through a mount point: if anything is still mounted
 /// below it (a killed chroot step), lazily unmount it first and skip the removal if that fails.
 fn safe_remove_dir_all(dir: &Path) {
@@ -789,22 +765,14 @@ pub(crate) fn remove_entry(images: &Path, dir: &Path) -> bool {
     let Some(n) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return false;
     };
-    let lock = images.join(format!(".{n}.lock"));
-    let Ok(f) = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-    else {
-        return false;
-    };
-    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(_l) => {
+    match CacheLock::try_acquire(lock_path(images, &n)) {
+        Ok(Some(lock)) => {
             safe_remove_dir_all(dir);
-            let _ = fs::remove_file(&lock);
+            // Removed while held: a waiter that opened it locks the new file instead.
+            let _ = fs::remove_file(lock.path());
             !dir.exists()
         }
-        Err(_) => false,
+        Ok(None) | Err(_) => false,
     }
 }
 
@@ -828,46 +796,22 @@ fn remove_stale(images: &Path, hash: &str) {
     }
 }
 
-struct LockGuard(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
-
+/// Takes the build lock of cache entry `key`, telling `progress` once if another build holds it.
 fn lock_image(
     images: &Path,
-    hash: &str,
+    key: &str,
     name: &str,
     progress: Progress,
-) -> Result<LockGuard, GuestError> {
-    let path = images.join(format!(".{hash}.lock"));
-    let deadline = Instant::now() + STEP_DEADLINE * 2;
-    let mut said = false;
-    loop {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| GuestError::io("opening lock", &path, e))?;
-        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return Ok(LockGuard(l)),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                if !said {
-                    progress.line(&format!(
-                        "image {name}: waiting for another build of it to finish"
-                    ));
-                    said = true;
-                }
-                if Instant::now() > deadline {
-                    return Err(GuestError::Timeout {
-                        what: format!("waiting for the build lock {}", path.display()),
-                        seconds: (STEP_DEADLINE * 2).as_secs_f64(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            Err((_, e)) => {
-                return Err(GuestError::io("locking", &path, std::io::Error::from(e)));
-            }
-        }
-    }
+) -> Result<CacheLock, GuestError> {
+    Ok(CacheLock::acquire(
+        lock_path(images, key),
+        STEP_DEADLINE * 2,
+        || {
+            progress.line(&format!(
+                "image {name}: waiting for another build of it to finish"
+            ))
+        },
+    )?)
 }
 
 fn check_free_space(dir: &Path, image: &str) -> Result<(), GuestError> {

@@ -44,18 +44,9 @@ pub use progress::Progress;
 pub use tuning::Profile;
 pub use validate::{is_valid_account_name, is_valid_hostname, unit_line_problem, validate};
 
-/// `s` quoted for a POSIX shell: unchanged if it holds only safe characters, else in single
-/// quotes with each `'` written as `'\\''`. Use it for every path put into a shell script.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./,=:+@%".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+/// POSIX shell quoting for paths put into a shell script (Machinist's one quoting, from
+/// `machinist-qemu`).
+pub use machinist_qemu::shell_quote;
 
 /// The kernel command line our images boot with (before the node's `kernel_args`).
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw quiet";

@@ -1,23 +1,21 @@
 //! A minimal single-machine boot helper for this crate's VM tests and the boot benchmark.
 //!
 //! It boots an [`Image`] with a [`NodeLayer`] appended to the initrd, on a per-VM qcow2 overlay,
-//! listens on the two backdoor consoles (QEMU connects), waits for the greeting and runs commands
-//! with a plain marker protocol. The driver crate has the full machine API; this exists so the
-//! guest crate can test what it builds without depending on the driver.
+//! listens on the two backdoor ports (QEMU connects), connects the backdoor's main and control
+//! shells ([`machinist_backdoor::Shell`]) and runs commands through them, blocking. The driver
+//! crate has the full machine API; this exists so the guest crate can test what it builds without
+//! depending on the driver.
 
-use std::io::{Read as _, Write as _};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use machinist_backdoor::{ConnectOptions, Control, Shell, ShellError};
 use machinist_qemu::{Drive, Nic, QemuCommand, QemuProcess};
+use tokio::net::{UnixListener, UnixStream};
 
 use crate::error::GuestError;
 use crate::image::Image;
 use crate::layer::NodeLayer;
-
-/// The greeting printed by the backdoor.
-pub const GREETING: &str = "Spawning backdoor root shell...";
 
 /// How to boot one test VM.
 #[derive(Debug, Clone)]
@@ -63,53 +61,49 @@ impl BootSpec {
 pub struct TestVm {
     /// The QEMU process (serial log, kill on drop).
     pub qemu: QemuProcess,
-    shell: UnixStream,
-    _control: Option<UnixStream>,
-    /// Time from spawn to the greeting.
+    /// The main shell, with the control shell attached (it kills a command at its timeout).
+    shell: Shell,
+    /// Time from spawn to the connected main shell (greeting and helper preamble).
     pub greeting_after: Duration,
-    counter: u64,
-    buf: Vec<u8>,
+    /// Drives the shells' sockets (dropped last: the shell's sockets are registered with it).
+    runtime: tokio::runtime::Runtime,
 }
 
-fn accept_within(
-    l: &UnixListener,
+/// Accepts QEMU's connection to `what` by `deadline`; fails at once if QEMU exits first.
+async fn accept_by(
+    listener: &UnixListener,
     deadline: Instant,
     what: &str,
     qemu: &QemuProcess,
 ) -> Result<UnixStream, GuestError> {
-    l.set_nonblocking(true)
-        .map_err(|e| GuestError::io("set_nonblocking", what, e))?;
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false)
-                    .map_err(|e| GuestError::io("set_nonblocking", what, e))?;
-                return Ok(s);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if let Some(st) = qemu.try_wait() {
-                    return Err(GuestError::BuildStep {
-                        image: qemu.name().into(),
-                        step: "qemu".into(),
-                        status: st.to_string(),
-                        output: qemu.stderr_tail(),
-                    });
-                }
-                if Instant::now() > deadline {
-                    return Err(GuestError::Timeout {
-                        what: format!("{}: QEMU connecting to {what}", qemu.name()),
-                        seconds: 0.0,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(GuestError::io("accept", what, e)),
-        }
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline.into(), listener.accept()) => match r {
+            Ok(Ok((stream, _))) => Ok(stream),
+            Ok(Err(e)) => Err(GuestError::io("accept", what, e)),
+            Err(_) => Err(GuestError::Timeout {
+                what: format!("{}: QEMU connecting to {what}", qemu.name()),
+                seconds: 0.0,
+            }),
+        },
+        status = qemu.wait() => Err(GuestError::BuildStep {
+            image: qemu.name().into(),
+            step: "qemu".into(),
+            status: status.to_string(),
+            output: qemu.stderr_tail(),
+        }),
     }
 }
 
+/// `command` for the backdoor, which runs each command in its own subshell with
+/// `set -euo pipefail` and stderr on the serial console: as a plain bash would (no `-e`, `-u`
+/// or `pipefail`), with stderr merged into the output.
+fn plain(command: &str) -> String {
+    format!("set +euo pipefail\nexec 2>&1\n{command}")
+}
+
 impl TestVm {
-    /// Boot `image` with `layer` appended to its initrd; returns once the greeting arrived.
+    /// Boot `image` with `layer` appended to its initrd; returns once the backdoor shells are
+    /// connected.
     pub fn boot(
         image: &Image,
         layer: Option<&NodeLayer>,
@@ -131,12 +125,20 @@ impl TestVm {
                     .map_err(|e| GuestError::io("copying", &base_initrd, e))?;
             }
         }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| GuestError::io("starting the I/O runtime of", &spec.name, e))?;
         let sock = |n: &str| dir.join(format!("{}-{n}.sock", spec.name));
         let (p0, p1) = (sock("hvc0"), sock("hvc1"));
-        let _ = std::fs::remove_file(&p0);
-        let _ = std::fs::remove_file(&p1);
-        let l0 = UnixListener::bind(&p0).map_err(|e| GuestError::io("binding", &p0, e))?;
-        let l1 = UnixListener::bind(&p1).map_err(|e| GuestError::io("binding", &p1, e))?;
+        let (l0, l1) = {
+            let _in_runtime = runtime.enter();
+            let bind = |p: &PathBuf| {
+                let _ = std::fs::remove_file(p);
+                UnixListener::bind(p).map_err(|e| GuestError::io("binding", p, e))
+            };
+            (bind(&p0)?, bind(&p1)?)
+        };
         let mut cmd = QemuCommand::new(&spec.name)
             .cores(spec.cores)
             .memory_mib(spec.memory_mib)
@@ -158,78 +160,49 @@ impl TestVm {
             output: e.to_string(),
         })?;
         let deadline = start + spec.boot_timeout;
-        let shell = accept_within(&l0, deadline, "hvc0", &qemu)?;
-        let control = accept_within(&l1, deadline, "hvc1", &qemu).ok();
-        let mut vm = TestVm {
+        let connected = runtime.block_on(async {
+            let main = accept_by(&l0, deadline, "hvc0", &qemu).await?;
+            let control = accept_by(&l1, deadline, "hvc1", &qemu).await?;
+            let opts = ConnectOptions::new(&spec.name)
+                .timeout(deadline.saturating_duration_since(Instant::now()));
+            let main = async {
+                let shell = Shell::connect(main, opts.clone()).await;
+                (shell, start.elapsed())
+            };
+            let ((shell, greeting_after), control) =
+                tokio::join!(main, Control::connect(control, opts.control()));
+            Ok::<_, GuestError>(
+                shell
+                    .and_then(|s| Ok((s, control?)))
+                    .map(|(s, c)| (s, c, greeting_after)),
+            )
+        })?;
+        let (mut shell, control, greeting_after) =
+            connected.map_err(|e: ShellError| GuestError::BuildStep {
+                image: spec.name.clone(),
+                step: "connecting to the backdoor shell".into(),
+                status: e.to_string(),
+                output: qemu.serial().tail(30),
+            })?;
+        shell.set_control(control);
+        Ok(TestVm {
             qemu,
             shell,
-            _control: control,
-            greeting_after: Duration::ZERO,
-            counter: 0,
-            buf: Vec::new(),
-        };
-        vm.read_until(GREETING.as_bytes(), deadline)?;
-        vm.greeting_after = start.elapsed();
-        Ok(vm)
+            greeting_after,
+            runtime,
+        })
     }
 
-    fn read_until(&mut self, needle: &[u8], deadline: Instant) -> Result<Vec<u8>, GuestError> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(pos) = self.buf.windows(needle.len()).position(|w| w == needle) {
-                let out = self.buf[..pos].to_vec();
-                self.buf.drain(..pos + needle.len());
-                return Ok(out);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(GuestError::Timeout {
-                    what: format!(
-                        "{}: waiting for {:?}; serial tail:\n{}",
-                        self.qemu.name(),
-                        String::from_utf8_lossy(needle),
-                        self.qemu.serial().tail(30)
-                    ),
-                    seconds: 0.0,
-                });
-            }
-            self.shell
-                .set_read_timeout(Some(left.min(Duration::from_millis(500))))
-                .map_err(|e| GuestError::io("set_read_timeout", self.qemu.name(), e))?;
-            match self.shell.read(&mut chunk) {
-                Ok(0) => {
-                    return Err(GuestError::io(
-                        "backdoor closed",
-                        self.qemu.name(),
-                        std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-                    ))
-                }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(GuestError::io("reading backdoor", self.qemu.name(), e)),
-            }
-        }
-    }
-
-    /// Run `command` as root in the guest (bash, stdin /dev/null, stderr merged into the output);
-    /// returns (exit code, output).
+    /// Run `command` as root in the guest (bash, stdin /dev/null, stderr merged into the output,
+    /// no `set -e`); returns (exit code, output). At `timeout` the command is killed and
+    /// [`GuestError::Shell`] reports the timeout.
     pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String), GuestError> {
-        self.counter += 1;
-        let marker = format!("__MACHINIST_GUEST_DONE_{}__", self.counter);
-        let wrapped =
-            format!("( {command}\n) </dev/null 2>&1; printf '\\n{marker} %s\\n' \"$?\"\n");
-        self.shell
-            .write_all(wrapped.as_bytes())
-            .map_err(|e| GuestError::io("writing backdoor", self.qemu.name(), e))?;
-        let deadline = Instant::now() + timeout;
-        let out = self.read_until(format!("\n{marker} ").as_bytes(), deadline)?;
-        let code = self.read_until(b"\n", deadline)?;
-        let code: i32 = String::from_utf8_lossy(&code).trim().parse().unwrap_or(-1);
-        Ok((code, String::from_utf8_lossy(&out).into_owned()))
+        let out = self.runtime.block_on(self.shell.execute(
+            &plain(command),
+            Some(timeout),
+            &mut |_| {},
+        ))?;
+        Ok((out.code, out.stdout_lossy()))
     }
 
     /// Like [`TestVm::run`] but fails unless the exit code is 0.
@@ -244,5 +217,52 @@ impl TestVm {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use machinist_backdoor::local::LocalShell;
+
+    async fn run(shell: &mut Shell, command: &str) -> (i32, String) {
+        let out = shell
+            .execute(&plain(command), None, &mut |_| {})
+            .await
+            .unwrap();
+        (out.code, out.stdout_lossy())
+    }
+
+    #[test]
+    fn commands_run_as_in_a_plain_shell_with_stderr_merged() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (_local, stream) = LocalShell::spawn(std::process::Stdio::null()).unwrap();
+            let opts = ConnectOptions::new("local").timeout(Duration::from_secs(20));
+            let sh = &mut Shell::connect(stream, opts).await.unwrap();
+            // stderr is part of the output, in order.
+            assert_eq!(
+                run(sh, "echo out; echo err >&2; echo out2").await,
+                (0, "out\nerr\nout2\n".into())
+            );
+            // No `set -e`, `-u` or `pipefail`: a failing command does not end the script.
+            assert_eq!(
+                run(sh, "false; echo $unset_var after; false | true; echo $?").await,
+                (0, "after\n0\n".into())
+            );
+            assert_eq!(run(sh, "echo x; exit 3").await, (3, "x\n".into()));
+            // Each command starts afresh: the last one's `set +e` and redirection are gone.
+            let out = shell_execute_raw(sh, "echo gone >&2; echo kept").await;
+            assert_eq!(out, "kept\n");
+        });
+    }
+
+    /// Runs `command` as the backdoor does, without [`plain`].
+    async fn shell_execute_raw(shell: &mut Shell, command: &str) -> String {
+        let out = shell.execute(command, None, &mut |_| {}).await.unwrap();
+        out.stdout_lossy()
     }
 }

@@ -10,30 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use machinist_netsim::client::StreamClient;
-
-/// The host-wide VM lock (`/tmp/machinist-vm-tests.lock`), with a deadline.
-struct VmLock {
-    _file: std::fs::File,
-}
-
-impl VmLock {
-    fn acquire(timeout: Duration) -> VmLock {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open("/tmp/machinist-vm-tests.lock")
-            .expect("open VM lock");
-        let deadline = Instant::now() + timeout;
-        // SAFETY: flock on a file descriptor we own.
-        while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            assert!(Instant::now() < deadline, "VM lock busy for {timeout:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        VmLock { _file: f }
-    }
-}
+use machinist_qemu::VmTestLock;
 
 struct Qemu(Child);
 
@@ -96,7 +73,7 @@ fn wait_dhcp(obs: &mut StreamClient, mac: [u8; 6], timeout: Duration) -> Vec<u8>
 #[test]
 fn vm_qemu_firmware_dhcp_crosses_stream_and_vde_ports() {
     let t0 = Instant::now();
-    let _lock = VmLock::acquire(Duration::from_secs(900));
+    let _lock = VmTestLock::acquire_timeout(Duration::from_secs(900)).expect("VM lock");
     eprintln!("VM lock acquired after {:?}", t0.elapsed());
     let t0 = Instant::now();
     let dir = tmpdir();

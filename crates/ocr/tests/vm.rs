@@ -1,7 +1,7 @@
 //! A real guest: boots Debian's cloud kernel with a busybox initramfs that writes a known
 //! sentence to its VGA console, and waits for it with `wait_for_text` over QMP `screendump`.
 //! Takes the host VM lock. Needs qemu-system-x86, busybox-static, cpio, apt-get (first run
-//! downloads the kernel into `$XDG_CACHE_HOME/machinist/ocr-test-kernel`).
+//! downloads the kernel into machinist-qemu's kernel cache, `<cache>/kernel`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use machinist_ocr::{decode_image, Ocr, OcrConfig, OcrError, ScreenSource};
+use machinist_qemu::shell_quote;
 
 const SENTENCE: &str = "Machinist reads the guest console: sentence 4711 is here.";
 
@@ -26,70 +27,11 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into()
 }
 
-fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
-    let boot = dir.join("root/boot");
-    std::fs::read_dir(boot)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-}
-
-/// Debian's cloud kernel, downloaded once with apt-get into the cache.
+/// Debian's cloud kernel: machinist-qemu's cached test kernel (downloaded once with apt-get).
 fn kernel() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
-        })
-        .join("machinist");
-    for d in [cache.join("ocr-test-kernel"), cache.join("ocr-corpus")] {
-        if let Some(k) = find_vmlinuz(&d) {
-            return k;
-        }
-    }
-    // machinist-qemu's kernel::test_kernel() cache: kernel/<version>/boot/vmlinuz-*.
-    for version in std::fs::read_dir(cache.join("kernel"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let boot = version.path().join("boot");
-        for f in std::fs::read_dir(&boot).into_iter().flatten().flatten() {
-            if f.file_name().to_string_lossy().starts_with("vmlinuz-") {
-                return f.path();
-            }
-        }
-    }
-    let dir = cache.join("ocr-test-kernel");
-    std::fs::create_dir_all(&dir).unwrap();
-    let deps = run(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]));
-    let pkg = deps
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Depends: ")
-                .filter(|p| p.starts_with("linux-image-"))
-        })
-        .expect("apt-cache knows linux-image-cloud-amd64's versioned package")
-        .to_string();
-    run(Command::new("apt-get")
-        .args(["download", &pkg])
-        .current_dir(&dir));
-    let deb = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .unwrap();
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(dir.join("root")));
-    find_vmlinuz(&dir).expect("the kernel package has /boot/vmlinuz-*")
+    machinist_qemu::kernel::test_kernel()
+        .expect("the test kernel (apt-get download linux-image-cloud-amd64)")
+        .vmlinuz
 }
 
 fn initramfs(dir: &Path) -> PathBuf {
@@ -106,9 +48,9 @@ fn initramfs(dir: &Path) -> PathBuf {
     run(Command::new("chmod").arg("+x").arg(root.join("init")));
     let out = dir.join("initrd.cpio");
     run(Command::new("sh").arg("-c").arg(format!(
-        "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
-        root.display(),
-        out.display()
+        "cd {} && find . | cpio -o -H newc --quiet > {}",
+        shell_quote(&root.to_string_lossy()),
+        shell_quote(&out.to_string_lossy())
     )));
     out
 }
@@ -196,15 +138,7 @@ impl ScreenSource for Qmp {
 
 #[test]
 fn vm_wait_for_text_on_guest_console() {
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/tmp/machinist-vm-tests.lock")
-        .unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .unwrap();
+    let _lock = machinist_qemu::VmTestLock::acquire().expect("VM lock");
 
     let ocr = Ocr::new(OcrConfig::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();

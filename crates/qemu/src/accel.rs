@@ -630,8 +630,8 @@ mod tests {
             dir.path(),
             "qemu-abort",
             &format!(
-                "ulimit -c 0\nprintf '%s' '{}' >&2\nkill -ABRT $$\nsleep 5\n",
-                MSR_ERROR.replace('\'', "'\\''")
+                "ulimit -c 0\nprintf '%s' {} >&2\nkill -ABRT $$\nsleep 5\n",
+                crate::shell_quote(MSR_ERROR)
             ),
         );
         let t = Instant::now();

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{QemuError, QEMU_PACKAGE};
+use crate::quote::shell_quote;
 use crate::socket::check_socket_path;
 
 /// The accelerator QEMU runs the guest with.
@@ -732,19 +733,6 @@ fn path_str(p: &Path) -> String {
 /// QEMU option values separate keys with commas; a literal comma is written as `,,`.
 fn escape_opt(s: &str) -> String {
     s.replace(',', ",,")
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(c, '-' | '_' | '.' | '/' | ',' | '=' | ':' | '+' | '@')
-        })
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 #[cfg(test)]

@@ -4,14 +4,13 @@
 //! builder so any crate's tests can boot a real kernel in ~2 s.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::cache::cache_dir;
 use crate::cpio::NewcWriter;
+use crate::publish::{publish_dir, CacheLock, PublishError, Staging};
 
 /// The Debian metapackage whose dependency is the versioned cloud kernel.
 pub const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
@@ -82,6 +81,9 @@ pub enum KernelError {
     /// The package did not contain what was expected, or a module is missing.
     #[error("{0}")]
     Layout(String),
+    /// Locking or publishing the kernel cache failed.
+    #[error(transparent)]
+    Cache(#[from] PublishError),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> KernelError {
@@ -129,9 +131,7 @@ pub fn test_kernel_of_in(flavour: KernelFlavour, dir: &Path) -> Result<TestKerne
             return Ok(k);
         }
     }
-    let lock = dir.join(".lock");
-    let lockfile = File::create(&lock).map_err(io_err(format!("creating {}", lock.display())))?;
-    flock(&lockfile, Duration::from_secs(600), &lock)?;
+    let _lock = CacheLock::acquire(dir.join(".lock"), LOCK_TIMEOUT, || {})?;
     if let Some(pkg) = &wanted {
         if let Some(k) = cached(dir, release_of(pkg)) {
             return Ok(k);
@@ -152,6 +152,9 @@ pub fn test_kernel_of_in(flavour: KernelFlavour, dir: &Path) -> Result<TestKerne
         }
     }
 }
+
+/// How long to wait for another process downloading the kernel.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn release_of(pkg: &str) -> &str {
     pkg.strip_prefix("linux-image-").unwrap_or(pkg)
@@ -219,11 +222,9 @@ fn run(cmd: &mut Command, hint: &str) -> Result<String, KernelError> {
 
 fn download(dir: &Path, flavour: KernelFlavour) -> Result<TestKernel, KernelError> {
     let started = Instant::now();
-    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-    let result = download_into(dir, &tmp, flavour.metapackage());
-    let _ = std::fs::remove_dir_all(&tmp);
+    let staging = Staging::new(dir, "download")?;
+    let result = download_into(dir, staging.path(), flavour.metapackage());
+    drop(staging);
     if let Ok(k) = &result {
         tracing::info!(
             "test kernel {} unpacked into {} in {:.1}s",
@@ -282,33 +283,11 @@ fn download_into(dir: &Path, tmp: &Path, metapackage: &str) -> Result<TestKernel
             "{pkg} has no boot/vmlinuz-{release}"
         )));
     }
-    let dest = dir.join(&release);
-    let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(&root, &dest).map_err(io_err(format!(
-        "moving the unpacked kernel to {}",
-        dest.display()
-    )))?;
+    publish_dir(&root, &dir.join(&release), |p| {
+        let _ = std::fs::remove_dir_all(p);
+    })?;
     cached(dir, &release)
         .ok_or_else(|| KernelError::Layout(format!("{pkg} has no lib/modules/{release} directory")))
-}
-
-fn flock(file: &File, timeout: Duration, path: &Path) -> Result<(), KernelError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        // SAFETY: flock on a file we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(KernelError::Layout(format!(
-                "another process holds {} for more than {timeout:?} (a stuck kernel download?); \
-                 check with `fuser -v {}`",
-                path.display(),
-                path.display()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 impl TestKernel {
@@ -483,11 +462,11 @@ impl TinyInitramfs {
              mount -t sysfs sys /sys\n\
              for m in {mods}; do insmod /lib/modules/$m.ko || echo \"tiny-initramfs: insmod $m failed\" >/dev/ttyS0; done\n\
              {script}\n\
-             echo '{marker}' >/dev/ttyS0\n\
+             echo {marker} >/dev/ttyS0\n\
              {after}\n",
             mods = modules.join(" "),
             script = self.script,
-            marker = self.marker.replace('\'', "'\\''"),
+            marker = crate::shell_quote(&self.marker),
         )
     }
 

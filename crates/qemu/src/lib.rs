@@ -13,6 +13,8 @@
 //! - [`cpio::NewcWriter`], [`kernel::test_kernel`] and [`kernel::TinyInitramfs`]: boot a real
 //!   Debian kernel in tests without a guest image.
 //! - [`VmTestLock`]: the host-wide lock every VM-booting test takes.
+//! - [`publish`]: build a cache entry once across processes ([`CacheLock`], [`Staging`]).
+//! - [`shell_quote`], [`single_quote`]: the shell quoting every crate uses.
 //!
 //! The driver owns every listening socket ([`socket::bind_listener`]); QEMU connects as a client,
 //! so nothing the guest writes early is lost.
@@ -28,7 +30,9 @@ pub mod keys;
 mod lock;
 pub mod overlay;
 mod process;
+pub mod publish;
 pub mod qmp;
+mod quote;
 mod serial;
 pub mod socket;
 mod spawner;
@@ -46,9 +50,11 @@ pub use error::{describe_status, QemuError, QEMU_PACKAGE};
 pub use groups::{kill_live_process_groups, live_process_groups};
 pub use lock::{VmTestLock, VM_LOCK_PATH};
 pub use process::{QemuProcess, KILL_GRACE, STDERR_TAIL_BYTES};
+pub use publish::{CacheLock, PublishError, Staging};
 pub use qmp::{
     wait_event, MigrationInfo, Qmp, QmpError, QmpEvent, QmpVersion, ScreendumpFormat, StatusInfo,
 };
+pub use quote::{shell_quote, single_quote};
 pub use serial::{SerialError, SerialLine, SerialLog};
 pub use spawner::spawn_supervised;
 pub use version::{qemu_version, qemu_version_of, QemuVersion};

@@ -12,13 +12,13 @@
 //! deadlock.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::QemuError;
+use crate::publish::try_flock;
 
 /// The lock file of slot 0.
 pub const VM_LOCK_PATH: &str = "/tmp/machinist-vm-tests.lock";
@@ -115,8 +115,7 @@ impl VmTestLock {
         loop {
             for p in &paths {
                 let file = open(p)?;
-                // SAFETY: flock on a file we own.
-                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                if matches!(try_flock(&file), Ok(true)) {
                     tracing::debug!("VM test lock {} taken", p.display());
                     return Ok(VmTestLock {
                         _file: Some(file),
@@ -368,10 +367,9 @@ mod tests {
         std::fs::write(&existing, "").unwrap();
         std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640)).unwrap();
         let f = open(&existing).unwrap();
-        // SAFETY: flock on an open file.
-        assert_eq!(
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-            0
+        assert!(
+            try_flock(&f).unwrap(),
+            "a read-only lock file can be locked"
         );
         assert_eq!(
             mode(&existing),
