@@ -1,4 +1,4 @@
-//! The PostgREST tutorial (shared/seed/integration-testing.md) as a two-machine test.
+//! The PostgREST tutorial of the NixOS integration-testing guide as a two-machine test.
 //!
 //! `server` runs PostgreSQL (Debian's package) with the tutorial's `setup.sql` run once as the
 //! database superuser after Postgres is up, and a `postgrest` service (the tutorial's

@@ -85,17 +85,17 @@ enum Cmd {
 /// The benchmarks `cargo xtask bench` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchKind {
-    /// Guest boot to backdoor greeting under TCG (issue 4, crates/guest).
+    /// Guest boot to backdoor greeting under TCG (crates/guest).
     Boot,
-    /// Backdoor command round trips vs the NixOS protocol (issue 5, crates/backdoor).
+    /// Backdoor command round trips vs the NixOS protocol (crates/backdoor).
     Backdoor,
-    /// Virtual switch throughput vs vde_switch (issue 6, crates/netsim).
+    /// Virtual switch throughput vs vde_switch (crates/netsim).
     Switch,
-    /// OCR speed and accuracy vs the NixOS pipeline (issue 7, crates/ocr).
+    /// OCR speed and accuracy vs the NixOS pipeline (crates/ocr).
     Ocr,
-    /// Warm start from saved VM state vs cold boot (issue 11).
+    /// Warm start from saved VM state vs cold boot.
     Warm,
-    /// Driver: polling conditions and waits vs the NixOS behaviour (issue 8).
+    /// Driver: polling conditions and waits vs the NixOS behaviour.
     Driver,
     /// All of the above.
     All,

@@ -93,7 +93,7 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
     s[rank - 1]
 }
 
-/// The default mixed workload (issue 5).
+/// The default mixed workload.
 pub const MIXED: [&str; 3] = [
     "systemctl is-active multi-user.target",
     "test -e /etc/hostname",
