@@ -185,7 +185,7 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(r.test, "postgrest");
-        assert_eq!(r.global_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(r.global_timeout, Some(Duration::new(2, 500_000_000)));
         assert_eq!(r.accel, Some(AccelArg::Tcg));
         assert!(r.keep_state && r.debug_on_failure && r.cold_boot);
     }

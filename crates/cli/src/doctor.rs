@@ -120,7 +120,7 @@ fn accelerator(qemu_ok: bool) -> Finding {
         eprintln!(
             "machinist doctor: probing KVM with a short guest boot (waiting for the VM lock)"
         );
-        machinist_qemu::VmTestLock::acquire_timeout(std::time::Duration::from_secs(300)).ok()
+        machinist_qemu::VmTestLock::acquire_timeout(machinist::timeouts::VM_LOCK_WAIT).ok()
     });
     let c = machinist_qemu::accel::choose();
     Finding::ok("accelerator", format!("{} ({})", c.accel, c.reason))

@@ -291,6 +291,17 @@ impl Error {
     }
 }
 
+/// The message of a panic payload.
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,8 +328,8 @@ mod tests {
         let e = Error::Timeout {
             machine: Some("client".into()),
             what: "curl --fail http://server:3000/todos".into(),
-            timeout: Duration::from_secs(7),
-            elapsed: Duration::from_millis(7050),
+            timeout: Duration::new(7, 0),
+            elapsed: Duration::new(7, 50_000_000),
             last_output: String::new(),
         };
         assert_eq!(

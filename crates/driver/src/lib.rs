@@ -9,14 +9,13 @@
 //!
 //! ```no_run
 //! use machinist::{NodeConfig, Test};
-//! use std::time::Duration;
 //!
 //! Test::new("ping")
 //!     .node("a", NodeConfig::new())
 //!     .node("b", NodeConfig::new())
 //!     .script(|t| {
 //!         t.start_all()?;
-//!         t.machine("a").wait_until_succeeds("ping -c1 -W1 b", Duration::from_secs(30))?;
+//!         t.machine("a").wait_until_succeeds("ping -c1 -W1 b", 30)?;
 //!         Ok(())
 //!     })
 //!     .run()

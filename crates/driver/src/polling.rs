@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::timeouts::Pace;
 
 /// The outcome of a check: implemented for `bool` and for `Result<T, E: Display>`.
 pub trait CheckOutcome {
@@ -137,7 +138,7 @@ impl CondInner {
         self.running.store(false, Ordering::Release);
         let outcome = match r {
             Ok(o) => o,
-            Err(panic) => Err(Some(crate::run::panic_message(&panic))),
+            Err(panic) => Err(Some(crate::error::panic_message(&panic))),
         };
         outcome.map_err(|detail| Error::PollingCondition {
             description: self.description.clone(),
@@ -263,7 +264,7 @@ impl Registry {
                     .unwrap_or(Duration::ZERO)
             })
             .min()
-            .unwrap_or(Duration::from_millis(200))
-            .clamp(Duration::from_millis(20), Duration::from_millis(500))
+            .unwrap_or(Pace::PollerIdle.get())
+            .clamp(Pace::PollerMin.get(), Pace::PollerMax.get())
     }
 }

@@ -25,18 +25,6 @@ fn type_name(v: &Bound<'_, PyAny>) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
 
-impl Seconds {
-    /// `ms` milliseconds (for signature defaults).
-    pub const fn millis(ms: u64) -> Self {
-        Seconds(Duration::from_millis(ms))
-    }
-
-    /// `s` seconds (for signature defaults).
-    pub const fn secs(s: u64) -> Self {
-        Seconds(Duration::from_secs(s))
-    }
-}
-
 /// Checks a number of seconds given as `what` (the argument's name).
 pub fn checked_seconds(secs: f64, what: &str) -> PyResult<Duration> {
     if !secs.is_finite() || !(0.0..=MAX_SECONDS).contains(&secs) {
@@ -45,7 +33,7 @@ pub fn checked_seconds(secs: f64, what: &str) -> PyResult<Duration> {
              not {secs}; give None for the method's default"
         )));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(machinist::timeouts::from_secs_f64(secs))
 }
 
 fn seconds_of(v: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
@@ -185,14 +173,14 @@ mod tests {
     fn timeouts_accept_seconds_and_timedelta() {
         Python::attach(|py| {
             let secs = |s: &str| timeout(Some(&eval(py, s)));
-            assert_eq!(secs("7").unwrap(), Some(Duration::from_secs(7)));
-            assert_eq!(secs("0.5").unwrap(), Some(Duration::from_millis(500)));
+            assert_eq!(secs("7").unwrap(), Some(Duration::new(7, 0)));
+            assert_eq!(secs("0.5").unwrap(), Some(Duration::new(0, 500_000_000)));
             assert_eq!(secs("0").unwrap(), Some(Duration::ZERO));
             assert_eq!(secs("None").unwrap(), None);
             assert_eq!(timeout(None).unwrap(), None);
             assert_eq!(
                 secs("__import__('datetime').timedelta(minutes=1, milliseconds=250)").unwrap(),
-                Some(Duration::from_millis(60_250))
+                Some(Duration::new(60, 250_000_000))
             );
             assert!(secs("'soon'")
                 .unwrap_err()
@@ -202,7 +190,7 @@ mod tests {
         });
     }
 
-    /// Each of these used to panic in `Duration::from_secs_f64` (or overflow a deadline).
+    /// Each of these used to panic when converted to a `Duration` (or overflow a deadline).
     #[test]
     fn bad_timeouts_are_value_errors_not_panics() {
         Python::attach(|py| {
@@ -229,7 +217,7 @@ mod tests {
             }
             assert_eq!(
                 eval(py, "31536000").extract::<Seconds>().unwrap(),
-                Seconds::secs(31_536_000)
+                Seconds(Duration::new(31_536_000, 0))
             );
         });
     }

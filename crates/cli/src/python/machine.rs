@@ -102,7 +102,7 @@ impl PyMachine {
     /// Run a command; returns (exit code, output). check_output=False returns (-2, '') and
     /// check_return=False returns (-1, output), as in NixOS. The command is killed after
     /// `timeout` seconds (default 900, exit code 124); timeout=None waits as long as it runs.
-    #[pyo3(signature = (command, check_return=Flag(true), check_output=Flag(true), timeout=Some(Seconds::secs(900))), text_signature = "(self, command, check_return=True, check_output=True, timeout=900)")]
+    #[pyo3(signature = (command, check_return=Flag(true), check_output=Flag(true), timeout=Some(Seconds(machinist::timeouts::DEFAULT_TIMEOUT))), text_signature = "(self, command, check_return=True, check_output=True, timeout=900)")]
     fn execute(
         &self,
         py: Python<'_>,
@@ -113,6 +113,8 @@ impl PyMachine {
     ) -> PyResult<(i32, String)> {
         let t = secs(timeout);
         let m = self.m.clone();
+        // timeout=None: no limit, as in NixOS.
+        let t = t.unwrap_or(machinist::timeouts::NEVER);
         let (code, out) = run(py, move || m.execute_with(&command, t))?;
         Ok(match (check_output.0, check_return.0) {
             (false, _) => (-2, String::new()),
@@ -471,7 +473,7 @@ impl PyMachine {
 
     /// Press a key (QEMU key name, e.g. "ctrl-alt-delete", "ret", or one character), then wait
     /// `delay` seconds (default 0.01; None: no wait).
-    #[pyo3(signature = (key, delay=Some(Seconds::millis(10)), log=Flag(true)), text_signature = "(self, key, delay=0.01, log=True)")]
+    #[pyo3(signature = (key, delay=Some(Seconds(machinist::timeouts::Pace::KeyDelay.get())), log=Flag(true)), text_signature = "(self, key, delay=0.01, log=True)")]
     fn send_key(
         &self,
         py: Python<'_>,
@@ -485,7 +487,7 @@ impl PyMachine {
     }
 
     /// Type characters as key presses, `delay` seconds apart (default 0.01; None: no wait).
-    #[pyo3(signature = (chars, delay=Some(Seconds::millis(10))), text_signature = "(self, chars, delay=0.01)")]
+    #[pyo3(signature = (chars, delay=Some(Seconds(machinist::timeouts::Pace::KeyDelay.get()))), text_signature = "(self, chars, delay=0.01)")]
     fn send_chars(&self, py: Python<'_>, chars: String, delay: Option<Seconds>) -> PyResult<()> {
         let d = secs(delay).unwrap_or_default();
         let m = self.m.clone();

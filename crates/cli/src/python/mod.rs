@@ -247,7 +247,7 @@ mod functions {
         interval: Option<Seconds>,
         fun: Py<PyAny>,
     ) -> PyResult<PyCond> {
-        let interval = interval.map_or(Duration::from_secs(2), |s| s.0);
+        let interval = interval.map_or(machinist::timeouts::DEFAULT_POLLING_INTERVAL, |s| s.0);
         let check: CheckFn = Box::new(move || {
             Python::attach(|py| match fun.call0(py) {
                 // NixOS: None counts as success, exceptions as failure.

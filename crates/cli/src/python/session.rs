@@ -9,7 +9,7 @@ use super::machine::script_error;
 use super::{polling, CheckFn, CondHandle, ErrorKind, ScriptError, Session};
 
 /// NixOS' default for retry and waits.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
+const DEFAULT_TIMEOUT: Duration = machinist::timeouts::DEFAULT_TIMEOUT;
 
 /// The Rust script of a bundled test (what `test_script()` runs).
 pub type RustScript = Arc<dyn Fn(&machinist::TestRun) -> machinist::ScriptResult + Send + Sync>;

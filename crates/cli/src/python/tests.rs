@@ -140,7 +140,7 @@ def attempt(last):
 retry(attempt, timeout_seconds=datetime.timedelta(seconds=5))
 assert calls == [False, False], calls
 
-# Bad numbers are ValueErrors (they used to panic in Duration::from_secs_f64).
+# Bad numbers are ValueErrors (they used to panic when converted to a Duration).
 for bad in (1e20, float("nan"), float("inf"), -1):
     for call in (
         lambda: retry(attempt, timeout_seconds=bad),

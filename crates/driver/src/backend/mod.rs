@@ -1,7 +1,7 @@
 //! The backend seam: what a node's runtime must provide to the driver.
 //!
-//! A [`Machine`](crate::Machine) does not know how its node runs. It asks a backend to start
-//! the node ([`qemu::QemuBackend::start`], a cold boot, or a restore through [`crate::warm`])
+//! A machine does not know how its node runs. It asks a backend to start the node (a cold boot
+//! with [`qemu::QemuBackend::start_cold`], or a restore, which warm start drives)
 //! and gets an [`Instance`] (the running node: its console, how to stop or crash it, its NICs
 //! and, where it has them, a display and a QMP monitor) and the [`ShellTransport`] its backdoor
 //! shells greet on. Everything above this seam (sessions, commands, waits, the network API) is

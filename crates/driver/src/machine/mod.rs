@@ -12,6 +12,7 @@
 //! machine is `Sync`: different machines can be driven from different threads at once; commands on
 //! one machine are serialised.
 
+mod archive;
 mod args;
 mod artefacts;
 mod commands;

@@ -12,7 +12,6 @@ mod setup;
 mod watchdog;
 
 pub use finish::Report;
-pub(crate) use script::panic_message;
 pub use script::ScriptResult;
 pub(crate) use setup::Declaration;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::TestRun;
 use crate::ctx::{Ctx, Deadline};
-use crate::error::{BoxError, Error, Result};
+use crate::error::{panic_message, BoxError, Error, Result};
 use crate::log::Event;
 use crate::polling::{CheckOutcome, PollingCondition};
 use crate::timeouts::Pace;
@@ -228,16 +228,5 @@ fn poller(ctx: Arc<Ctx>) {
         }
         let pause = ctx.polling.tick();
         std::thread::sleep(pause);
-    }
-}
-
-/// The message of a panic payload.
-pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        format!("panicked: {s}")
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        format!("panicked: {s}")
-    } else {
-        "panicked".to_string()
     }
 }

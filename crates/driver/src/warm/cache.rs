@@ -9,13 +9,14 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use machinist_qemu::QemuCommand;
+use machinist_qemu::publish::lock_path;
+use machinist_qemu::{CacheLock, QemuCommand, Staging};
 use sha2::{Digest, Sha256};
 
 use crate::backend::qemu::{command_for, BootSpec};
-use crate::timeouts::{Pace, Timeouts, Wait};
+use crate::timeouts::{Timeouts, Wait};
 
 /// Bumped when the guest-side protocol of a snapshot (arming, identity script) changes.
 pub(crate) const FORMAT: &str = "machinist-warm-7";
@@ -144,26 +145,21 @@ pub(crate) fn ensure(
         return Ok(snap);
     }
     std::fs::create_dir_all(&root).map_err(|e| err(format!("creating {}: {e}", root.display())))?;
-    let _lock = lock(&root, key, timeouts.of(Wait::SnapshotLock), log).map_err(err)?;
+    let _lock = CacheLock::acquire(
+        lock_path(&root, key),
+        timeouts.of(Wait::SnapshotLock),
+        || log("warm start: waiting for another process building the same snapshot"),
+    )
+    .map_err(|e| err(e.to_string()))?;
     if snap.is_complete() {
         return Ok(snap);
-    }
-    if snap.dir.exists() {
-        // Incomplete (no manifest): never used; rebuild.
-        let _ = std::fs::remove_dir_all(&snap.dir);
     }
     let started = Instant::now();
     log(&format!(
         "warm start: building snapshot {key} (one cold boot, then saved for later machines)"
     ));
-    let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| err(format!("creating {}: {e}", tmp.display())))?;
-    let r = super::build::build(handle, spec, plain_initrd, &tmp, timeouts);
-    if let Err(m) = r {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(err(m));
-    }
+    let staging = Staging::new(&root, key).map_err(|e| err(e.to_string()))?;
+    super::build::build(handle, spec, plain_initrd, staging.path(), timeouts).map_err(err)?;
     let manifest = serde_json::json!({
         "format": FORMAT,
         "key": key,
@@ -171,65 +167,24 @@ pub(crate) fn ensure(
         "disk_backing": spec.disk,
         "build_seconds": started.elapsed().as_secs_f64(),
     });
-    let publish = || -> std::io::Result<()> {
+    let seal = |dir: &Path| -> std::io::Result<()> {
         for f in ["disk.qcow2", "state"] {
-            let p = tmp.join(f);
+            let p = dir.join(f);
             let mut perm = std::fs::metadata(&p)?.permissions();
             perm.set_readonly(true);
             std::fs::set_permissions(&p, perm)?;
         }
-        let mut f = std::fs::File::create(tmp.join("manifest.json"))?;
+        let mut f = std::fs::File::create(dir.join("manifest.json"))?;
         f.write_all(serde_json::to_string_pretty(&manifest)?.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &snap.dir)
+        f.sync_all()
     };
-    publish().map_err(|e| {
-        let _ = std::fs::remove_dir_all(&tmp);
-        err(format!("publishing {}: {e}", snap.dir.display()))
-    })?;
+    seal(staging.path()).map_err(|e| err(format!("sealing {}: {e}", staging.path().display())))?;
+    // Replaces an incomplete directory (no manifest) left by a killed builder.
+    staging.publish(&snap.dir).map_err(|e| err(e.to_string()))?;
     log(&format!(
         "warm start: snapshot {key} built in {:.1} s ({})",
         started.elapsed().as_secs_f64(),
         snap.dir.display()
     ));
     Ok(snap)
-}
-
-struct LockGuard(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
-
-fn lock(
-    root: &Path,
-    key: &str,
-    timeout: Duration,
-    log: &dyn Fn(&str),
-) -> Result<LockGuard, String> {
-    let path = root.join(format!(".{key}.lock"));
-    let deadline = Instant::now() + timeout;
-    let mut said = false;
-    loop {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("opening the lock {}: {e}", path.display()))?;
-        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return Ok(LockGuard(l)),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                if !said {
-                    log("warm start: waiting for another process building the same snapshot");
-                    said = true;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "waited {} s for the lock {}; remove it if no build is running",
-                        timeout.as_secs(),
-                        path.display()
-                    ));
-                }
-                std::thread::sleep(Pace::LockPoll.get());
-            }
-            Err((_, e)) => return Err(format!("locking {}: {e}", path.display())),
-        }
-    }
 }
