@@ -1,10 +1,34 @@
 //! The driver's error type.
+//!
+//! Every error belongs to one [`ErrorKind`]: the declaration (nothing booted), the script's own
+//! checks and calls at run time, the host (files, processes, tools), or a backend crate (QEMU,
+//! the backdoor, the switch, images, OCR). A backend's or the host's typed error is kept as the
+//! variant's `cause` and printed once, in the variant's message (it is not repeated as
+//! `source()`, so a chain printer such as anyhow's `{:#}` shows it once).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// A boxed error from a script or a backend crate.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Which part of a run an [`Error`] comes from ([`Error::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The test declaration (nodes, templates, the timeout scale): nothing was booted; fix the
+    /// declaration.
+    Declaration,
+    /// The script at run time: a check failed, a wait timed out, a call was given a bad
+    /// argument, a machine was not running, the run was interrupted or timed out.
+    Runtime,
+    /// The host: a file or directory could not be read or written.
+    Host,
+    /// A backend crate (QEMU, the backdoor, the switch, images, OCR) failed.
+    Backend,
+    /// A bug in the driver.
+    Internal,
+}
 
 /// Result alias used throughout the driver.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -142,15 +166,14 @@ pub enum Error {
     },
 
     /// A backend crate (qemu, backdoor, netsim, ocr, guest) reported an error.
-    #[error("{}{what}: {source}", machine_prefix(.machine))]
+    #[error("{}{what}: {cause}", machine_prefix(.machine))]
     Backend {
         /// Machine, if any.
         machine: Option<String>,
         /// What the driver was doing.
         what: String,
-        /// The backend's error.
-        #[source]
-        source: BoxError,
+        /// The backend's typed error (downcast it to inspect it).
+        cause: BoxError,
     },
 
     /// A polling condition failed.
@@ -173,6 +196,20 @@ pub enum Error {
     #[error("invalid test declaration: {0}")]
     Invalid(String),
 
+    /// A call of the script has an argument that cannot work (a bad regex, a VLAN the machine is
+    /// not on, a target that is not a directory...); nothing was done.
+    #[error("{}{message}", machine_prefix(.machine))]
+    BadArgument {
+        /// Machine, if the call was on one.
+        machine: Option<String>,
+        /// What is wrong and what to give instead.
+        message: String,
+    },
+
+    /// The driver broke one of its own rules (a bug: please report it with the log).
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// A template could not be rendered.
     #[error(transparent)]
     Template(#[from] crate::template::TemplateError),
@@ -191,13 +228,12 @@ pub enum Error {
     },
 
     /// A host-side I/O operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// What was attempted, naming the path.
         what: String,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// The call was stopped by [`crate::TestRun::interrupt`] (Ctrl-C); the machines keep running.
@@ -249,10 +285,31 @@ fn stderr_tail(err: &str) -> String {
 }
 
 impl Error {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, cause: std::io::Error) -> Self {
         Error::Io {
             what: what.into(),
-            source,
+            cause,
+        }
+    }
+
+    /// A bad argument of a call on `machine`.
+    pub(crate) fn bad_argument(machine: Option<&str>, message: impl Into<String>) -> Self {
+        Error::BadArgument {
+            machine: machine.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    /// Which part of a run the error comes from.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Invalid(_) | Error::Template(_) | Error::TimeoutScale(_) => {
+                ErrorKind::Declaration
+            }
+            Error::Io { .. } => ErrorKind::Host,
+            Error::Backend { .. } | Error::QemuExited { .. } => ErrorKind::Backend,
+            Error::Internal(_) => ErrorKind::Internal,
+            _ => ErrorKind::Runtime,
         }
     }
 
@@ -264,7 +321,7 @@ impl Error {
         Error::Backend {
             machine: machine.map(str::to_string),
             what: what.into(),
-            source: source.into(),
+            cause: source.into(),
         }
     }
 
@@ -280,7 +337,9 @@ impl Error {
             | Error::NotRunning { machine, .. }
             | Error::NotSupported { machine, .. }
             | Error::QemuExited { machine, .. } => Some(machine),
-            Error::Timeout { machine, .. } | Error::Backend { machine, .. } => machine.as_deref(),
+            Error::Timeout { machine, .. }
+            | Error::Backend { machine, .. }
+            | Error::BadArgument { machine, .. } => machine.as_deref(),
             _ => None,
         }
     }

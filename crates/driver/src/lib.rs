@@ -44,7 +44,7 @@ pub mod warm;
 pub mod warm_bench;
 
 pub use backend::BackendKind;
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, ErrorKind, Result};
 pub use log::{Logger, Span};
 pub use machine::{Commands, ExecResult, Machine, StartKind, WaitForUnit};
 pub use node::Node;

@@ -29,19 +29,24 @@ impl Node {
     /// A typed user option attached with `NodeConfig::option(key, value)`
     /// (`nodes.server.config.tutorial.port` in NixOS is `t.node("server").option::<Tutorial>("tutorial")?.port`).
     pub fn option<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
-        let value =
-            self.config.options.get(key).ok_or_else(|| {
-                Error::Invalid(format!(
+        let value = self.config.options.get(key).ok_or_else(|| {
+            Error::bad_argument(
+                None,
+                format!(
                 "node `{}` has no option `{key}` (options: {}); attach it with NodeConfig::option",
                 self.name,
                 self.config.options.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-            })?;
+            ),
+            )
+        })?;
         serde_json::from_value(value.clone()).map_err(|e| {
-            Error::Invalid(format!(
-                "option `{key}` of node `{}` does not have the requested type: {e}",
-                self.name
-            ))
+            Error::bad_argument(
+                None,
+                format!(
+                    "option `{key}` of node `{}` does not have the requested type: {e}",
+                    self.name
+                ),
+            )
         })
     }
 

@@ -67,9 +67,13 @@ impl Session for DriverSession {
     }
 
     fn subtest_begin(&self, name: &str) -> u64 {
-        // The same log block and JUnit test case as the driver's `TestRun::subtest`.
-        self.run.logger().junit_begin(name);
-        let span = self.run.logger().begin(None, &format!("subtest: {name}"));
+        // The same log block, event and JUnit test case as the driver's `TestRun::subtest`.
+        let span = self
+            .run
+            .logger()
+            .begin_event(machinist::log::Event::SubtestStarted {
+                subtest: name.to_string(),
+            });
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         self.subtests
             .lock()
@@ -85,19 +89,13 @@ impl Session for DriverSession {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&token);
         if let Some((name, span)) = entry {
-            match failure {
-                None => {
-                    span.finish();
-                    self.run.logger().junit_end(None);
-                }
-                Some(e) => {
-                    drop(span);
-                    self.run
-                        .logger()
-                        .error(None, &format!("Test \"{name}\" failed with error: \"{e}\""));
-                    self.run.logger().junit_end(Some(e));
-                }
-            }
+            let seconds = span.elapsed().as_secs_f64();
+            span.end(machinist::log::Event::SubtestFinished {
+                subtest: name,
+                ok: failure.is_none(),
+                seconds,
+                error: failure,
+            });
         }
     }
 

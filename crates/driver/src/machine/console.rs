@@ -73,8 +73,9 @@ impl Machine {
     /// (multi-line, NixOS `wait_for_console_text`); returns the matched text. Default timeout
     /// 900 s (NixOS: none).
     pub fn wait_for_console_text(&self, regex: &str, timeout: impl IntoTimeout) -> Result<String> {
-        let re = regex::Regex::new(regex)
-            .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
+        let re = regex::Regex::new(regex).map_err(|e| {
+            Error::bad_argument(Some(self.name()), format!("bad regex `{regex}`: {e}"))
+        })?;
         let t = self.ctx.timeouts.arg(timeout, DEFAULT_TIMEOUT);
         self.nested(&format!("waiting for {regex} to appear on console"), || {
             let run = self.require_running("wait for console text")?;

@@ -208,10 +208,13 @@ impl Machine {
             Ok(m) if m.file_type().is_symlink() => fs::remove_file(dest)
                 .map_err(|e| Error::io(format!("removing the symlink {}", dest.display()), e))?,
             Ok(_) => {
-                return Err(Error::Invalid(format!(
-                    "{} exists and is not a directory; remove it or copy to another target_dir",
-                    dest.display()
-                )))
+                return Err(Error::bad_argument(
+                    Some(self.name()),
+                    format!(
+                        "{} exists and is not a directory; remove it or copy to another target_dir",
+                        dest.display()
+                    ),
+                ))
             }
             Err(_) => {}
         }

@@ -175,8 +175,9 @@ impl Machine {
     /// in screenshot pixels (empty when nothing matches). The NixOS driver has no equivalent
     /// (nixpkgs #156555 asks for text positions).
     pub fn find_text(&self, regex: &str) -> Result<Vec<machinist_ocr::WordBox>> {
-        let re = regex::Regex::new(regex)
-            .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
+        let re = regex::Regex::new(regex).map_err(|e| {
+            Error::bad_argument(Some(self.name()), format!("bad regex `{regex}`: {e}"))
+        })?;
         self.nested(&format!("finding {regex} on screen"), || {
             let ocr = self.ocr()?;
             let img = self.grab_image()?;
@@ -231,8 +232,9 @@ impl Machine {
         regex: &str,
         timeout: impl IntoTimeout,
     ) -> Result<()> {
-        let re = regex::Regex::new(regex)
-            .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
+        let re = regex::Regex::new(regex).map_err(|e| {
+            Error::bad_argument(Some(self.name()), format!("bad regex `{regex}`: {e}"))
+        })?;
         let t = self.ctx.timeouts.arg(timeout, DEFAULT_TIMEOUT);
         self.nested(&format!("waiting for {regex} to appear on tty {tty}"), || {
             let deadline = Deadline::new(t);
@@ -325,8 +327,9 @@ impl Machine {
     /// Waits until a window whose name matches `regex` exists (NixOS `wait_for_window`);
     /// [`Error::NotSupported`] at once on a guest without an X server or `xwininfo`.
     pub fn wait_for_window(&self, regex: &str, timeout: impl IntoTimeout) -> Result<()> {
-        let re = regex::Regex::new(regex)
-            .map_err(|e| Error::Invalid(format!("bad regex `{regex}`: {e}")))?;
+        let re = regex::Regex::new(regex).map_err(|e| {
+            Error::bad_argument(Some(self.name()), format!("bad regex `{regex}`: {e}"))
+        })?;
         let t = self.ctx.timeouts.arg(timeout, DEFAULT_TIMEOUT);
         self.require_x("wait_for_window", true)?;
         self.nested("waiting for a window to appear", || {

@@ -43,7 +43,10 @@ impl Machine {
             .iter()
             .find(|n| n.vlan.nr() == vlan)
             .ok_or_else(|| {
-                Error::Invalid(format!("machine `{}` has no NIC on vlan {vlan}", self.name))
+                Error::bad_argument(
+                    Some(&self.name),
+                    format!("machine `{}` has no NIC on vlan {vlan}", self.name),
+                )
             })?;
         let run = self.require_running("set a link")?;
         let (name, id) = (self.name.clone(), nic.id.clone());
@@ -59,7 +62,7 @@ impl Machine {
     /// user-mode NIC (NixOS `forward_port`; the node needs `user_net(true)`).
     pub fn forward_port(&self, host_port: u16, guest_port: u16) -> Result<()> {
         let Some((id, _)) = &self.backend.spec().user_nic else {
-            return Err(Error::Invalid(format!(
+            return Err(Error::bad_argument(Some(&self.name), format!(
                 "machine `{}` has no user-mode NIC: declare it with NodeConfig::user_net(true) to use forward_port",
                 self.name
             )));

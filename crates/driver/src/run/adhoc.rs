@@ -66,10 +66,9 @@ impl TestRun {
             .map_err(|e| Error::Invalid(e.to_string()))?;
         let plan = machinist_guest::NetworkPlan::new(&pairs);
         let key = &keyed[keyed.len() - 1].0;
-        let planned = plan
-            .node(key)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("cannot plan machine `{name}`")))?;
+        let planned = plan.node(key).cloned().ok_or_else(|| {
+            Error::Internal(format!("machine `{name}` is missing from its network plan"))
+        })?;
         let layer = machinist_guest::NodeLayer::render(key, &keyed[keyed.len() - 1].1, &plan)
             .map_err(|e| Error::Invalid(e.to_string()))?;
         let spec = machinist_guest::ImageSpec::for_node(&config);
@@ -87,7 +86,7 @@ impl TestRun {
             &self.vlans,
         )?;
         let mut m = Arc::try_unwrap(m)
-            .map_err(|_| Error::Invalid("internal: machine shared too early".into()))?;
+            .map_err(|_| Error::Internal("a new machine was shared before it was set up".into()))?;
         m.adhoc_config = Some(config);
         Ok(Arc::new(m))
     }

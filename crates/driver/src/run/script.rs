@@ -48,41 +48,43 @@ impl TestRun {
     /// guests to boot (the first command on each machine waits for it).
     pub fn start_all(&self) -> Result<()> {
         let span = self.ctx.logger.begin_event(Event::StartAll);
-        let r = (|| {
-            let machines = self.all_machines();
-            let errors: Vec<Error> = std::thread::scope(|s| {
-                let handles: Vec<_> = machines
-                    .iter()
-                    .map(|m| s.spawn(move || m.start()))
-                    .collect();
-                handles
-                    .into_iter()
-                    .filter_map(|h| match h.join() {
-                        Ok(r) => r.err(),
-                        Err(p) => Some(Error::Script(panic_message(&p))),
-                    })
-                    .collect()
-            });
-            match errors.len() {
-                0 => Ok(()),
-                1 => Err(errors
-                    .into_iter()
-                    .next()
-                    .unwrap_or(Error::Script(String::new()))),
-                _ => Err(Error::Script(format!(
-                    "Failed to start the following machines: {}",
-                    errors
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ))),
-            }
-        })();
+        let r = self.start_each();
         if r.is_ok() {
             span.finish();
         }
         r
+    }
+
+    fn start_each(&self) -> Result<()> {
+        let machines = self.all_machines();
+        let errors: Vec<Error> = std::thread::scope(|s| {
+            let handles: Vec<_> = machines
+                .iter()
+                .map(|m| s.spawn(move || m.start()))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| match h.join() {
+                    Ok(r) => r.err(),
+                    Err(p) => Some(Error::Script(panic_message(&p))),
+                })
+                .collect()
+        });
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors
+                .into_iter()
+                .next()
+                .unwrap_or(Error::Script(String::new()))),
+            _ => Err(Error::Script(format!(
+                "Failed to start the following machines: {}",
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))),
+        }
     }
 
     /// Waits for every machine to shut down (NixOS `join_all`).

@@ -199,14 +199,14 @@ impl TestRun {
         }
         for (name, cfg) in &pairs {
             let planned = plan.node(name).cloned().ok_or_else(|| {
-                Error::Invalid(format!("node `{name}` missing from the network plan"))
+                Error::Internal(format!("node `{name}` is missing from the network plan"))
             })?;
             let want = ImageSpec::for_node(cfg);
             let img = images
                 .iter()
                 .find(|(s, _)| *s == want)
                 .map(|(_, i)| i.clone())
-                .ok_or_else(|| Error::Invalid(format!("no image for node `{name}`")))?;
+                .ok_or_else(|| Error::Internal(format!("no image was made for node `{name}`")))?;
             let layer =
                 NodeLayer::render(name, cfg, &plan).map_err(|e| Error::Invalid(e.to_string()))?;
             let m = build_machine(&ctx, name, cfg, &planned, &img, &layer, &self.vlans)?;
@@ -256,7 +256,7 @@ fn private_dir(dir: &Path, uid: u32) -> Result<()> {
                  its owner can write (remove it, or set MACHINIST_OUTPUT_DIR or --output)",
                 dir.display()
             ),
-            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            cause: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         });
     }
     Ok(())
@@ -319,7 +319,7 @@ pub(super) fn build_machine(
     let mut machine_vlans = Vec::new();
     for iface in &planned.interfaces {
         let vlan = vlans.get(&iface.vlan).cloned().ok_or_else(|| {
-            Error::Invalid(format!("node `{name}`: vlan {} has no switch", iface.vlan))
+            Error::Internal(format!("node `{name}`: vlan {} has no switch", iface.vlan))
         })?;
         let port = vlan.switch.add_stream_port(name).map_err(|e| {
             Error::backend(
