@@ -25,6 +25,7 @@
 //!
 //! Templates for node files use strict `@name@` substitution: see [`template`].
 
+#[cfg(feature = "bench")]
 pub mod backdoor_bench;
 mod ctx;
 pub mod error;
@@ -40,6 +41,7 @@ mod test;
 pub mod timeouts;
 mod vlan;
 pub mod warm;
+#[cfg(feature = "bench")]
 pub mod warm_bench;
 mod watchdog;
 
