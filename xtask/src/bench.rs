@@ -1,7 +1,11 @@
-//! `cargo xtask bench [boot|backdoor|switch|ocr|warm|driver|all]`: each crate's benchmark, built in release
-//! mode and run in this process's terminal. Every benchmark prints
-//! `bench <name>: <metric> ours=<v> baseline=<v> ratio=<r>` with its baseline measured in the same
-//! run (ratio above 1 = ours better).
+//! `cargo xtask bench [boot|backdoor|switch|ocr|warm|driver|all]`: each crate's benchmark, built in
+//! release mode with the crate's `bench` cargo feature (benchmark code is not part of a crate's
+//! normal build) and run in this process's terminal. Every benchmark prints
+//! `bench <name>: <metric> ours=<v> baseline=<v> ratio=<r> baseline_kind=<competitor|ablation>`
+//! with its baseline measured in the same run (ratio above 1 = ours better). `competitor`: the
+//! baseline is another implementation (vde_switch, the NixOS OCR pipeline, the NixOS backdoor
+//! protocol); `ablation`: it is our own code with one feature turned off (our image without the
+//! boot tuning, a cold boot instead of a warm start, the driver without its in-guest waits).
 
 use anyhow::Result;
 
@@ -17,6 +21,8 @@ fn cargo_args(which: BenchKind) -> &'static [&'static str] {
             "--release",
             "-p",
             "machinist-guest",
+            "--features",
+            "bench",
             "--example",
             "bench-boot",
         ],
@@ -26,6 +32,8 @@ fn cargo_args(which: BenchKind) -> &'static [&'static str] {
             "--release",
             "-p",
             "machinist",
+            "--features",
+            "bench",
             "--example",
             "bench-backdoor",
         ],
@@ -46,6 +54,8 @@ fn cargo_args(which: BenchKind) -> &'static [&'static str] {
             "--release",
             "-p",
             "machinist-ocr",
+            "--features",
+            "bench",
             "--example",
             "bench",
         ],
@@ -55,6 +65,8 @@ fn cargo_args(which: BenchKind) -> &'static [&'static str] {
             "--release",
             "-p",
             "machinist",
+            "--features",
+            "bench",
             "--example",
             "bench-warm",
         ],
@@ -64,6 +76,8 @@ fn cargo_args(which: BenchKind) -> &'static [&'static str] {
             "--release",
             "-p",
             "machinist",
+            "--features",
+            "bench",
             "--example",
             "bench_driver",
         ],
@@ -92,4 +106,26 @@ pub fn bench(which: BenchKind) -> Result<()> {
             .args(cargo_args(kind)))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum as _;
+
+    #[test]
+    fn every_benchmark_runs_with_its_crates_bench_feature() {
+        for &kind in BenchKind::value_variants() {
+            let args = cargo_args(kind);
+            if kind == BenchKind::All {
+                assert!(args.is_empty());
+                continue;
+            }
+            assert!(
+                args.windows(2).any(|w| w == ["--features", "bench"]),
+                "{kind:?}: {args:?}"
+            );
+            assert!(args.starts_with(&["run", "--release", "-p"]), "{kind:?}");
+        }
+    }
 }

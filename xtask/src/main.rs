@@ -70,7 +70,8 @@ enum Cmd {
         /// The bundled test's name.
         test: String,
     },
-    /// Benchmarks: print `bench <name>: <metric> ours=<v> baseline=<v> ratio=<r>`.
+    /// Benchmarks: print `bench <name>: <metric> ours=<v> baseline=<v> ratio=<r> baseline_kind=<k>`
+    /// (`k`: `competitor` = another implementation, `ablation` = ours with a feature turned off).
     Bench {
         /// Which benchmark.
         #[arg(value_enum, default_value_t = BenchKind::All)]

@@ -10,7 +10,8 @@
 //! * [`Control`]: the control shell (the second port, `vport0p2`), which kills a running command's process tree
 //!   (timeouts, [`Canceller`]) and runs polling checks while the main shell is busy.
 //! * [`Shell::attach_raw`]: interactive raw mode, handing the channel back resynchronised.
-//! * [`nixos`]: the NixOS protocol, byte for byte, as the benchmark baseline; [`bench`](mod@bench) compares.
+//! * `nixos` and `bench` (cargo feature `bench` only): the NixOS protocol, byte for byte, as the
+//!   benchmark baseline, and the benchmark that compares it with ours.
 //! * [`local`]: the real guest script on a socket pair with the host's bash, for tests without a VM.
 //!
 //! ```no_run
@@ -29,11 +30,13 @@
 //! ```
 
 mod attach;
+#[cfg(feature = "bench")]
 pub mod bench;
 mod control;
 mod error;
 pub mod guest;
 pub mod local;
+#[cfg(feature = "bench")]
 pub mod nixos;
 pub mod protocol;
 mod shell;

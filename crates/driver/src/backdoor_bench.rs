@@ -2,7 +2,8 @@
 //! booted Debian guest (the base image, systemd running), interleaved command by command
 //! ([`machinist_backdoor::bench`]): median latency of `true`, `/bin/true` and a mixed workload
 //! (`systemctl is-active multi-user.target`, `test -e /etc/hostname`, `cat /etc/os-release`),
-//! 200 commands each, and the throughput of `head -c 50M /dev/zero`.
+//! 200 commands each, and the throughput of `head -c 50M /dev/zero`. The lines end in
+//! `baseline_kind=competitor`: the baseline is the NixOS protocol, another implementation.
 //!
 //! ```no_run
 //! print!("{}", machinist::backdoor_bench::run().unwrap());

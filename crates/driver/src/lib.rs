@@ -24,6 +24,7 @@
 //!
 //! Templates for node files use strict `@name@` substitution: see [`template`].
 
+#[cfg(feature = "bench")]
 pub mod backdoor_bench;
 mod backend;
 mod ctx;
@@ -41,6 +42,7 @@ mod test;
 pub mod timeouts;
 mod vlan;
 pub mod warm;
+#[cfg(feature = "bench")]
 pub mod warm_bench;
 
 pub use backend::BackendKind;

@@ -1,5 +1,5 @@
-//! `cargo run --release -p machinist-guest --example bench-boot [-- RUNS]`: the boot benchmark
-//! that `cargo xtask bench boot` runs (prints `bench boot: ...` lines).
+//! `cargo run --release -p machinist-guest --features bench --example bench-boot [-- RUNS]`: the
+//! boot benchmark that `cargo xtask bench boot` runs (prints `bench boot: ...` lines).
 
 fn main() {
     let runs = std::env::args()

@@ -1,6 +1,6 @@
 //! Boot one node from the cached base image and print where the boot time goes:
-//! `cargo run -p machinist-guest --example boot-node [-- stock]` (takes the VM lock; builds the
-//! image if needed).
+//! `cargo run -p machinist-guest --features bench --example boot-node [-- stock]` (takes the VM
+//! lock; builds the image if needed).
 
 use std::time::Duration;
 

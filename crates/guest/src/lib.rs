@@ -10,6 +10,7 @@
 //!   `/usr/lib/machinist/apply-layer` at boot (or live, through the backdoor).
 
 mod backdoor_files;
+#[cfg(feature = "bench")]
 pub mod bench;
 mod config;
 mod error;

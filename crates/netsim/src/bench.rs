@@ -2,8 +2,9 @@
 //! both fed the same traffic through the same transport (the VDE protocol, with our synthetic
 //! [`VdeClient`]s), plus our stream transport as its own cases.
 //!
-//! Prints `bench switch: <case> ours=<v> baseline=<v> ratio=<r>` (ratio > 1 = ours better:
-//! ours/baseline for throughput, baseline/ours for latency and memory).
+//! Prints `bench switch: <case> ours=<v> baseline=<v> ratio=<r> baseline_kind=competitor`
+//! (ratio > 1 = ours better: ours/baseline for throughput, baseline/ours for latency and memory;
+//! the baseline, vde_switch, is another implementation).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -34,7 +35,7 @@ impl std::fmt::Display for BenchLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "bench switch: {} ours={:.1} baseline={:.1} ratio={:.2}",
+            "bench switch: {} ours={:.1} baseline={:.1} ratio={:.2} baseline_kind=competitor",
             self.case, self.ours, self.baseline, self.ratio
         )
     }
@@ -750,4 +751,23 @@ fn memory(ports: usize, tmp: &TempDir) -> Result<(f64, f64), NetsimError> {
     let ours = ours - clients_only;
     drop(clients);
     Ok((ours.max(0.1), base.max(0.1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_names_its_baseline_a_competitor() {
+        let line = BenchLine {
+            case: "vde_2port_64B_fps".into(),
+            ours: 2.0,
+            baseline: 1.0,
+            ratio: 2.0,
+        };
+        assert_eq!(
+            line.to_string(),
+            "bench switch: vde_2port_64B_fps ours=2.0 baseline=1.0 ratio=2.00 baseline_kind=competitor"
+        );
+    }
 }

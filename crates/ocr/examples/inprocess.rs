@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use machinist_ocr::bench::{default_corpus_dir, load_corpus};
+use machinist_ocr::corpus::{default_corpus_dir, load_corpus};
 use machinist_ocr::{Backend, Ocr, OcrConfig, OcrError, Reader};
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -11,8 +11,10 @@
 //! # Ok::<(), machinist_ocr::OcrError>(())
 //! ```
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod console;
+pub mod corpus;
 mod error;
 mod image_io;
 #[cfg(feature = "libtesseract")]

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use machinist_ocr::bench::{default_corpus_dir, load_corpus};
+use machinist_ocr::corpus::{default_corpus_dir, load_corpus};
 use machinist_ocr::metrics::word_recall;
 use machinist_ocr::{compile, Ocr, OcrConfig, OcrError};
 

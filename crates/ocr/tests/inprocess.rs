@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use image::RgbImage;
-use machinist_ocr::bench::{default_corpus_dir, load_corpus, CorpusEntry};
+use machinist_ocr::corpus::{default_corpus_dir, load_corpus, CorpusEntry};
 use machinist_ocr::metrics::word_recall;
 use machinist_ocr::{compile, Backend, Ocr, OcrConfig, OcrError, Reader};
 

@@ -1,6 +1,6 @@
 //! The variant race kills the losers (its own test binary: no other test spawns tesseract here).
 
-use machinist_ocr::bench::{default_corpus_dir, load_corpus};
+use machinist_ocr::corpus::{default_corpus_dir, load_corpus};
 use machinist_ocr::{compile, Ocr, OcrConfig, RaceStats, Reader};
 
 fn tesseract_children() -> usize {

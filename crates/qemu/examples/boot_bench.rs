@@ -4,8 +4,10 @@
 //! same run; also prints spawn -> QMP ready. `qemu-boot-supervised-1cpu` isolates the cost of
 //! supervision + QMP (same guest config); `qemu-boot-defaults` is the crate's default guest config.
 //!
-//! Run: `cargo run --release -p machinist-qemu --example boot_bench [-- <rounds>]` (takes the VM lock).
-//! Prints `bench <name>: <metric> ours=<v> baseline=<v> ratio=<r>` lines (ratio > 1 = ours better).
+//! Run: `cargo run --release -p machinist-qemu --features bench --example boot_bench [-- <rounds>]`
+//! (takes the VM lock). Prints `bench <name>: <metric> ours=<v> baseline=<v> ratio=<r>
+//! baseline_kind=ablation` lines (ratio > 1 = ours better; the baseline is the same QEMU with our
+//! settings left out).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -126,7 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let print = |name: &str, o: f64, b: f64| {
         println!(
-            "bench {name}: seconds ours={o:.3} baseline={b:.3} ratio={:.2}",
+            "bench {name}: seconds ours={o:.3} baseline={b:.3} ratio={:.2} baseline_kind=ablation",
             b / o
         );
     };
