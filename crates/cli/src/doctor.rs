@@ -74,8 +74,8 @@ fn tool(what: &'static str, program: &str, args: &[&str], package: &'static str)
     }
 }
 
-/// The QEMU version line (`QEMU emulator version 7.2.22 (...)`).
-// TODO(issue 3): use machinist_qemu::qemu_version() once crates/qemu exports it.
+/// The QEMU version line (`QEMU emulator version 7.2.22 (...)`), from the program itself (a
+/// missing or broken QEMU is reported with the package to install).
 fn qemu() -> Finding {
     tool(
         "QEMU",
@@ -127,8 +127,8 @@ fn accelerator(qemu_ok: bool) -> Finding {
 }
 
 /// True when `accel::choose()` would boot a probe guest.
-// TODO(issue 3): ask machinist-qemu for this (e.g. `accel::cached()`) instead of reading its
-// cache file (`<cache>/accel.json`, `{"key": accel::cache_key(), ...}`).
+// Reads the accelerator cache (`<cache>/accel.json`, `{"key": accel::cache_key(), ...}`)
+// directly.
 fn probe_needed() -> bool {
     if std::env::var_os("MACHINIST_ACCEL").is_some_and(|v| !v.is_empty())
         || !Path::new("/dev/kvm").exists()

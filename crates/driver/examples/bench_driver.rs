@@ -61,7 +61,7 @@ fn main() {
                 assert!(broken);
                 s.elapsed().as_secs_f64() - 1.0
             };
-            println!("bench driver-polling: seconds_to_detect ours={ours:.2} baseline={baseline:.2} ratio={:.2}", baseline / ours);
+            println!("bench driver-polling: seconds_to_detect ours={ours:.2} baseline={baseline:.2} ratio={:.2} baseline_kind=ablation", baseline / ours);
             m.succeed("rm -f /tmp/broken")?;
 
             // wait_until_succeeds: in-guest loop vs host-side retry.
@@ -73,7 +73,7 @@ fn main() {
             let s = Instant::now();
             t.retry(Duration::from_secs(30), |_| m.execute("test -e /tmp/ready2").map(|(rc, _)| rc == 0).unwrap_or(false))?;
             let baseline = s.elapsed().as_secs_f64();
-            println!("bench driver-wait: seconds ours={ours:.2} baseline={baseline:.2} ratio={:.2}", baseline / ours);
+            println!("bench driver-wait: seconds ours={ours:.2} baseline={baseline:.2} ratio={:.2} baseline_kind=ablation", baseline / ours);
             Ok(())
         })
         .run();

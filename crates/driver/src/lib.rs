@@ -79,7 +79,7 @@ pub fn template_file(
     ))
 }
 
-/// The README's example compiles (`cargo test --doc`): it is the seed's PostgREST test.
+/// The README's example compiles (`cargo test --doc`): it is the PostgREST tutorial test.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;

@@ -1,5 +1,5 @@
 //! A declared node as the script sees it: its configuration, typed options and addresses
-//! (the seed's `testScript = { nodes }: …`).
+//! (the NixOS driver's `testScript = { nodes }: …`).
 
 use machinist_guest::{NodeConfig, PlannedNode};
 use serde::de::DeserializeOwned;

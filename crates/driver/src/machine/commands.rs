@@ -17,8 +17,8 @@ pub struct WaitForUnit {
     /// Timeout (default 900 s).
     pub timeout: Option<Duration>,
     /// Keep waiting while the unit is `inactive` with no pending jobs instead of failing at once
-    /// (NixOS fails fast there; nixpkgs #62155: oneshot units, user units and logind races
-    /// pass through that state transiently).
+    /// (NixOS fails fast there; oneshot units, user units and logind races pass through that
+    /// state transiently).
     pub tolerate_inactive: bool,
 }
 

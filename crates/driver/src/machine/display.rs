@@ -172,8 +172,7 @@ impl Machine {
     }
 
     /// Where text matching `regex` is on the screen, by OCR: the matched words with their boxes
-    /// in screenshot pixels (empty when nothing matches). The NixOS driver has no equivalent
-    /// (nixpkgs #156555 asks for text positions).
+    /// in screenshot pixels (empty when nothing matches). The NixOS driver has no equivalent.
     pub fn find_text(&self, regex: &str) -> Result<Vec<machinist_ocr::WordBox>> {
         let re = regex::Regex::new(regex).map_err(|e| {
             Error::bad_argument(Some(self.name()), format!("bad regex `{regex}`: {e}"))
