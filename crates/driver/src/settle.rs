@@ -1,11 +1,13 @@
 //! The boot settle: before a timed wait starts its clock, every machine that is still booting
 //! finishes booting (its backdoor greets us and systemd finishes starting up).
 //!
-//! So `client.wait_until_succeeds("curl server", 7)` right after `start_all()` means seven
-//! seconds of trying once both machines have booted, even under TCG on a loaded host (NixOS only
-//! gets away with it thanks to KVM). Plain commands (`succeed`, `execute`) only wait for their
-//! own machine's backdoor. The settle is a log block naming the machines, the reason and its
-//! bound; a machine that cannot finish booting fails the wait with its error.
+//! A timed wait starts at once and takes an early success at once, but expires no earlier than
+//! its full length after every machine has settled (see `Machine::timed_wait`): so
+//! `client.wait_until_succeeds("curl server", 7)` right after `start_all()` gets seven seconds
+//! of trying once both machines have booted, even under TCG on a loaded host (NixOS only gets
+//! away with it thanks to KVM). Plain commands (`succeed`, `execute`) only wait for their own
+//! machine's backdoor. The settle is a log block naming the machines, the reason and its bound;
+//! a machine that cannot finish booting fails the wait with its error.
 //!
 //! The board knows machines only through [`Booting`], so this module sits below the machine.
 
@@ -40,6 +42,11 @@ impl BootBoard {
             .push(m);
     }
 
+    /// Whether any machine is still booting.
+    pub(crate) fn any_booting(&self) -> bool {
+        !self.booting().is_empty()
+    }
+
     fn booting(&self) -> Vec<Arc<dyn Booting>> {
         let mut v: Vec<Arc<dyn Booting>> = self
             .machines
@@ -64,7 +71,7 @@ impl BootBoard {
         let span = logger.begin(
             Some(waiter),
             &format!(
-                "boot settle: a timed wait starts its clock once {} finished booting ({bound})",
+                "boot settle: waiting for {} to finish booting, for a timed wait ({bound})",
                 names.join(", ")
             ),
         );
@@ -82,7 +89,9 @@ impl BootBoard {
                 })
                 .collect()
         });
-        let reason = format!("a timed wait on {waiter} starts its clock once they have booted");
+        let reason = format!(
+            "a timed wait on {waiter} expires no earlier than its full length after they booted"
+        );
         logger.event(Event::Settle {
             machines: names.iter().map(|n| n.to_string()).collect(),
             reason,

@@ -143,3 +143,96 @@ fn vm_cold_mode_boots_cold() {
         .unwrap();
     assert!(log_text(&out).contains("cold boot: warm start is off"));
 }
+
+/// What a node looks like from inside: everything a restored node and a cold-booted node of the
+/// same configuration must agree on.
+fn fingerprint(m: &machinist::Machine) -> Vec<(&'static str, String)> {
+    let probes: [(&str, &str); 10] = [
+        ("hostname", "hostname"),
+        ("addresses", "ip -br addr | awk '{print $1, $3, $4}' | sort"),
+        ("routes", "ip route | sort"),
+        ("sysctl from the node's sysctl.d", "sysctl -n net.ipv4.ip_forward"),
+        ("user", "getent passwd alice | cut -d: -f1,6,7"),
+        ("file", "cat /etc/fidelity.conf"),
+        ("service", "systemctl is-active fidelity.service"),
+        (
+            "active units",
+            "systemctl list-units --state=active --no-legend --plain --type=service,socket,target,mount \
+             | awk '{print $1}' | grep -v -e '^run-' -e '^machinist-' -e '^user' | sort",
+        ),
+        ("firewall", "nft list ruleset | grep -c dport || true"),
+        ("tty1 banner", "fold -w80 /dev/vcs1 | grep -o 'fidelity login:' | head -1"),
+    ];
+    probes
+        .iter()
+        .map(|(what, cmd)| {
+            (
+                *what,
+                m.succeed(*cmd).unwrap_or_else(|e| format!("error: {e}")),
+            )
+        })
+        .collect()
+}
+
+/// A node restored from its node snapshot and the same node booted cold agree on hostname,
+/// addresses, routes, sysctls (read at early boot), users, files, units and their state, the
+/// firewall and the login banner.
+#[test]
+fn vm_warm_restored_node_matches_cold_boot() {
+    let _lock = common::vm_lock();
+    let node = || {
+        NodeConfig::new()
+            .file(machinist::FileSpec::new(
+                "/etc/sysctl.d/90-forward.conf",
+                "net.ipv4.ip_forward = 1\n",
+            ))
+            .file(machinist::FileSpec::new(
+                "/etc/fidelity.conf",
+                "answer=42\n",
+            ))
+            .user(machinist::UserSpec::new("alice"))
+            .service(
+                machinist::ServiceSpec::new("fidelity", "/usr/bin/sleep infinity")
+                    .wanted_by(["multi-user.target"]),
+            )
+            .open_tcp_port(7000)
+    };
+    let run = |warm: bool| {
+        let out = common::out_dir(if warm {
+            "vm_warm_fidelity_warm"
+        } else {
+            "vm_warm_fidelity_cold"
+        });
+        let seen = std::sync::Mutex::new(Vec::new());
+        Test::new("vm-warm-fidelity")
+            .node("fidelity", node())
+            .output_dir(&out)
+            .serial_stdout(false)
+            .warm_start(warm)
+            .boot_deadline(Duration::from_secs(150))
+            .script(|t| {
+                let m = t.machine("fidelity");
+                let restored = m.execute("test -e /run/machinist-restore.rc")?.0 == 0;
+                assert_eq!(restored, warm, "warm={warm} but restored={restored}");
+                m.succeed("systemctl is-system-running --wait || true")?;
+                *seen.lock().unwrap() = fingerprint(&m);
+                Ok(())
+            })
+            .run()
+            .unwrap();
+        seen.into_inner().unwrap()
+    };
+    let cold = run(false);
+    let warm = run(true);
+    assert_eq!(
+        cold.iter()
+            .find(|(w, _)| *w == "sysctl from the node's sysctl.d")
+            .unwrap()
+            .1
+            .trim(),
+        "1"
+    );
+    for ((what, c), (_, w)) in cold.iter().zip(&warm) {
+        assert_eq!(c, w, "{what} differs: cold {c:?}, warm {w:?}");
+    }
+}

@@ -127,12 +127,13 @@ impl Machine {
         let t = self.timeout_or_default(timeout);
         let what = if want_success { "success" } else { "failure" };
         self.nested(&format!("waiting for {what}: {command}"), || {
-            // The boot wait must not eat into `t`: connect first (a no-op once connected).
-            self.settle_boots()?;
-            let deadline = Deadline::new(t);
-            let script = scripts::wait_until(command, want_success, t.as_micros(), self.grace_us());
-            let (code, out) = self.guest_loop(&script, t)?;
-            self.wait_outcome(command, command, code, &out, t, &deadline)
+            self.timed_wait(t, |t| {
+                let deadline = Deadline::new(t);
+                let script =
+                    scripts::wait_until(command, want_success, t.as_micros(), self.grace_us());
+                let (code, out) = self.guest_loop(&script, t)?;
+                self.wait_outcome(command, command, code, &out, t, &deadline)
+            })
         })
     }
 
@@ -288,48 +289,49 @@ impl Machine {
             None => format!("waiting for unit {unit}"),
         };
         self.nested(&msg, || {
-            self.settle_boots()?;
-            let deadline = Deadline::new(t);
-            let u = user.clone();
-            let script = scripts::wait_for_unit(
-                unit,
-                &move |q| scripts::systemctl(q, u.as_deref()),
-                opts.tolerate_inactive,
-                user.is_none(),
-                t.as_micros(),
-            );
-            let (code, out) = self.guest_loop(&script, t)?;
-            let unit_err = |reason: String, details: String| Error::Unit {
-                machine: self.name().to_string(),
-                unit: unit.to_string(),
-                reason,
-                details,
-            };
-            match code {
-                0 => Ok(()),
-                2 => Err(unit_err(
-                    format!(
-                        "cannot be queried (is the name valid?): {}",
-                        out.trim().replace('\n', " ")
-                    ),
-                    String::new(),
-                )),
-                3 => Err(unit_err(
-                    "reached state \"failed\"".into(),
-                    self.unit_diagnostics(unit, user.as_deref()),
-                )),
-                4 => Err(unit_err(
-                    "is inactive and there are no pending jobs".into(),
-                    self.unit_diagnostics(unit, user.as_deref()),
-                )),
-                _ => Err(Error::Timeout {
-                    machine: Some(self.name().to_string()),
-                    what: format!("unit {unit} to become active (last state: {})", out.trim()),
-                    timeout: t,
-                    elapsed: deadline.elapsed(),
-                    last_output: String::new(),
-                }),
-            }
+            self.timed_wait(t, |t| {
+                let deadline = Deadline::new(t);
+                let u = user.clone();
+                let script = scripts::wait_for_unit(
+                    unit,
+                    &move |q| scripts::systemctl(q, u.as_deref()),
+                    opts.tolerate_inactive,
+                    user.is_none(),
+                    t.as_micros(),
+                );
+                let (code, out) = self.guest_loop(&script, t)?;
+                let unit_err = |reason: String, details: String| Error::Unit {
+                    machine: self.name().to_string(),
+                    unit: unit.to_string(),
+                    reason,
+                    details,
+                };
+                match code {
+                    0 => Ok(()),
+                    2 => Err(unit_err(
+                        format!(
+                            "cannot be queried (is the name valid?): {}",
+                            out.trim().replace('\n', " ")
+                        ),
+                        String::new(),
+                    )),
+                    3 => Err(unit_err(
+                        "reached state \"failed\"".into(),
+                        self.unit_diagnostics(unit, user.as_deref()),
+                    )),
+                    4 => Err(unit_err(
+                        "is inactive and there are no pending jobs".into(),
+                        self.unit_diagnostics(unit, user.as_deref()),
+                    )),
+                    _ => Err(Error::Timeout {
+                        machine: Some(self.name().to_string()),
+                        what: format!("unit {unit} to become active (last state: {})", out.trim()),
+                        timeout: t,
+                        elapsed: deadline.elapsed(),
+                        last_output: String::new(),
+                    }),
+                }
+            })
         })
     }
 
@@ -396,14 +398,15 @@ impl Machine {
     }
 
     fn wait_loop(&self, probe: &str, want_success: bool, t: Duration, what: &str) -> Result<()> {
-        self.settle_boots()?;
-        let deadline = Deadline::new(t);
-        let (code, out) = self.guest_loop(
-            &scripts::wait_until(probe, want_success, t.as_micros(), self.grace_us()),
-            t,
-        )?;
-        self.wait_outcome(probe, what, code, &out, t, &deadline)
-            .map(drop)
+        self.timed_wait(t, |t| {
+            let deadline = Deadline::new(t);
+            let (code, out) = self.guest_loop(
+                &scripts::wait_until(probe, want_success, t.as_micros(), self.grace_us()),
+                t,
+            )?;
+            self.wait_outcome(probe, what, code, &out, t, &deadline)
+                .map(drop)
+        })
     }
 
     /// Waits until TCP `port` accepts connections on localhost (NixOS `wait_for_open_port`).

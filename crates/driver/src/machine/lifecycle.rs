@@ -78,16 +78,22 @@ impl Machine {
                 pending,
                 key,
                 seconds,
+                built,
             } => {
                 let run = self.running_from(started, allow_reboot, Some(pending));
+                let which = if built {
+                    "node snapshot built by this run"
+                } else {
+                    "node snapshot"
+                };
                 self.log_line(&format!(
-                    "warm start: restored from snapshot {key} ({seconds:.2} s to running)"
+                    "warm start: restored from snapshot {key} ({which}, {seconds:.2} s to running)"
                 ));
                 // Wake the guest now: it applies its identity while the host goes on (the
                 // guide's script may never send the server a command, yet expects its services
                 // to come up).
                 self.wake_restored_eagerly(&run);
-                (run, StartKind::Restored, format!("snapshot {key}"))
+                (run, StartKind::Restored, format!("{which} {key}"))
             }
             warm::Outcome::Cold { line, reason } => {
                 if let Some(line) = line {
@@ -113,9 +119,16 @@ impl Machine {
     ) -> Arc<Running> {
         let instance: Arc<dyn Instance> = started.vm;
         let console_task = self.spawn_console_task(instance.as_ref());
+        // A node snapshot is taken once systemd has settled: a restored node has nothing left
+        // to settle once its backdoor connects.
+        let restored = pending.is_some();
+        let session = Session::new(started.transport, pending);
+        if restored {
+            session.mark_settled();
+        }
         Arc::new(Running {
             instance,
-            session: Session::new(started.transport, pending),
+            session,
             console_task,
             allow_reboot,
         })

@@ -360,7 +360,7 @@ pub(super) fn build_machine(
             .map(|u| ("nic-user0".to_string(), u.mac.clone())),
         extra_args: cfg.qemu_args.clone(),
     };
-    let warm = crate::warm::plan(ctx.warm_start, cfg, planned, img, layer);
+    let warm = crate::warm::plan(ctx.warm_start, cfg, img);
     let backend = QemuBackend::new(name, spec, ctx.run_dir.join(name));
     Ok(Arc::new(Machine::new(
         name,

@@ -1,13 +1,16 @@
-//! Building a snapshot: boot the machine shape once without a node layer, let it settle, arm
-//! both backdoor shells and save the paused VM with a migration to a file.
+//! Building a node snapshot: boot the node cold once, exactly as a test boots it (its kernel
+//! command line, its layer in the initrd, its MACs; its NICs on ports that accept and hold, so
+//! no frame leaves), let it settle, arm both backdoor shells and save the paused VM with a
+//! migration to a file.
 //!
-//! The snapshot is taken with the test NICs unconfigured (no node layer at all) after
-//! `systemctl is-system-running --wait`, the firewall modules loaded and `sync`; it is paused
+//! The snapshot is taken after `systemctl is-system-running --wait` (so the node's first-boot
+//! scripts and services have run), the firewall modules loaded and `sync`; it is paused
 //! (`stop`) and migrated in one pass (restores are `cont`inued). Before migrating, both backdoor
 //! shells are *armed*: they block in `read` on their console, so that after a restore the
-//! host's first write wakes them. The main shell then reads a length-prefixed identity script
-//! and a length-prefixed layer archive in bulk (`head -c`), runs the script, and only then
-//! prints the greeting and execs a fresh shell.
+//! host's first write wakes them. The main shell then reads a length-prefixed script (the clock
+//! and entropy of the restore, see [`super::identity`]) and a length-prefixed archive (empty)
+//! in bulk (`head -c`), runs the script, and only then prints the greeting and execs a fresh
+//! shell.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,7 +62,6 @@ pub(crate) fn arm_line(device: &str, with_payload: bool) -> String {
 pub(crate) fn build(
     handle: &tokio::runtime::Handle,
     spec: &BootSpec,
-    plain_initrd: &Path,
     tmp: &Path,
     timeouts: &Timeouts,
 ) -> Result<(), String> {
@@ -70,7 +72,8 @@ pub(crate) fn build(
         let disk = sock_dir.join("disk.qcow2");
         machinist_qemu::overlay::create_qcow2_overlay(&spec.disk, &spec.disk_format, &disk)
             .map_err(|e| format!("creating the disk overlay: {e}"))?;
-        let cmd = builder_command(spec, &sock_dir, plain_initrd);
+        write_initrd(spec, &sock_dir.join("initrd"))?;
+        let cmd = builder_command(spec, &sock_dir);
         let state = tmp.join("state");
         handle.block_on(build_async(
             cmd,
@@ -90,6 +93,18 @@ pub(crate) fn build(
     r
 }
 
+/// The node's initrd: the image's, then its layer (the kernel unpacks concatenated cpio
+/// archives in order; padded to 4 bytes).
+fn write_initrd(spec: &BootSpec, path: &Path) -> Result<(), String> {
+    let mut bytes = std::fs::read(&spec.initrd)
+        .map_err(|e| format!("reading the initrd {}: {e}", spec.initrd.display()))?;
+    while bytes.len() % 4 != 0 {
+        bytes.push(0);
+    }
+    bytes.extend_from_slice(&spec.layer_cpio);
+    std::fs::write(path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 async fn build_async(
     cmd: QemuCommand,
     nports: usize,
@@ -106,7 +121,7 @@ async fn build_async(
     let shell_l = bind(dir.join("shell.sock"))?;
     let control_l = bind(dir.join("control.sock"))?;
     let qmp_l = bind(dir.join("qmp.sock"))?;
-    // The NIC ports: accept and hold (the NICs stay unconfigured, nothing is sent).
+    // The NIC ports: accept and hold (frames the node sends go nowhere).
     let mut port_tasks = Vec::new();
     for i in 0..nports {
         let l = bind(dir.join(format!("port{i}")))?;

@@ -1,11 +1,12 @@
-//! The snapshot cache: one booted, settled guest per machine shape, saved to
+//! The snapshot cache: one booted, settled guest per node, saved to
 //! `<cache>/snapshots/<key>/{disk.qcow2,state,manifest.json}`.
 //!
-//! `key` is the sha256 of the snapshot format, the QEMU version, the image's content hash and
-//! the builder's whole QEMU argv with run-specific paths and MACs normalised (memory, cores,
-//! machine type, accelerator, display, NICs and their backends...). A snapshot is built in
-//! `.tmp-<key>-<pid>/` and published with `rename`; `.<key>.lock` (flock) makes concurrent
-//! builders wait and re-check.
+//! `key` is the sha256 of the snapshot format, the QEMU version, the image's content hash, the
+//! node's whole QEMU argv with run-specific paths normalised (memory, cores, machine type,
+//! accelerator, kernel command line, NICs with their MACs...) and the bytes of the node's layer
+//! (its complete rendered configuration: files, users, units, hostname, addresses, hosts): any
+//! change to a node's inputs gives a new key. A snapshot is built in `.tmp-<key>-<pid>/` and
+//! published with `rename`; `.<key>.lock` (flock) makes concurrent builders wait and re-check.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,13 +20,7 @@ use crate::backend::qemu::{command_for, BootSpec};
 use crate::timeouts::{Timeouts, Wait};
 
 /// Bumped when the guest-side protocol of a snapshot (arming, identity script) changes.
-pub(crate) const FORMAT: &str = "machinist-warm-7";
-
-/// The MAC the snapshot builder gives NIC number `i` (the restored guest renames and re-addresses
-/// the interface that has it).
-pub(crate) fn builder_mac(i: usize) -> String {
-    format!("52:54:00:ee:00:{:02x}", i + 1)
-}
+pub(crate) const FORMAT: &str = "machinist-node-8";
 
 /// Where snapshots live: `<machinist_qemu::cache_dir()>/snapshots`.
 pub fn snapshot_root() -> PathBuf {
@@ -39,6 +34,8 @@ pub(crate) struct Snapshot {
     pub(crate) dir: PathBuf,
     pub(crate) disk: PathBuf,
     pub(crate) state: PathBuf,
+    /// Built by this process just now (the node's first run), not found in the cache.
+    pub(crate) built: bool,
 }
 
 impl Snapshot {
@@ -49,6 +46,7 @@ impl Snapshot {
             disk: dir.join("disk.qcow2"),
             state: dir.join("state"),
             dir,
+            built: false,
         }
     }
 
@@ -78,40 +76,32 @@ pub struct WarmError {
     pub message: String,
 }
 
-/// The builder's machine: the node's boot spec with builder MACs and ports under `dir`.
+/// The builder's machine: the node's boot spec with its NIC ports under `dir`.
 fn builder_spec(spec: &BootSpec, dir: &Path) -> BootSpec {
     let mut s = spec.clone();
     for (i, n) in s.nics.iter_mut().enumerate() {
-        n.mac = builder_mac(i);
         n.port = dir.join(format!("port{i}"));
-    }
-    let k = s.nics.len();
-    if let Some((_, mac)) = s.user_nic.as_mut() {
-        *mac = builder_mac(k);
     }
     s
 }
 
-pub(crate) fn builder_command(spec: &BootSpec, dir: &Path, plain_initrd: &Path) -> QemuCommand {
+/// The builder's QEMU command line: the node's, with its files under `dir` (the initrd with the
+/// node layer is `dir/initrd`).
+pub(crate) fn builder_command(spec: &BootSpec, dir: &Path) -> QemuCommand {
     let s = builder_spec(spec, dir);
     command_for(
         "snapshot",
         &s,
         dir,
         &dir.join("disk.qcow2"),
-        plain_initrd,
+        &dir.join("initrd"),
         false,
     )
 }
 
-/// The cache key of a machine shape (see the module docs).
-pub(crate) fn shape_key(
-    spec: &BootSpec,
-    image_hash: &str,
-    plain_initrd: &Path,
-    qemu_version: &str,
-) -> String {
-    let cmd = builder_command(spec, Path::new("/snapshot"), plain_initrd);
+/// The cache key of a node (see the module docs).
+pub(crate) fn node_key(spec: &BootSpec, image_hash: &str, qemu_version: &str) -> String {
+    let cmd = builder_command(spec, Path::new("/snapshot"));
     let mut h = Sha256::new();
     for part in [FORMAT, qemu_version, image_hash] {
         h.update(part.as_bytes());
@@ -121,6 +111,8 @@ pub(crate) fn shape_key(
         h.update(a.as_bytes());
         h.update([0]);
     }
+    h.update((spec.layer_cpio.len() as u64).to_le_bytes());
+    h.update(&spec.layer_cpio);
     let d = h.finalize();
     d.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
@@ -130,7 +122,6 @@ pub(crate) fn shape_key(
 pub(crate) fn ensure(
     handle: &tokio::runtime::Handle,
     spec: &BootSpec,
-    plain_initrd: &Path,
     key: &str,
     timeouts: &Timeouts,
     log: &dyn Fn(&str),
@@ -156,10 +147,10 @@ pub(crate) fn ensure(
     }
     let started = Instant::now();
     log(&format!(
-        "warm start: building snapshot {key} (one cold boot, then saved for later machines)"
+        "warm start: building node snapshot {key} (first run: one cold boot of the node, then saved)"
     ));
     let staging = Staging::new(&root, key).map_err(|e| err(e.to_string()))?;
-    super::build::build(handle, spec, plain_initrd, staging.path(), timeouts).map_err(err)?;
+    super::build::build(handle, spec, staging.path(), timeouts).map_err(err)?;
     let manifest = serde_json::json!({
         "format": FORMAT,
         "key": key,
@@ -182,9 +173,93 @@ pub(crate) fn ensure(
     // Replaces an incomplete directory (no manifest) left by a killed builder.
     staging.publish(&snap.dir).map_err(|e| err(e.to_string()))?;
     log(&format!(
-        "warm start: snapshot {key} built in {:.1} s ({})",
+        "warm start: node snapshot {key} built in {:.1} s ({})",
         started.elapsed().as_secs_f64(),
         snap.dir.display()
     ));
-    Ok(snap)
+    Ok(Snapshot {
+        built: true,
+        ..snap
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use machinist_guest::{FileSpec, NetworkPlan, NodeConfig, NodeLayer, ServiceSpec, UserSpec};
+
+    /// The boot spec of a one-node test declaring `cfg` (NICs are left out: their MACs and
+    /// addresses are in the layer too).
+    fn spec_for(cfg: &NodeConfig) -> BootSpec {
+        let pairs = [("server", cfg)];
+        let plan = NetworkPlan::new(&pairs);
+        let layer = NodeLayer::render("server", cfg, &plan).unwrap();
+        BootSpec {
+            kernel: "/cache/vmlinuz".into(),
+            initrd: "/cache/initrd".into(),
+            disk: "/cache/disk.raw".into(),
+            disk_format: "raw".into(),
+            layer_cpio: layer.to_cpio().unwrap(),
+            accel: machinist_qemu::Accel::Tcg,
+            append: machinist_guest::KERNEL_CMDLINE.to_string(),
+            memory_mib: cfg.memory_mib,
+            cores: cfg.cores,
+            nics: Vec::new(),
+            user_nic: None,
+            extra_args: Vec::new(),
+        }
+    }
+
+    fn key(cfg: &NodeConfig) -> String {
+        node_key(&spec_for(cfg), "image-1", "QEMU 7.2")
+    }
+
+    /// Any change to a node's inputs gives a new snapshot key; the same inputs, the same key.
+    #[test]
+    fn every_input_of_a_node_is_in_its_key() {
+        let base = || {
+            NodeConfig::new()
+                .file(FileSpec::new("/etc/app.conf", "port=3000\n"))
+                .service(ServiceSpec::new("app", "/usr/bin/sleep infinity"))
+                .user(UserSpec::new("alice"))
+        };
+        let k = key(&base());
+        assert_eq!(k, key(&base()), "the key is deterministic");
+        let changed = [
+            (
+                "a file's content",
+                base().file(FileSpec::new("/etc/app.conf", "port=3001\n")),
+            ),
+            ("a new file", base().file(FileSpec::new("/etc/other", "x"))),
+            (
+                "a unit",
+                base().service(ServiceSpec::new("other", "/usr/bin/true")),
+            ),
+            ("a user", base().user(UserSpec::new("bob"))),
+            ("an address (another VLAN)", base().vlans([2])),
+            ("the memory", base().memory_mib(2048)),
+            ("a hostname", base().hostname("db")),
+        ];
+        for (what, cfg) in changed {
+            assert_ne!(k, key(&cfg), "{what} must change the key");
+        }
+        let spec = spec_for(&base());
+        assert_ne!(
+            k,
+            node_key(&spec, "image-2", "QEMU 7.2"),
+            "the image (packages)"
+        );
+        assert_ne!(
+            k,
+            node_key(&spec, "image-1", "QEMU 8.0"),
+            "the QEMU version"
+        );
+        let mut args = spec.clone();
+        args.append.push_str(" quiet");
+        assert_ne!(
+            k,
+            node_key(&args, "image-1", "QEMU 7.2"),
+            "the kernel command line"
+        );
+    }
 }

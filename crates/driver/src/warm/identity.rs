@@ -1,12 +1,12 @@
-//! A restored machine's identity: the script and node layer its armed main shell reads and
-//! runs after the restore (clock, entropy, NIC names and MACs, the node layer), waking the
-//! armed shells, and checking the result on the first connect.
+//! What a restored node still needs: the host's clock and fresh entropy, which no snapshot can
+//! hold. Its armed main shell reads and runs a short script after the restore; this module
+//! writes it, wakes the armed shells, and checks the result on the first connect. Everything
+//! else (hostname, addresses, files, users, units and their state) is in the node snapshot,
+//! which was booted cold with the node's own layer.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::{cache, WarmPlan};
 use crate::backend::ShellTransport;
 use crate::error::{Error, Result};
 
@@ -16,7 +16,8 @@ pub(crate) const RESTORE_SCRIPT: &str = "/run/machinist-restore.sh";
 pub(crate) const RESTORE_LOG: &str = "/run/machinist-restore.log";
 /// The identity script's exit code.
 pub(crate) const RESTORE_RC: &str = "/run/machinist-restore.rc";
-/// Where the restored main shell writes the node layer's archive.
+/// Where the restored main shell writes the archive of the wake-up payload (empty for node
+/// snapshots: their layer was applied at their cold boot).
 pub(crate) const RESTORE_LAYER_TAR: &str = "/run/machinist-layer.tar";
 
 /// A restored machine whose identity has not been applied yet (done on the first connect).
@@ -25,12 +26,18 @@ pub(crate) struct PendingIdentity {
     pub(crate) key: String,
     /// Whether the payload was sent (by the eager task after the restore, or the first connect).
     pub(crate) sent: bool,
-    pub(crate) script: String,
-    pub(crate) layer_tar: Arc<Vec<u8>>,
 }
 
 impl PendingIdentity {
-    /// The bytes that wake the armed main shell: the identity script and the layer archive, each
+    /// A restored node whose clock and entropy are still to be given.
+    pub(crate) fn new(key: &str) -> Self {
+        PendingIdentity {
+            key: key.to_string(),
+            sent: false,
+        }
+    }
+
+    /// The bytes that wake the armed main shell: the script and an (empty) archive, each
     /// preceded by its length as 12 digits. The clock value is taken now, right before sending.
     pub(crate) fn payload(&self) -> Vec<u8> {
         let now = std::time::SystemTime::now()
@@ -61,43 +68,12 @@ impl PendingIdentity {
             "perl -e 'open(my $f, \">\", \"/dev/urandom\") or die \"open: $!\"; my $d = pack(\"H*\", $ARGV[0]); ioctl($f, 0x40085203, pack(\"ii\", 8 * length($d), length($d)) . $d) or die \"RNDADDENTROPY: $!\"; ioctl($f, 0x5207, 0) or die \"RNDRESEEDCRNG: $!\";' {hex} || echo 'machinist: entropy mixed in but not credited (perl ioctl failed)'"
         );
         s.push_str("mark clock+entropy\n");
-        s.push_str(&self.script);
         s.push_str("mark done\n");
         let mut out = format!("{:012}", s.len()).into_bytes();
         out.extend_from_slice(s.as_bytes());
-        out.extend_from_slice(format!("{:012}", self.layer_tar.len()).as_bytes());
-        out.extend_from_slice(&self.layer_tar);
+        out.extend_from_slice(format!("{:012}", 0).as_bytes());
         out
     }
-}
-
-pub(crate) fn identity_script(plan: &WarmPlan) -> String {
-    let mut s = String::new();
-    // One `ip -batch` for every NIC (each program run costs ~0.1 s under TCG); the interfaces are
-    // found by the builder's MACs, read with the shell's own `read`.
-    s.push_str(
-        "machinist_nic() {\n  local f a\n  for f in /sys/class/net/*; do\n    read -r a < \"$f/address\" || continue\n    if [ \"$a\" = \"$1\" ]; then\n      printf 'link set dev %s down\\nlink set dev %s address %s name %s\\n' \"${f##*/}\" \"${f##*/}\" \"$2\" \"$3\"\n      return 0\n    fi\n  done\n  echo \"machinist: no NIC with MAC $1\" >&2\n  return 1\n}\n",
-    );
-    if !plan.nic_names.is_empty() {
-        s.push_str("{\n");
-        for (i, (name, mac)) in plan.nic_names.iter().zip(&plan.nic_macs).enumerate() {
-            let _ = writeln!(s, "machinist_nic {} {mac} {name}", cache::builder_mac(i));
-        }
-        s.push_str("} > /run/machinist-nics\nip -batch /run/machinist-nics\n");
-    }
-    if !plan.masked.is_empty() {
-        let _ = writeln!(
-            s,
-            "systemctl stop -- {} 2>/dev/null || true",
-            plan.masked.join(" ")
-        );
-    }
-    s.push_str("mark nics\n");
-    s.push_str(&machinist_guest::NodeLayer::apply_tar_script(
-        RESTORE_LAYER_TAR,
-        "/run/machinist-layer",
-    ));
-    s
 }
 
 /// Sends a restored machine's identity payload to its armed main shell and wakes its control
@@ -172,57 +148,36 @@ pub(crate) async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
-    fn plan() -> WarmPlan {
-        WarmPlan {
-            image_hash: "h".into(),
-            plain_initrd: PathBuf::from("/nonexistent/initrd"),
-            layer_tar: Arc::new(vec![7u8; 1000]),
-            masked: vec!["postgresql.service".into()],
-            nic_names: vec!["vlan1".into(), "vlan2".into()],
-            nic_macs: vec!["52:54:00:12:01:01".into(), "52:54:00:12:02:01".into()],
-        }
-    }
-
-    /// The wake-up payload is `<12 digits><script><12 digits><archive>`, as the armed shell
-    /// reads it with `head -c`.
+    /// The wake-up payload is `<12 digits><script><12 digits>` (no archive), as the armed shell
+    /// reads it with `head -c`; the script is valid bash that sets the clock and the entropy.
     #[test]
-    fn payload_is_two_length_prefixed_parts() {
-        let p = PendingIdentity {
-            key: "k".into(),
-            sent: false,
-            script: identity_script(&plan()),
-            layer_tar: plan().layer_tar,
-        };
-        let bytes = p.payload();
+    fn payload_is_a_length_prefixed_script_and_an_empty_archive() {
+        let bytes = PendingIdentity::new("k").payload();
         let n: usize = std::str::from_utf8(&bytes[..12]).unwrap().parse().unwrap();
         let script = std::str::from_utf8(&bytes[12..12 + n]).unwrap();
         assert!(script.starts_with("set -euo pipefail\n"));
         assert!(script.contains("date -s @"));
+        assert!(script.contains("RNDRESEEDCRNG"));
         assert!(script.ends_with("mark done\n"));
-        let rest = &bytes[12 + n..];
-        let m: usize = std::str::from_utf8(&rest[..12]).unwrap().parse().unwrap();
-        assert_eq!(m, 1000);
-        assert_eq!(&rest[12..], &[7u8; 1000][..]);
-    }
-
-    /// The identity script is valid bash and renames each NIC found by its builder MAC.
-    #[test]
-    fn identity_script_is_valid_bash() {
-        let s = identity_script(&plan());
-        assert!(s.contains("machinist_nic 52:54:00:ee:00:01 52:54:00:12:01:01 vlan1\n"));
-        assert!(s.contains("machinist_nic 52:54:00:ee:00:02 52:54:00:12:02:01 vlan2\n"));
-        assert!(s.contains("systemctl stop -- postgresql.service"));
-        assert!(s.ends_with("--live /run/machinist-layer\n"), "{s}");
+        assert_eq!(&bytes[12 + n..], b"000000000000");
         let out = std::process::Command::new("bash")
-            .args(["-n", "-c", &s])
+            .args(["-n", "-c", script])
             .output()
             .unwrap();
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Two payloads carry different entropy.
+    #[test]
+    fn every_payload_has_its_own_entropy() {
+        assert_ne!(
+            PendingIdentity::new("k").payload(),
+            PendingIdentity::new("k").payload()
         );
     }
 }

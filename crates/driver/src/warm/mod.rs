@@ -16,11 +16,9 @@ pub(crate) mod cache;
 pub(crate) mod identity;
 pub(crate) mod restore;
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use machinist_guest::{NodeConfig, NodeLayer, PlannedNode};
+use machinist_guest::NodeConfig;
 
 use crate::backend::qemu::{QemuBackend, Started};
 use crate::ctx::Ctx;
@@ -58,56 +56,23 @@ pub(crate) enum WarmChoice {
 pub(crate) struct WarmPlan {
     /// The image's content hash (part of the snapshot key).
     pub(crate) image_hash: String,
-    /// The image's own initrd (the builder boots it without a node layer).
-    pub(crate) plain_initrd: PathBuf,
-    /// `NodeLayer::to_tar`: the node layer, applied by the same apply-layer step as at a cold
-    /// boot, live.
-    pub(crate) layer_tar: Arc<Vec<u8>>,
-    /// Units the node masks (stopped before the layer is applied: the snapshot may run them).
-    pub(crate) masked: Vec<String>,
-    /// Interface name of each NIC (VLAN NICs in order, then the user NIC).
-    pub(crate) nic_names: Vec<String>,
-    /// MAC of each NIC, same order.
-    pub(crate) nic_macs: Vec<String>,
 }
 
-/// Whether a node may be restored from a snapshot, and what the restore needs.
-pub(crate) fn plan(
-    warm_start: bool,
-    cfg: &NodeConfig,
-    planned: &PlannedNode,
-    img: &machinist_guest::Image,
-    layer: &NodeLayer,
-) -> WarmChoice {
+/// Whether a node may be restored from its node snapshot. Every input of the node (image,
+/// layer, kernel command line, shape, MACs) is part of the snapshot key; only extra QEMU
+/// arguments rule it out (devices a snapshot may not carry).
+pub(crate) fn plan(warm_start: bool, cfg: &NodeConfig, img: &machinist_guest::Image) -> WarmChoice {
     if !warm_start {
         return WarmChoice::Cold(
             "warm start is off (MACHINIST_WARM_START=0 or Test::warm_start(false))".into(),
         );
     }
-    if !cfg.kernel_args.is_empty() {
-        return WarmChoice::Cold("the node has extra kernel arguments".into());
-    }
     if !cfg.qemu_args.is_empty() {
         return WarmChoice::Cold("the node has extra QEMU arguments".into());
-    }
-    let layer_tar = match layer.to_tar() {
-        Ok(t) => t,
-        Err(e) => return WarmChoice::Cold(format!("the node layer cannot be archived ({e})")),
-    };
-    let mut nic_names: Vec<String> = planned.interfaces.iter().map(|i| i.name.clone()).collect();
-    let mut nic_macs: Vec<String> = planned.interfaces.iter().map(|i| i.mac.clone()).collect();
-    if let Some(u) = &planned.user_interface {
-        nic_names.push(u.name.clone());
-        nic_macs.push(u.mac.clone());
     }
     WarmChoice::Warm(WarmPlan {
         // The exact bytes, not the recipe: a rebuilt image gets new snapshots.
         image_hash: img.content_id(),
-        plain_initrd: img.initrd.clone(),
-        layer_tar: Arc::new(layer_tar),
-        masked: cfg.masked_units.clone(),
-        nic_names,
-        nic_macs,
     })
 }
 
@@ -121,6 +86,8 @@ pub(crate) enum Outcome {
         key: String,
         /// From the start of the restore to a running VM.
         seconds: f64,
+        /// The snapshot was built for this start (the node's first run).
+        built: bool,
     },
     /// Boot cold.
     Cold {
@@ -175,14 +142,9 @@ pub(crate) fn start(
             ))
         }
     };
-    let key = cache::shape_key(
-        backend.spec(),
-        &plan.image_hash,
-        &plan.plain_initrd,
-        &version,
-    );
+    let key = cache::node_key(backend.spec(), &plan.image_hash, &version);
     for attempt in 0..2 {
-        let snap = match ensure_snapshot(ctx, backend.spec(), plan, &key, name) {
+        let snap = match ensure_snapshot(ctx, backend.spec(), &key, name) {
             Ok(s) => s,
             Err(e) => {
                 ctx.logger
@@ -191,13 +153,14 @@ pub(crate) fn start(
             }
         };
         let began = Instant::now();
-        match restore::restore(ctx, backend, &snap, plan, allow_reboot, name) {
+        match restore::restore(ctx, backend, &snap, allow_reboot, name) {
             Ok((started, pending)) => {
                 return Ok(Outcome::Restored {
                     started,
                     pending,
                     key,
                     seconds: began.elapsed().as_secs_f64(),
+                    built: snap.built,
                 })
             }
             Err(e) => {
@@ -256,13 +219,8 @@ pub(crate) fn prepare(
     let version = machinist_qemu::qemu_version()
         .map_err(|e| Error::backend(Some(name), "reading the QEMU version", e))?
         .text;
-    let key = cache::shape_key(
-        backend.spec(),
-        &plan.image_hash,
-        &plan.plain_initrd,
-        &version,
-    );
-    ensure_snapshot(ctx, backend.spec(), plan, &key, name)
+    let key = cache::node_key(backend.spec(), &plan.image_hash, &version);
+    ensure_snapshot(ctx, backend.spec(), &key, name)
         .map_err(|e| Error::backend(Some(name), "building the warm-start snapshot", e))?;
     Ok(Prepared::Snapshot { key })
 }
@@ -270,16 +228,10 @@ pub(crate) fn prepare(
 fn ensure_snapshot(
     ctx: &Ctx,
     spec: &crate::backend::qemu::BootSpec,
-    plan: &WarmPlan,
     key: &str,
     name: &str,
 ) -> std::result::Result<cache::Snapshot, WarmError> {
-    cache::ensure(
-        &ctx.handle,
-        spec,
-        &plan.plain_initrd,
-        key,
-        &ctx.timeouts,
-        &|m| ctx.logger.log(Some(name), m),
-    )
+    cache::ensure(&ctx.handle, spec, key, &ctx.timeouts, &|m| {
+        ctx.logger.log(Some(name), m)
+    })
 }

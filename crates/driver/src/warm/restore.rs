@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use super::cache::Snapshot;
-use super::identity::{identity_script, PendingIdentity};
-use super::WarmPlan;
+use super::identity::PendingIdentity;
 use crate::backend::qemu::{QemuBackend, Started};
 use crate::backend::Instance as _;
 use crate::ctx::Ctx;
@@ -25,7 +24,6 @@ pub(crate) fn restore(
     ctx: &Ctx,
     backend: &QemuBackend,
     snap: &Snapshot,
-    plan: &WarmPlan,
     allow_reboot: bool,
     name: &str,
 ) -> Result<(Started, PendingIdentity)> {
@@ -60,12 +58,7 @@ pub(crate) fn restore(
             "exec:cat {}",
             machinist_guest::shell_quote(&snap.state.to_string_lossy())
         ));
-    let pending = PendingIdentity {
-        key: snap.key.clone(),
-        script: identity_script(plan),
-        sent: false,
-        layer_tar: plan.layer_tar.clone(),
-    };
+    let pending = PendingIdentity::new(&snap.key);
     let started = backend.spawn(ctx, &cmd)?;
     let vm = started.vm.clone();
     if let Err(e) = run_when_loaded(ctx, vm.clone(), name) {
