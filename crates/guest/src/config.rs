@@ -199,6 +199,15 @@ impl NodeConfig {
         self
     }
 
+    /// The full names of the masked units (`postgresql` -> `postgresql.service`, other unit types
+    /// kept), as the node layer masks them.
+    pub fn masked_unit_names(&self) -> Vec<String> {
+        self.masked_units
+            .iter()
+            .map(|m| crate::unit_name::full_unit_name(m))
+            .collect()
+    }
+
     /// The effective host name for node `name`.
     pub fn effective_hostname<'a>(&'a self, name: &'a str) -> &'a str {
         self.hostname.as_deref().unwrap_or(name)
@@ -344,7 +353,7 @@ impl Restart {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServiceSpec {
-    /// Unit name without `.service`.
+    /// Unit name, with or without `.service` (`app` and `app.service` are both `app.service`).
     pub name: String,
     /// `Description=`.
     pub description: Option<String>,
@@ -507,9 +516,10 @@ impl ServiceSpec {
         self
     }
 
-    /// The unit file name, `<name>.service`.
+    /// The unit file name, `<name>.service` (`name` may already end with `.service`: it is
+    /// not added twice).
     pub fn unit_name(&self) -> String {
-        format!("{}.service", self.name)
+        format!("{}.service", crate::unit_name::service_stem(&self.name))
     }
 }
 
@@ -518,7 +528,7 @@ impl ServiceSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FirstBootScript {
-    /// Name (part of the unit name).
+    /// Name (part of the unit name; a trailing `.service` is not repeated).
     pub name: String,
     /// Bash script text.
     pub script: String,
@@ -570,9 +580,13 @@ impl FirstBootScript {
         self
     }
 
-    /// The unit name, `machinist-first-boot-<name>.service`.
+    /// The unit name, `machinist-first-boot-<name>.service` (`name` may already end with
+    /// `.service`: it is not added twice).
     pub fn unit_name(&self) -> String {
-        format!("machinist-first-boot-{}.service", self.name)
+        format!(
+            "machinist-first-boot-{}.service",
+            crate::unit_name::service_stem(&self.name)
+        )
     }
 }
 

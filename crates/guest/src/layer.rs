@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::config::NodeConfig;
 use crate::error::{FieldError, GuestError};
 use crate::network::NetworkPlan;
+use crate::unit_name::{full_unit_name, service_stem};
 use crate::units;
 
 /// Directory of the layer inside the initramfs.
@@ -185,12 +186,17 @@ impl NodeLayer {
             );
             if let Some(script) = &s.script {
                 l.text(
-                    format!("root{}/{}", units::SERVICE_SCRIPT_DIR, s.name),
+                    format!(
+                        "root{}/{}",
+                        units::SERVICE_SCRIPT_DIR,
+                        service_stem(&s.name)
+                    ),
                     0o755,
                     units::script_file(script),
                 );
             }
             for target in &s.wanted_by {
+                let target = full_unit_name(target);
                 l.link(
                     format!("root/etc/systemd/system/{target}.wants/{unit}"),
                     format!("/etc/systemd/system/{unit}"),
@@ -208,7 +214,7 @@ impl NodeLayer {
                 units::first_boot_unit(f),
             );
             l.text(
-                format!("root{}/{}", units::FIRST_BOOT_DIR, f.name),
+                format!("root{}/{}", units::FIRST_BOOT_DIR, service_stem(&f.name)),
                 0o755,
                 units::script_file(&f.script),
             );
@@ -218,7 +224,7 @@ impl NodeLayer {
             );
             start_units.push(unit);
         }
-        for m in &cfg.masked_units {
+        for m in cfg.masked_unit_names() {
             l.link(format!("root/etc/systemd/system/{m}"), "/dev/null");
         }
 

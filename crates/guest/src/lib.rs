@@ -25,6 +25,7 @@ pub mod supervise;
 pub mod tar;
 pub mod testvm;
 pub mod tuning;
+mod unit_name;
 pub mod units;
 mod validate;
 
@@ -43,6 +44,7 @@ pub use layer::{LayerEntry, LayerFile, NodeLayer, APPLY_LAYER_PATH, INITRD_LAYER
 pub use network::{mac_for, Interface, NetworkPlan, PlannedNode, UserInterface};
 pub use progress::Progress;
 pub use tuning::Profile;
+pub use unit_name::{full_unit_name, UNIT_NAME_MAX, UNIT_TYPES};
 pub use validate::{is_valid_account_name, is_valid_hostname, unit_line_problem, validate};
 
 /// POSIX shell quoting for paths put into a shell script (Machinist's one quoting, from

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use crate::config::{FirewallSpec, FirstBootScript, GroupSpec, ServiceSpec, UserSpec};
 use crate::network::{Interface, UserInterface};
+use crate::unit_name::{full_unit_name, service_stem};
 
 /// Where script services are installed.
 pub const SERVICE_SCRIPT_DIR: &str = "/usr/lib/machinist/services";
@@ -30,9 +31,11 @@ fn quote_env(key: &str, value: &str) -> String {
     format!("\"{key}={escaped}\"")
 }
 
+/// A `Key=` line of unit names, each written in full (`postgresql` -> `postgresql.service`).
 fn line_list(out: &mut String, key: &str, items: &[String]) {
     if !items.is_empty() {
-        let _ = writeln!(out, "{key}={}", items.join(" "));
+        let names: Vec<String> = items.iter().map(|u| full_unit_name(u)).collect();
+        let _ = writeln!(out, "{key}={}", names.join(" "));
     }
 }
 
@@ -52,7 +55,7 @@ pub fn service_unit(s: &ServiceSpec) -> String {
     let desc = s
         .description
         .clone()
-        .unwrap_or_else(|| format!("{} (machinist node service)", s.name));
+        .unwrap_or_else(|| format!("{} (machinist node service)", service_stem(&s.name)));
     let _ = writeln!(out, "Description={desc}");
     line_list(&mut out, "After", &s.after);
     line_list(&mut out, "Before", &s.before);
@@ -65,7 +68,11 @@ pub fn service_unit(s: &ServiceSpec) -> String {
             let _ = writeln!(out, "ExecStart={cmd}");
         }
         (None, Some(_)) => {
-            let _ = writeln!(out, "ExecStart={SERVICE_SCRIPT_DIR}/{}", s.name);
+            let _ = writeln!(
+                out,
+                "ExecStart={SERVICE_SCRIPT_DIR}/{}",
+                service_stem(&s.name)
+            );
         }
         (None, None) => {}
     }
@@ -98,23 +105,23 @@ pub fn service_unit(s: &ServiceSpec) -> String {
 /// The unit file of a first-boot script: runs once (a stamp, synced to disk so that a crash
 /// right after it does not run it again against durable state such as a database).
 pub fn first_boot_unit(f: &FirstBootScript) -> String {
+    let name = service_stem(&f.name);
     let mut out = String::from("[Unit]\n");
-    let _ = writeln!(out, "Description=Machinist first-boot script {}", f.name);
+    let _ = writeln!(out, "Description=Machinist first-boot script {name}");
     let _ = writeln!(
         out,
-        "ConditionPathExists=!{FIRST_BOOT_STAMP_DIR}/{}.done",
-        f.name
+        "ConditionPathExists=!{FIRST_BOOT_STAMP_DIR}/{name}.done"
     );
     line_list(&mut out, "After", &f.after);
     line_list(&mut out, "Requires", &f.after);
     line_list(&mut out, "Before", &f.before);
     out.push_str("\n[Service]\nType=oneshot\nRemainAfterExit=yes\n");
     let _ = writeln!(out, "User={}", f.user);
-    let _ = writeln!(out, "ExecStart={FIRST_BOOT_DIR}/{}", f.name);
+    let _ = writeln!(out, "ExecStart={FIRST_BOOT_DIR}/{name}");
     let _ = writeln!(
         out,
         "ExecStartPost=+/bin/sh -c 'mkdir -p {FIRST_BOOT_STAMP_DIR} && touch {n}.done && sync -f {n}.done'",
-        n = format_args!("{FIRST_BOOT_STAMP_DIR}/{}", f.name)
+        n = format_args!("{FIRST_BOOT_STAMP_DIR}/{name}")
     );
     out.push_str("\n[Install]\nWantedBy=multi-user.target\n");
     out

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::NodeConfig;
 use crate::error::{FieldError, GuestError};
+use crate::unit_name::{self, Use};
 
 /// Paths the node layer writes itself; user files may not claim them.
 pub const RESERVED_PATHS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/nftables.conf"];
@@ -42,14 +43,6 @@ pub fn is_valid_account_name(s: &str) -> bool {
     }
     s.len() <= 31
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
-/// Is `s` usable as a systemd unit name stem (`[A-Za-z0-9:_.@-]+`)?
-pub fn is_valid_unit_stem(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 200
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'@' | b'-'))
 }
 
 fn valid_path(p: &str) -> bool {
@@ -100,14 +93,14 @@ fn rendered_fields(cfg: &NodeConfig, e: &mut Errors<'_>) {
             e.push(field, p);
         }
     };
-    let unit_list = |e: &mut Errors<'_>, field: String, list: &[String]| {
+    let unit = |e: &mut Errors<'_>, field: String, name: &str, what: Use| {
+        if let Some(p) = unit_name::problem(name, what) {
+            e.push(field, p);
+        }
+    };
+    let unit_list = |e: &mut Errors<'_>, field: String, list: &[String], what: Use| {
         for (j, u) in list.iter().enumerate() {
-            if !is_valid_unit_stem(u) {
-                e.push(
-                    format!("{field}[{j}]"),
-                    format!("{u:?} is not a unit name ([A-Za-z0-9:_.@-], e.g. postgresql.service)"),
-                );
-            }
+            unit(e, format!("{field}[{j}]"), u, what);
         }
     };
     let account = |e: &mut Errors<'_>, field: String, v: &str, what: &str| {
@@ -120,6 +113,11 @@ fn rendered_fields(cfg: &NodeConfig, e: &mut Errors<'_>) {
     };
     for (i, s) in cfg.services.iter().enumerate() {
         let f = |k: &str| format!("services[{i}].{k}");
+        let service = Use::Service {
+            started: !s.wanted_by.is_empty(),
+            file_name: s.script.is_some(),
+        };
+        unit(e, f("name"), &s.name, service);
         if let Some(d) = &s.description {
             line(e, f("description"), d);
         }
@@ -140,10 +138,10 @@ fn rendered_fields(cfg: &NodeConfig, e: &mut Errors<'_>) {
             ("before", &s.before),
             ("wants", &s.wants),
             ("requires", &s.requires),
-            ("wanted_by", &s.wanted_by),
         ] {
-            unit_list(e, f(k), list);
+            unit_list(e, f(k), list, Use::Reference);
         }
+        unit_list(e, f("wanted_by"), &s.wanted_by, Use::WantedBy);
         for (j, l) in s.extra_service_lines.iter().enumerate() {
             let field = f(&format!("extra_service_lines[{j}]"));
             let key_ok = l.split_once('=').is_some_and(|(k, _)| {
@@ -162,9 +160,21 @@ fn rendered_fields(cfg: &NodeConfig, e: &mut Errors<'_>) {
         }
     }
     for (i, fb) in cfg.first_boot.iter().enumerate() {
-        unit_list(e, format!("first_boot[{i}].after"), &fb.after);
-        unit_list(e, format!("first_boot[{i}].before"), &fb.before);
+        unit(e, format!("first_boot[{i}].name"), &fb.name, Use::FirstBoot);
+        unit_list(
+            e,
+            format!("first_boot[{i}].after"),
+            &fb.after,
+            Use::Reference,
+        );
+        unit_list(
+            e,
+            format!("first_boot[{i}].before"),
+            &fb.before,
+            Use::Reference,
+        );
     }
+    unit_list(e, "masked_units".into(), &cfg.masked_units, Use::Mask);
     for (i, u) in cfg.users.iter().enumerate() {
         if let Some(d) = &u.description {
             line(e, format!("users[{i}].description"), d);
@@ -387,12 +397,6 @@ fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
     // Units.
     let mut units = BTreeSet::new();
     for (i, s) in cfg.services.iter().enumerate() {
-        if !is_valid_unit_stem(&s.name) {
-            e.push(
-                format!("services[{i}].name"),
-                format!("{:?} is not a valid unit name", s.name),
-            );
-        }
         if !units.insert(s.unit_name()) {
             e.push(
                 format!("services[{i}].name"),
@@ -423,21 +427,7 @@ fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
             }
         }
     }
-    for (i, m) in cfg.masked_units.iter().enumerate() {
-        if !is_valid_unit_stem(m) || !m.contains('.') {
-            e.push(
-                format!("masked_units[{i}]"),
-                format!("{m:?} is not a unit name with a suffix (e.g. foo.service)"),
-            );
-        }
-    }
     for (i, f) in cfg.first_boot.iter().enumerate() {
-        if !is_valid_unit_stem(&f.name) {
-            e.push(
-                format!("first_boot[{i}].name"),
-                format!("{:?} is not a valid unit name", f.name),
-            );
-        }
         if !units.insert(f.unit_name()) {
             e.push(
                 format!("first_boot[{i}].name"),

@@ -440,3 +440,150 @@ fn modules_resolve_dependencies_first() {
         ]
     );
 }
+
+/// Unit names follow systemd's rules in every field that names a unit: each rejected name is
+/// reported once, naming the node, the field, the rule and what to write instead; `render`
+/// rejects them too.
+#[test]
+fn unit_names_follow_systemd_rules() {
+    let long = format!("{}.service", "a".repeat(250));
+    let bad = NodeConfig::new()
+        .service(ServiceSpec::new("-dash", "/bin/true"))
+        .service(ServiceSpec::new("tmpl@", "/bin/true"))
+        .service(ServiceSpec::new("tmpl2@.service", "/bin/true"))
+        .service(ServiceSpec::script("esc\\x2dape", "true"))
+        .service(
+            ServiceSpec::new("app", "/bin/true")
+                .after("-dash")
+                .after("tmpl@")
+                .before("getty@.service")
+                .wants("@1.service")
+                .wants(".service")
+                .requires("my app.service")
+                .requires("/mnt/data")
+                .requires("bad\\escape.mount")
+                .requires(long.as_str())
+                .wanted_by(["multi-user", "getty@.target"]),
+        )
+        .first_boot(
+            FirstBootScript::new("setup@", "true")
+                .after("-x.service")
+                .before("db@"),
+        )
+        .first_boot(FirstBootScript::new("esc\\x2d", "true"))
+        .mask_unit("-dash.service")
+        .mask_unit("tmpl@.service")
+        .mask_unit("");
+    let plan = NetworkPlan::new(&[("web", &bad)]);
+    assert!(matches!(
+        NodeLayer::render("web", &bad, &plan),
+        Err(GuestError::Invalid(_))
+    ));
+    insta::assert_snapshot!("unit_name_errors", invalid(&[("web", &bad)]));
+}
+
+/// Names that systemd accepts stay valid, and each is written in full exactly once: a name
+/// without a type is a service (`.service` is never doubled), other types are kept, escapes and
+/// instances pass, and systemd's root units may be ordered against.
+#[test]
+fn valid_unit_names_render_in_full() {
+    let cfg = NodeConfig::new()
+        .service(
+            ServiceSpec::new("app.service", "/bin/true")
+                .after("postgresql")
+                .after("-.mount")
+                .after("mnt-my\\x2ddata.mount")
+                .before("app2.socket")
+                .wants("getty@tty1")
+                .requires("postgresql@15-main.service")
+                .wanted_by(["multi-user.target", "app2.socket"]),
+        )
+        .service(ServiceSpec::script("app2", "true").wanted_by(["sockets.target"]))
+        .service(ServiceSpec::new("worker@", "/bin/echo %i").wanted_by(Vec::<String>::new()))
+        .service(ServiceSpec::new("worker@1", "/bin/echo 1"))
+        .first_boot(
+            FirstBootScript::new("seed.service", "true")
+                .after("app")
+                .before("worker@1"),
+        )
+        .mask_unit("postgresql")
+        .mask_unit("apt-daily.timer");
+    machinist_guest::validate(&[("node", &cfg)]).unwrap();
+    let plan = NetworkPlan::new(&[("node", &cfg)]);
+    let layer = NodeLayer::render("node", &cfg, &plan).unwrap();
+    let text = layer.describe();
+    let units_dir = "root/etc/systemd/system";
+    for path in [
+        format!("{units_dir}/app.service"),
+        format!("{units_dir}/app2.service"),
+        format!("{units_dir}/worker@.service"),
+        format!("{units_dir}/worker@1.service"),
+        format!("{units_dir}/machinist-first-boot-seed.service"),
+        format!("{units_dir}/multi-user.target.wants/app.service"),
+        format!("{units_dir}/app2.socket.wants/app.service"),
+        format!("{units_dir}/sockets.target.wants/app2.service"),
+        format!("{units_dir}/postgresql.service"),
+        format!("{units_dir}/apt-daily.timer"),
+        "root/usr/lib/machinist/services/app2".to_string(),
+        "root/usr/lib/machinist/first-boot/seed".to_string(),
+    ] {
+        assert!(layer.entries().contains_key(&path), "no {path} in\n{text}");
+    }
+    assert!(!text.contains(".service.service"), "{text}");
+    assert!(
+        !text.contains("worker@.service\n"),
+        "a template is not started:\n{text}"
+    );
+    let app = match &layer.entries()[&format!("{units_dir}/app.service")] {
+        machinist_guest::LayerEntry::File { contents, .. } => {
+            String::from_utf8_lossy(contents).into_owned()
+        }
+        other => panic!("{other:?}"),
+    };
+    for line in [
+        "After=postgresql.service -.mount mnt-my\\x2ddata.mount\n",
+        "Before=app2.socket\n",
+        "Wants=getty@tty1.service\n",
+        "Requires=postgresql@15-main.service\n",
+        "WantedBy=multi-user.target app2.socket\n",
+    ] {
+        assert!(app.contains(line), "no {line:?} in\n{app}");
+    }
+    let seed = match &layer.entries()[&format!("{units_dir}/machinist-first-boot-seed.service")] {
+        machinist_guest::LayerEntry::File { contents, .. } => {
+            String::from_utf8_lossy(contents).into_owned()
+        }
+        other => panic!("{other:?}"),
+    };
+    for line in [
+        "After=app.service\n",
+        "Before=worker@1.service\n",
+        "ConditionPathExists=!/var/lib/machinist/first-boot/seed.done\n",
+    ] {
+        assert!(seed.contains(line), "no {line:?} in\n{seed}");
+    }
+    match &layer.entries()["units"] {
+        machinist_guest::LayerEntry::File { contents, .. } => assert_eq!(
+            String::from_utf8_lossy(contents),
+            "app.service\napp2.service\nworker@1.service\nmachinist-first-boot-seed.service\n"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        cfg.masked_unit_names(),
+        ["postgresql.service", "apt-daily.timer"]
+    );
+}
+
+/// `app` and `app.service` are the same unit: defined twice.
+#[test]
+fn service_suffix_is_one_name() {
+    let cfg = NodeConfig::new()
+        .service(ServiceSpec::new("app", "/bin/true"))
+        .service(ServiceSpec::new("app.service", "/bin/true"));
+    let msg = invalid(&[("node", &cfg)]);
+    assert!(
+        msg.contains("services[1].name: service \"app.service\" defined twice"),
+        "{msg}"
+    );
+}
