@@ -1,4 +1,4 @@
-//! The command line: `machinist list | run | interactive | doctor`.
+//! The command line: `machinist list | run | interactive | build-images | doctor | cache`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,17 +36,33 @@ pub enum Command {
     /// Check this host: QEMU, accelerator, tesseract, mmdebstrap, cache directory, free disk
     /// (and remove run directories left behind by killed test processes).
     Doctor,
-    /// Inspect the image cache.
+    /// Inspect and clean the cache (images, snapshots, kernels): without a subcommand, list it.
     Cache {
-        /// What to do with it.
+        /// What to do with it (default: `list`).
         #[command(subcommand)]
-        action: CacheAction,
+        action: Option<CacheAction>,
     },
 }
 
 /// `machinist cache ...`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum CacheAction {
+    /// One line per cache entry: kind, size on disk, last use, path; then the total.
+    List,
+    /// Remove the least recently used entries until the cache holds at most --keep-bytes
+    /// (never one a build holds or one used within --min-idle).
+    Gc {
+        /// The size to shrink the cache to: bytes, or with K, M, G or T (powers of 1024), e.g.
+        /// 10G or 500M.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        keep_bytes: u64,
+        /// Only print what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep entries used within the last S seconds (a running test may still need them).
+        #[arg(long, value_name = "S", default_value = "1800", value_parser = parse_idle)]
+        min_idle: Duration,
+    },
     /// Check the full sha256 of every cached image file against its manifest (exit 1 if one is
     /// damaged).
     Verify {
@@ -128,6 +144,19 @@ impl AccelArg {
     }
 }
 
+/// Parses a size in bytes (`10G`, `500M`, `1048576`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    machinist_qemu::cache_entries::parse_bytes(s)
+}
+
+/// Parses a number of seconds that may be zero (`0`, `1800`).
+fn parse_idle(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_seconds(s)
+}
+
 /// Parses a positive number of seconds (`90`, `2.5`).
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s
@@ -207,6 +236,48 @@ mod tests {
             "negative_timeout",
             error_of(&["run", "hello", "--global-timeout", "-3"])
         );
+    }
+
+    #[test]
+    fn cache_parses_list_and_gc() {
+        let action = |args: &[&str]| {
+            let mut argv = vec!["machinist", "cache"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Cache { action } => action,
+                other => panic!("not cache: {other:?}"),
+            }
+        };
+        assert!(action(&[]).is_none(), "bare `cache` lists");
+        assert!(matches!(action(&["list"]), Some(CacheAction::List)));
+        match action(&["gc", "--keep-bytes", "10G", "--dry-run"]) {
+            Some(CacheAction::Gc {
+                keep_bytes,
+                dry_run,
+                min_idle,
+            }) => {
+                assert_eq!(keep_bytes, 10 << 30);
+                assert!(dry_run);
+                assert_eq!(min_idle, Duration::from_secs(1800));
+            }
+            other => panic!("{other:?}"),
+        }
+        match action(&["gc", "--keep-bytes", "500M", "--min-idle", "0"]) {
+            Some(CacheAction::Gc {
+                keep_bytes,
+                dry_run,
+                min_idle,
+            }) => {
+                assert_eq!(keep_bytes, 500 << 20);
+                assert!(!dry_run);
+                assert_eq!(min_idle, Duration::ZERO);
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = error_of(&["cache", "gc", "--keep-bytes", "lots"]);
+        assert!(err.contains("`lots` is not a size"), "{err}");
+        let err = error_of(&["cache", "gc"]);
+        assert!(err.contains("--keep-bytes"), "{err}");
     }
 
     #[test]

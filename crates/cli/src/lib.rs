@@ -1,5 +1,5 @@
 //! The `machinist` command: run bundled tests, Python test scripts, the interactive REPL, list
-//! them, and check the host (`doctor`).
+//! them, check the host (`doctor`) and inspect or clean the cache (`cache`).
 //!
 //! Any crate with its own tests can build the same binary, the way every nixosTest gets its own
 //! driverInteractive:
@@ -23,6 +23,7 @@
 
 pub mod args;
 pub mod bundled;
+pub mod cache;
 pub mod doctor;
 pub mod images;
 pub mod python;
@@ -69,8 +70,26 @@ where
         Command::List => list(tests),
         Command::Doctor => doctor_cmd(),
         Command::Cache {
-            action: CacheAction::Verify { repair },
+            action: Some(CacheAction::Verify { repair }),
         } => cache_verify(repair),
+        Command::Cache {
+            action: None | Some(CacheAction::List),
+        } => cache::list_cmd(&machinist_qemu::cache_dir()),
+        Command::Cache {
+            action:
+                Some(CacheAction::Gc {
+                    keep_bytes,
+                    dry_run,
+                    min_idle,
+                }),
+        } => cache::gc_cmd(
+            &machinist_qemu::cache_dir(),
+            &machinist_qemu::cache_entries::GcOptions {
+                keep_bytes,
+                dry_run,
+                min_idle,
+            },
+        ),
         Command::BuildImages { rebuild } => images::build_bundled(rebuild),
         Command::Run(args) => run(&args, tests),
         Command::Interactive { test } => match registry::find(tests, &test) {

@@ -107,6 +107,8 @@ pub fn run(test: &BundledTest, args: &RunArgs, mode: Mode) -> u8 {
         // Something still holds the run (a Python thread?): dropping it cleans up without a report.
         Err(_) => outcome.map(|_| unreachable_report()),
     };
+    // The machines are gone: bound the cache (MACHINIST_CACHE_MAX_BYTES).
+    crate::cache::bound_after_run();
     match report {
         Ok(r) => {
             if let Some(j) = &args.junit {

@@ -105,3 +105,63 @@ fn library_entry_point_maps_setup_errors_to_exit_2() {
     );
     assert_eq!(run_cli(["machinist", "list"], &tests), 0);
 }
+
+/// `machinist cache` lists a cache given by MACHINIST_CACHE_DIR; `cache gc` removes the least
+/// recently used entries (a dry run first, which removes nothing).
+#[test]
+fn cache_lists_and_gc_removes_least_recently_used() {
+    use std::time::{Duration, SystemTime};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let entry = |rel: &str, days: u64| {
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("data"), vec![1u8; 1 << 20]).unwrap();
+        let stamp = std::fs::File::create(dir.join("last-use")).unwrap();
+        stamp
+            .set_modified(SystemTime::now() - Duration::from_secs(days * 86_400))
+            .unwrap();
+        dir
+    };
+    let old = entry("snapshots/0123abcd", 9);
+    let new = entry("images/feedbeef", 2);
+    let cache = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_machinist"))
+            .arg("cache")
+            .args(args)
+            .env("MACHINIST_CACHE_DIR", &root)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+
+    for listing in [cache(&[]), cache(&["list"])] {
+        let lines: Vec<&str> = listing.lines().collect();
+        assert_eq!(lines.len(), 3, "{listing}");
+        assert!(lines[0].starts_with("image ") && lines[0].contains("used     2 d ago"));
+        assert!(lines[0].ends_with(&new.display().to_string()), "{listing}");
+        assert!(lines[1].starts_with("snapshot ") && lines[1].contains("9 d ago"));
+        assert!(lines[1].contains(" MiB "), "{listing}");
+        assert!(
+            lines[2].starts_with("total 2.") && lines[2].contains("MiB in 2 entries"),
+            "{listing}"
+        );
+    }
+
+    let dry = cache(&["gc", "--keep-bytes", "1536K", "--dry-run"]);
+    assert!(dry.starts_with("would remove  snapshot "), "{dry}");
+    assert!(dry.contains("would free 1."), "{dry}");
+    assert!(old.exists(), "a dry run removed it");
+
+    let out = cache(&["gc", "--keep-bytes", "1536K"]);
+    assert!(out.starts_with("removed  snapshot "), "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(!old.exists() && new.exists());
+
+    // The newer entry is within a 3-day --min-idle: kept, and said so.
+    let out = cache(&["gc", "--keep-bytes", "0", "--min-idle", "259200"]);
+    assert!(out.starts_with("kept  image "), "{out}");
+    assert!(out.contains("used within --min-idle"), "{out}");
+    assert!(new.exists());
+}

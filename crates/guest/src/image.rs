@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use machinist_qemu::cache_entries::touch_last_use;
 use machinist_qemu::publish::{lock_path, CacheLock, Staging};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -437,7 +438,7 @@ impl ImageCache {
     pub fn lookup(&self, spec: &ImageSpec) -> Result<Option<Image>, GuestError> {
         let hash = spec.hash()?;
         Ok(match inspect_entry(&self.images_dir().join(&hash)) {
-            Entry::Intact(img) => Some(*img),
+            Entry::Intact(img) => Some(used(img)),
             Entry::Missing | Entry::Damaged(_) => None,
         })
     }
@@ -449,7 +450,7 @@ impl ImageCache {
         let dir = self.images_dir().join(&hash);
         if !self.rebuild {
             if let Entry::Intact(img) = inspect_entry(&dir) {
-                return Ok(*img);
+                return Ok(used(img));
             }
         }
         let images = self.images_dir();
@@ -458,7 +459,7 @@ impl ImageCache {
         let _lock = lock_image(&images, &hash, &spec.name(), progress)?;
         if !self.rebuild {
             match inspect_entry(&dir) {
-                Entry::Intact(img) => return Ok(*img),
+                Entry::Intact(img) => return Ok(used(img)),
                 Entry::Damaged(why) => {
                     let line = format!(
                         "image {}: cache entry {} is damaged ({why}); rebuilding it",
@@ -502,6 +503,7 @@ impl ImageCache {
         let phase = progress.phase(&spec.name(), "publish");
         seal(tmp, &mut img)?;
         staging.publish(&dir)?;
+        touch_last_use(&dir);
         phase.finish();
         img.build_seconds = start.elapsed().as_secs_f64();
         self.empty_trash();
@@ -527,12 +529,14 @@ impl ImageCache {
         let done = dir.join("tree/.machinist-bootstrap-complete");
         let rebuild = self.rebuild && !REBUILT.lock().map(|s| s.contains(&key)).unwrap_or(false);
         if done.exists() && !rebuild {
+            touch_last_use(&dir);
             return Ok(dir.join("tree"));
         }
         let name = format!("{}-bootstrap", spec.suite);
         let _lock = lock_image(&images, &key, &name, progress)?;
         let rebuild = take_rebuild(rebuild, &key);
         if done.exists() && !rebuild {
+            touch_last_use(&dir);
             return Ok(dir.join("tree"));
         }
         remove_stale(&images, &key);
@@ -554,6 +558,7 @@ impl ImageCache {
         syncfs(&tree)?;
         write_synced(&tree.join(".machinist-bootstrap-complete"), b"")?;
         staging.publish(&dir)?;
+        touch_last_use(&dir);
         phase.finish();
         Ok(dir.join("tree"))
     }
@@ -758,6 +763,12 @@ fn safe_remove_dir_all(dir: &Path) {
         }
     }
     let _ = fs::remove_dir_all(dir);
+}
+
+/// Marks a cached image as used now (the cache's least-recently-used clean-up reads it).
+fn used(img: Box<Image>) -> Image {
+    touch_last_use(&img.dir);
+    *img
 }
 
 /// Remove the cache entry `dir` (in `images`) unless a build holds its lock; true if removed.

@@ -292,3 +292,35 @@ fn pin_ignores_other_manifests() {
     let pinned = pin_image(&snap.join("disk.qcow2"), &tmp.path().join("run")).unwrap();
     assert_eq!(fs::read(pinned).unwrap(), b"qcow2 bytes");
 }
+
+/// A cache hit (`lookup` or `ensure`) marks the entry as used for the LRU clean-up, and the
+/// stamp does not disturb the integrity checks.
+#[test]
+fn a_cache_hit_marks_the_entry_as_used() {
+    use machinist_qemu::cache_entries::{last_use, LAST_USE_FILE};
+    use std::time::{Duration, SystemTime};
+    let (_t, root) = hostile_cache();
+    let spec = ImageSpec::base();
+    let dir = fake_entry(&root, &spec, false);
+    assert!(!dir.join(LAST_USE_FILE).exists());
+    let cache = ImageCache::new(&root);
+    assert!(cache.lookup(&spec).unwrap().is_some());
+    assert!(dir.join(LAST_USE_FILE).is_file(), "lookup did not mark it");
+
+    let long_ago = SystemTime::now() - Duration::from_secs(86_400);
+    fs::File::options()
+        .write(true)
+        .open(dir.join(LAST_USE_FILE))
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    assert_eq!(last_use(&dir), Some(long_ago));
+    let img = cache
+        .ensure(&spec, machinist_guest::Progress::Silent)
+        .unwrap();
+    assert_eq!(img.dir, dir);
+    assert!(last_use(&dir).unwrap() > long_ago, "ensure did not mark it");
+    let reports = verify_cache(&root, false);
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].is_ok(), "{}", reports[0].line());
+}

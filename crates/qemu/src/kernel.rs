@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::cache::cache_dir;
+use crate::cache_entries::touch_last_use;
 use crate::cpio::NewcWriter;
 use crate::publish::{publish_dir, CacheLock, PublishError, Staging};
 
@@ -160,11 +161,16 @@ fn release_of(pkg: &str) -> &str {
     pkg.strip_prefix("linux-image-").unwrap_or(pkg)
 }
 
+/// The cached kernel `release`, if complete (marked as used: see [`crate::cache_entries`]).
 fn cached(dir: &Path, release: &str) -> Option<TestKernel> {
     let root = dir.join(release);
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
     let modules_dir = root.join("lib/modules").join(release);
-    (vmlinuz.is_file() && modules_dir.is_dir()).then(|| TestKernel {
+    if !(vmlinuz.is_file() && modules_dir.is_dir()) {
+        return None;
+    }
+    touch_last_use(&root);
+    Some(TestKernel {
         release: release.to_string(),
         vmlinuz,
         modules_dir,
@@ -599,6 +605,14 @@ mod tests {
             name(KernelFlavour::Generic).as_deref(),
             Some("6.1.0-56-amd64")
         );
+        // A lookup marks the kernel it returns as used (for the cache's LRU clean-up).
+        for release in ["6.1.0-56-amd64", "6.1.0-57-cloud-amd64"] {
+            let stamp = dir
+                .path()
+                .join(release)
+                .join(crate::cache_entries::LAST_USE_FILE);
+            assert!(stamp.is_file(), "{} not touched", stamp.display());
+        }
     }
 
     #[test]

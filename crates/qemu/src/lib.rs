@@ -14,6 +14,8 @@
 //!   Debian kernel in tests without a guest image.
 //! - [`VmTestLock`]: the host-wide lock every VM-booting test takes.
 //! - [`publish`]: build a cache entry once across processes ([`CacheLock`], [`Staging`]).
+//! - [`cache_entries`]: the cache's entries, sizes and last use, and a least-recently-used
+//!   clean-up that never removes what a running test uses.
 //! - [`shell_quote`], [`single_quote`]: the shell quoting every crate uses.
 //!
 //! The driver owns every listening socket ([`socket::bind_listener`]); QEMU connects as a client,
@@ -21,6 +23,7 @@
 
 pub mod accel;
 mod cache;
+pub mod cache_entries;
 mod command;
 pub mod cpio;
 mod error;
