@@ -133,6 +133,7 @@ pub(crate) fn ensure(
     };
     let snap = Snapshot::at(&root, key);
     if snap.is_complete() {
+        machinist_qemu::cache_entries::touch_last_use(&snap.dir);
         return Ok(snap);
     }
     std::fs::create_dir_all(&root).map_err(|e| err(format!("creating {}: {e}", root.display())))?;
@@ -143,6 +144,7 @@ pub(crate) fn ensure(
     )
     .map_err(|e| err(e.to_string()))?;
     if snap.is_complete() {
+        machinist_qemu::cache_entries::touch_last_use(&snap.dir);
         return Ok(snap);
     }
     let started = Instant::now();
@@ -172,6 +174,7 @@ pub(crate) fn ensure(
     seal(staging.path()).map_err(|e| err(format!("sealing {}: {e}", staging.path().display())))?;
     // Replaces an incomplete directory (no manifest) left by a killed builder.
     staging.publish(&snap.dir).map_err(|e| err(e.to_string()))?;
+    machinist_qemu::cache_entries::touch_last_use(&snap.dir);
     log(&format!(
         "warm start: node snapshot {key} built in {:.1} s ({})",
         started.elapsed().as_secs_f64(),
