@@ -44,7 +44,9 @@ pub struct RunLog {
     /// Per machine: seconds from its first `starting` to its first `connected` (the first boot;
     /// a machine's shell connects when the script first uses it).
     pub boots: BTreeMap<String, f64>,
-    /// Per machine: how its first boot went (`started`'s `kind`: `warm` or `cold`).
+    /// Per machine: how its first boot went (from `started`'s `kind`, `built_snapshot` and
+    /// `reason`): `restored node snapshot`, `built node snapshot (first run)` or
+    /// `cold boot (why)`.
     pub boot_kinds: BTreeMap<String, String>,
     /// The images the run made sure of.
     pub images: Vec<Image>,
@@ -131,10 +133,17 @@ pub fn parse_log(text: &str) -> RunLog {
                 starting.entry(m.to_string()).or_insert(time);
             }
             ("started", Some(m)) => {
-                if let Some(k) = ev["kind"].as_str() {
-                    log.boot_kinds
-                        .entry(m.to_string())
-                        .or_insert_with(|| k.to_string());
+                let how = match (ev["kind"].as_str(), ev["built_snapshot"].as_bool()) {
+                    (Some("warm"), Some(true)) => "built node snapshot (first run)".to_string(),
+                    (Some("warm"), _) => "restored node snapshot".to_string(),
+                    (Some(k), _) => match ev["reason"].as_str() {
+                        Some(r) => format!("{k} boot ({r})"),
+                        None => format!("{k} boot"),
+                    },
+                    (None, _) => String::new(),
+                };
+                if !how.is_empty() {
+                    log.boot_kinds.entry(m.to_string()).or_insert(how);
                 }
             }
             ("connected", Some(m)) => {
@@ -372,8 +381,11 @@ mod tests {
             (log.boots["server"] - 12.252).abs() < 1e-6,
             "first boot only"
         );
-        assert_eq!(log.boot_kinds["client"], "warm");
-        assert_eq!(log.boot_kinds["server"], "cold");
+        assert_eq!(log.boot_kinds["client"], "restored node snapshot");
+        assert_eq!(
+            log.boot_kinds["server"],
+            "cold boot (warm start is off (MACHINIST_WARM_START=0 or Test::warm_start(false)))"
+        );
         assert_eq!(log.subtests.len(), 2);
         assert_eq!(log.subtests[1].ok, Some(false));
         assert_eq!(log.script.as_ref().unwrap().ok, Some(false));

@@ -52,6 +52,8 @@ pub enum Event {
         seconds: f64,
         /// Why the machine boots cold, or the snapshot key it was restored from.
         reason: Option<String>,
+        /// This start built the node snapshot it was restored from (the node's first run).
+        built_snapshot: bool,
     },
     /// The guest's root shell answered (`connected to guest root shell`, then `(connecting took
     /// N.NN seconds)`).

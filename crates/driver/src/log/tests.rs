@@ -149,6 +149,7 @@ fn guide_session_with_events(lg: &Logger) {
             pid,
             seconds: 0.5,
             reason: Some("warm start is off".into()),
+            built_snapshot: false,
         });
     }
     start.finish();
@@ -237,6 +238,7 @@ fn event_lines_are_todays_wording() {
                 pid: 42,
                 seconds: 0.84,
                 reason: Some("0123abcd".into()),
+                built_snapshot: false,
             },
             Some("QEMU running (pid 42)"),
         ),
@@ -358,6 +360,7 @@ fn event_records() {
         pid: 4242,
         seconds: 0.8412,
         reason: Some("0123abcd".into()),
+        built_snapshot: false,
     });
     lg.event(Event::Settle {
         machines: vec!["client".into(), "server".into()],

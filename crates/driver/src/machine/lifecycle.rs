@@ -45,7 +45,7 @@ impl Machine {
             machine: self.name.clone(),
         });
         let began = std::time::Instant::now();
-        let (running, kind, reason) = self.spawn(allow_reboot)?;
+        let (running, kind, reason, built_snapshot) = self.spawn(allow_reboot)?;
         self.ctx.logger.event(Event::Started {
             machine: self.name.clone(),
             kind: match kind {
@@ -55,6 +55,7 @@ impl Machine {
             pid: running.instance.pid(),
             seconds: began.elapsed().as_secs_f64(),
             reason: Some(reason),
+            built_snapshot,
         });
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
         Ok(())
@@ -62,7 +63,7 @@ impl Machine {
 
     /// The start path: a warm start where possible, else a cold boot. Returns the run, how it
     /// started and why (the snapshot key, or why it booted cold).
-    fn spawn(&self, allow_reboot: bool) -> Result<(Arc<Running>, StartKind, String)> {
+    fn spawn(&self, allow_reboot: bool) -> Result<(Arc<Running>, StartKind, String, bool)> {
         let first = !self.started_once.swap(true, Ordering::AcqRel);
         let outcome = warm::start(
             &self.ctx,
@@ -72,7 +73,7 @@ impl Machine {
             allow_reboot,
             &self.name,
         )?;
-        let (run, kind, reason) = match outcome {
+        let (run, kind, reason, built) = match outcome {
             warm::Outcome::Restored {
                 started,
                 pending,
@@ -93,7 +94,7 @@ impl Machine {
                 // guide's script may never send the server a command, yet expects its services
                 // to come up).
                 self.wake_restored_eagerly(&run);
-                (run, StartKind::Restored, format!("{which} {key}"))
+                (run, StartKind::Restored, key, built)
             }
             warm::Outcome::Cold { line, reason } => {
                 if let Some(line) = line {
@@ -104,11 +105,12 @@ impl Machine {
                     self.running_from(started, allow_reboot, None),
                     StartKind::Cold,
                     reason,
+                    false,
                 )
             }
         };
         *self.last_start.lock().unwrap_or_else(|p| p.into_inner()) = Some(kind);
-        Ok((run, kind, reason))
+        Ok((run, kind, reason, built))
     }
 
     fn running_from(
