@@ -145,8 +145,8 @@ pub fn run(opts: &Options) -> Result<()> {
 }
 
 /// The executables `build` produced.
-struct Bins {
-    machinist: PathBuf,
+pub(crate) struct Bins {
+    pub(crate) machinist: PathBuf,
 }
 
 /// `cargo build` of the machinist binary, and of postgrest-lite when it is the server, in the
@@ -154,7 +154,7 @@ struct Bins {
 /// builds, each exactly as its user runs it: building both packages in one cargo call unifies
 /// their dependencies' features differently, and the binary's own `cargo build -p
 /// postgrest-lite` would then rebuild half the dependency tree.
-fn build_bins(with_lite: bool) -> Result<Bins> {
+pub(crate) fn build_bins(with_lite: bool) -> Result<Bins> {
     let machinist = build_bin("machinist-cli", "machinist")?;
     if with_lite {
         build_bin("postgrest-lite", "postgrest-lite")?;
