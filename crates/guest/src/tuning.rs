@@ -147,6 +147,14 @@ pub const MASKED_UNITS: &[(&str, &str)] = &[
     ("e2scrub_reap.service", "no fs maintenance in a test VM"),
     ("fstrim.timer", "no fs maintenance in a test VM"),
     (
+        "dev-mqueue.mount",
+        "no POSIX message queue users; ~1 s of boot under TCG",
+    ),
+    (
+        "systemd-user-sessions.service",
+        "/run/nologin is never created (its tmpfiles entry is masked); getty@tty1 waited for it",
+    ),
+    (
         "systemd-networkd-wait-online.service",
         "nothing waits for network-online; tests wait for what they need",
     ),
@@ -203,6 +211,11 @@ pub const MASKED_UDEV_RULES: &[&str] = &[
     "95-dm-notify.rules",
     "96-e2scrub.rules",
 ];
+
+/// tmpfiles.d entries masked in tuned images (`/etc/tmpfiles.d/<name>` -> /dev/null):
+/// `systemd-nologin.conf` creates `/run/nologin` at boot, which only the masked
+/// `systemd-user-sessions.service` would remove (non-root logins would stay refused).
+pub const MASKED_TMPFILES: &[&str] = &["systemd-nologin.conf"];
 
 /// Modules udev would load for nothing under TCG (the default CPU advertises SVM, so kvm_amd).
 pub const BLACKLIST: &str = "blacklist kvm\nblacklist kvm_amd\nblacklist kvm_intel\nblacklist serio_raw\nblacklist pcspkr\nblacklist floppy\nblacklist powernow_k8\nblacklist acpi_cpufreq\nblacklist qemu_fw_cfg\nblacklist autofs4\nblacklist ip_tables\n";
@@ -274,6 +287,9 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
             ));
             for (unit, _) in MASKED_UNITS {
                 s.push(link(&format!("/etc/systemd/system/{unit}"), "/dev/null"));
+            }
+            for t in MASKED_TMPFILES {
+                s.push(link(&format!("/etc/tmpfiles.d/{t}"), "/dev/null"));
             }
             for r in MASKED_UDEV_RULES {
                 s.push(link(&format!("/etc/udev/rules.d/{r}"), "/dev/null"));
