@@ -52,11 +52,19 @@ pub const SCRIPT: &str = r#"#!/bin/bash
 # The host side is NixOS-compatible: after the greeting line a non-interactive
 # `bash --norc` reads commands from the device. Nothing may be printed after the greeting.
 dev=${1:?usage: backdoor <device>|-}
+# Guest uptime at start (a builtin read, no process): the serial log shows how long the shell
+# took from its start to the device (boot-time diagnosis).
+read -r started _ </proc/uptime || started=?
 export USER=root HOME=/root DISPLAY=:0.0
 if [[ -r /etc/profile ]]; then
     set +u
+    # Debian's /etc/profile runs `$(id -u)`: answered by a function (no exec of id, ~0.5 s of a
+    # TCG boot) for the duration of the sourcing only.
+    id() { if [[ $# == 1 && $1 == -u ]]; then echo "$EUID"; else command id "$@"; fi; }
     . /etc/profile
+    unset -f id
 fi
+read -r profiled _ </proc/uptime || profiled=?
 export PAGER= SYSTEMD_PAGER=
 cd /tmp || cd /
 if [[ $dev == - ]]; then
@@ -71,7 +79,8 @@ done
 # One read-write open: a virtio serial port (vportNpM) can be opened only once at a time.
 exec <>"/dev/$dev" >&0
 while ! exec 2>/dev/ttyS0; do sleep 0.1; done
-echo "machinist backdoor: connecting to host on /dev/$dev..." >&2
+read -r opened _ </proc/uptime || opened=?
+echo "machinist backdoor: connecting to host on /dev/$dev... (started at $started s, profile read at $profiled s, device open at $opened s)" >&2
 if [[ -t 0 ]]; then
     # A console (hvcN, as NixOS): raw, i.e. no NL -> CR/NL conversion, no echo, no signals.
     stty raw -echo

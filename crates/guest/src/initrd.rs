@@ -8,7 +8,15 @@ use crate::error::GuestError;
 use crate::tuning::INITRD_INIT_SCRIPT;
 
 /// Modules loaded by the tiny initrd (dependencies are added from `modules.dep`).
-pub const INITRD_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_console", "virtio_net"];
+/// `virtio_rng` feeds the kernel's entropy pool from the host before userspace starts (otherwise
+/// udev loads it seconds later, and early `getrandom` callers such as Postgres wait).
+pub const INITRD_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "virtio_net",
+    "virtio_rng",
+];
 
 /// Host path of the static busybox (Debian package busybox-static).
 pub const HOST_BUSYBOX: &str = "/bin/busybox";

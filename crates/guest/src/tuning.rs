@@ -147,6 +147,14 @@ pub const MASKED_UNITS: &[(&str, &str)] = &[
     ("e2scrub_reap.service", "no fs maintenance in a test VM"),
     ("fstrim.timer", "no fs maintenance in a test VM"),
     (
+        "dev-mqueue.mount",
+        "no POSIX message queue users; ~1 s of boot under TCG",
+    ),
+    (
+        "systemd-user-sessions.service",
+        "/run/nologin is never created (its tmpfiles entry is masked); getty@tty1 waited for it",
+    ),
+    (
         "systemd-networkd-wait-online.service",
         "nothing waits for network-online; tests wait for what they need",
     ),
@@ -203,6 +211,11 @@ pub const MASKED_UDEV_RULES: &[&str] = &[
     "95-dm-notify.rules",
     "96-e2scrub.rules",
 ];
+
+/// tmpfiles.d entries masked in tuned images (`/etc/tmpfiles.d/<name>` -> /dev/null):
+/// `systemd-nologin.conf` creates `/run/nologin` at boot, which only the masked
+/// `systemd-user-sessions.service` would remove (non-root logins would stay refused).
+pub const MASKED_TMPFILES: &[&str] = &["systemd-nologin.conf"];
 
 /// Modules udev would load for nothing under TCG (the default CPU advertises SVM, so kvm_amd).
 pub const BLACKLIST: &str = "blacklist kvm\nblacklist kvm_amd\nblacklist kvm_intel\nblacklist serio_raw\nblacklist pcspkr\nblacklist floppy\nblacklist powernow_k8\nblacklist acpi_cpufreq\nblacklist qemu_fw_cfg\nblacklist autofs4\nblacklist ip_tables\n";
@@ -275,6 +288,9 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
             for (unit, _) in MASKED_UNITS {
                 s.push(link(&format!("/etc/systemd/system/{unit}"), "/dev/null"));
             }
+            for t in MASKED_TMPFILES {
+                s.push(link(&format!("/etc/tmpfiles.d/{t}"), "/dev/null"));
+            }
             for r in MASKED_UDEV_RULES {
                 s.push(link(&format!("/etc/udev/rules.d/{r}"), "/dev/null"));
             }
@@ -287,6 +303,18 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
             s.push(Step::Remove {
                 path: "/etc/systemd/system/timers.target.wants".into(),
             });
+            s.push(file(
+                "/etc/systemd/system/systemd-networkd.service",
+                NETWORKD_UNIT,
+                0o644,
+            ));
+            for unit in UNSANDBOXED_UNITS {
+                s.push(file(
+                    &format!("/etc/systemd/system/{unit}.d/10-machinist-no-sandbox.conf"),
+                    NO_SANDBOX_DROPIN,
+                    0o644,
+                ));
+            }
             s.push(file("/etc/modprobe.d/machinist-tcg.conf", BLACKLIST, 0o644));
             s.push(file(
                 "/etc/systemd/journald.conf.d/10-machinist.conf",
@@ -308,6 +336,100 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
     }
     s
 }
+
+/// Debian 12's `systemd-networkd.service` (systemd 252) with one change: it is not ordered after
+/// `systemd-udevd.service` (upstream keeps that ordering only for tun/tap devices, which test
+/// nodes do not create; networkd waits for udev to initialise each link anyway). networkd then
+/// starts in parallel with udevd instead of after it: udevd's start was on the critical path to
+/// `multi-user.target`.
+pub const NETWORKD_UNIT: &str = "\
+# Debian 12's unit (systemd 252) without After=systemd-udevd.service (machinist tuned image).
+[Unit]
+Description=Network Configuration
+Documentation=man:systemd-networkd.service(8)
+Documentation=man:org.freedesktop.network1(5)
+ConditionCapability=CAP_NET_ADMIN
+DefaultDependencies=no
+After=systemd-networkd.socket network-pre.target systemd-sysusers.service systemd-sysctl.service
+Before=network.target multi-user.target shutdown.target initrd-switch-root.target
+Conflicts=shutdown.target initrd-switch-root.target
+Wants=systemd-networkd.socket network.target
+
+[Service]
+AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_BROADCAST CAP_NET_RAW
+BusName=org.freedesktop.network1
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_BROADCAST CAP_NET_RAW
+DeviceAllow=char-* rw
+ExecStart=!!/lib/systemd/systemd-networkd
+ExecReload=networkctl reload
+FileDescriptorStoreMax=512
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+NoNewPrivileges=yes
+ProtectProc=invisible
+ProtectClock=yes
+ProtectControlGroups=yes
+ProtectHome=yes
+ProtectKernelLogs=yes
+ProtectKernelModules=yes
+ProtectSystem=strict
+Restart=on-failure
+RestartKillSignal=SIGUSR2
+RestartSec=0
+RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6 AF_PACKET
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+RuntimeDirectory=systemd/netif
+RuntimeDirectoryPreserve=yes
+SystemCallArchitectures=native
+SystemCallErrorNumber=EPERM
+SystemCallFilter=@system-service
+Type=notify
+User=systemd-network
+WatchdogSec=3min
+
+[Install]
+WantedBy=multi-user.target
+Also=systemd-networkd.socket
+Alias=dbus-org.freedesktop.network1.service
+";
+
+/// The boot-critical daemons whose sandboxing is turned off in tuned images (see
+/// [`NO_SANDBOX_DROPIN`]).
+pub const UNSANDBOXED_UNITS: &[&str] = &[
+    "systemd-journald.service",
+    "systemd-udevd.service",
+    "systemd-networkd.service",
+];
+
+/// A drop-in that resets the sandboxing of [`UNSANDBOXED_UNITS`]: seccomp filters, BPF
+/// address/device filters and mount namespaces are each compiled or set up at every start, which
+/// costs tenths of a second per daemon under TCG, on the critical path of every boot; a throw-away
+/// test VM gains nothing from them. Users, capabilities and runtime directories are unchanged.
+pub const NO_SANDBOX_DROPIN: &str = "\
+# machinist tuned image: no sandboxing for boot-critical daemons (cost under TCG, no value in a test VM).
+[Service]
+SystemCallFilter=
+SystemCallArchitectures=
+RestrictAddressFamilies=
+RestrictNamespaces=no
+RestrictRealtime=no
+RestrictSUIDSGID=no
+MemoryDenyWriteExecute=no
+LockPersonality=no
+IPAddressDeny=
+DeviceAllow=
+PrivateMounts=no
+ProtectSystem=no
+ProtectHome=no
+ProtectProc=default
+ProtectClock=no
+ProtectControlGroups=no
+ProtectKernelLogs=no
+ProtectKernelModules=no
+ProtectHostname=no
+";
 
 /// /etc/fstab: empty, because the initramfs already mounted / rw,noatime (an entry would make
 /// systemd wait for udev to announce dev-vda.device and run fsck/remount units).

@@ -1,7 +1,7 @@
 //! A typed builder for QEMU command lines with a deterministic argv.
 //!
 //! The argv order is fixed (identity, machine, accelerator, CPU/memory, defaults, display, serial,
-//! kernel, drives, consoles, QMP, NICs, `-incoming`, extra args) so command lines can be
+//! kernel, drives, consoles, QMP, NICs, RNG, `-incoming`, extra args) so command lines can be
 //! snapshot-tested and used as cache keys.
 
 use std::path::{Path, PathBuf};
@@ -269,6 +269,10 @@ pub struct QemuCommand {
     pub display: Display,
     /// Let the guest reboot (otherwise `-no-reboot`: a reboot makes QEMU exit).
     pub allow_reboot: bool,
+    /// A virtio RNG fed from the host's `/dev/urandom` (`-object rng-random,...` and
+    /// `-device virtio-rng-pci,...`), on by default: without it the guest's entropy pool is ready
+    /// only many seconds into a TCG boot, and everything that asks for random bytes early waits.
+    pub rng: bool,
     /// Restore from a migration stream (`-incoming <uri>`, e.g. `exec:cat state` or `defer`).
     pub incoming: Option<String>,
     /// Raw arguments appended last.
@@ -277,7 +281,7 @@ pub struct QemuCommand {
 
 impl QemuCommand {
     /// A command with the defaults: `qemu-system-x86_64`, q35, TCG, 1024 MiB, 2 cores, serial on
-    /// stdio, VGA display, `-no-reboot`.
+    /// stdio, VGA display, `-no-reboot`, a virtio RNG.
     pub fn new(name: impl Into<String>) -> Self {
         QemuCommand {
             name: name.into(),
@@ -296,6 +300,7 @@ impl QemuCommand {
             serial: Serial::Stdio,
             display: Display::Vga,
             allow_reboot: false,
+            rng: true,
             incoming: None,
             extra_args: Vec::new(),
         }
@@ -393,6 +398,11 @@ impl QemuCommand {
     /// Allows guest reboots (drops `-no-reboot`).
     pub fn allow_reboot(mut self, allow: bool) -> Self {
         self.allow_reboot = allow;
+        self
+    }
+    /// Adds or removes the virtio RNG device (on by default).
+    pub fn rng(mut self, on: bool) -> Self {
+        self.rng = on;
         self
     }
     /// Starts QEMU waiting for a migration stream (`-incoming`).
@@ -534,6 +544,18 @@ impl QemuCommand {
                     backend,
                     "-device".to_string(),
                     format!("virtio-net-pci,netdev={nd},mac={},id={}", n.mac, n.id),
+                ],
+            );
+        }
+        if self.rng {
+            // Last among the devices, so that the PCI addresses of the others stay as they were.
+            push(
+                &mut a,
+                [
+                    "-object",
+                    "rng-random,filename=/dev/urandom,id=rng0",
+                    "-device",
+                    "virtio-rng-pci,rng=rng0",
                 ],
             );
         }
@@ -813,6 +835,23 @@ mod tests {
                 },
             });
         insta::assert_snapshot!(lines(&cmd));
+    }
+
+    #[test]
+    fn every_vm_gets_a_virtio_rng_unless_turned_off() {
+        let with = typical().args();
+        let object = with.iter().position(|a| a == "-object").expect("-object");
+        assert_eq!(with[object + 1], "rng-random,filename=/dev/urandom,id=rng0");
+        assert_eq!(with[object + 2], "-device");
+        assert_eq!(with[object + 3], "virtio-rng-pci,rng=rng0");
+        // After the NICs, so the other devices keep their PCI addresses.
+        let last_nic = with
+            .iter()
+            .rposition(|a| a.starts_with("virtio-net-pci"))
+            .expect("a NIC");
+        assert!(object > last_nic, "{with:?}");
+        let without = typical().rng(false).args();
+        assert!(!without.iter().any(|a| a.contains("rng")), "{without:?}");
     }
 
     #[test]
