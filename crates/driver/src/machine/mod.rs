@@ -1,12 +1,12 @@
-//! A machine of the test: a node's runtime (behind the [backend seam](crate::backend)), its
+//! A machine of the test: a node's runtime (behind the backend seam), its
 //! backdoor shell session, console, network and display.
 //!
 //! `Machine` is a composition; each part has its own file:
-//! [`lifecycle`] (start, shutdown, crash, reboot), [`session`] (connecting the backdoor, running
-//! a command, cancelling), [`commands`] and [`scripts`] (the NixOS command API and its guest-side
-//! loops), [`copy`] (files between host and guest), [`console`] (serial console), [`network`]
-//! (block, links, port forwarding), [`display`] (screens, OCR, keys), [`qmp`] (the monitor),
-//! [`artefacts`] (what a failed test keeps).
+//! `lifecycle` (start, shutdown, crash, reboot), `session` (connecting the backdoor, running
+//! a command, cancelling), `commands` and `scripts` (the NixOS command API and its guest-side
+//! loops), `copy` (files between host and guest), `console` (serial console), `network`
+//! (block, links, port forwarding), `display` (screens, OCR, keys), `qmp` (the monitor),
+//! `artefacts` (what a failed test keeps).
 //!
 //! The public API is blocking (like the NixOS driver) and runs on the test's tokio runtime. A
 //! machine is `Sync`: different machines can be driven from different threads at once; commands on

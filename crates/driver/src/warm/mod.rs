@@ -1,11 +1,11 @@
 //! Warm start: a machine's first start restores a saved, booted guest of the same image and
 //! machine shape, then gives it the node's identity, instead of booting from the kernel.
 //!
-//! Everything about it lives here: the plan (whether a node may start warm, [`plan`]), the
-//! snapshot cache ([`cache`]) and its builder ([`build`]), the restore ([`restore`]) and the
-//! identity the restored guest applies ([`identity`]). The machine calls [`start`] from one
-//! place in its start path, and the two identity hooks ([`identity::wake`],
-//! [`identity::check`]) when its backdoor connects.
+//! Everything about it lives here: the plan (whether a node may start warm, `plan`), the
+//! snapshot cache (`cache`) and its builder (`build`), the restore (`restore`) and the
+//! identity the restored guest applies (`identity`). The machine calls `start` from one
+//! place in its start path, and the two identity hooks (`identity::wake`,
+//! `identity::check`) when its backdoor connects.
 //!
 //! Only the first start of a machine is warm; a restart (after `crash()`, `shutdown()`, a reboot
 //! without `allow_reboot`) boots cold from the machine's own overlay, so everything written
