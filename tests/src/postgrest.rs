@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 
 use machinist::{
-    template_file, vars, FileSpec, FirstBootScript, GroupSpec, NodeConfig, ScriptResult,
+    presets, template_file, vars, FileSpec, FirstBootScript, GroupSpec, NodeConfig, ScriptResult,
     ServiceSpec, Test, TestRun, UserSpec,
 };
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,12 @@ impl Default for Tutorial {
 
 /// The name of the node option holding the [`Tutorial`] (`nodes.server.config.tutorial.port`).
 pub const TUTORIAL_OPTION: &str = "tutorial";
+
+/// The PostgreSQL major version of the server image (Debian 12's).
+const PG_MAJOR: u32 = 15;
+
+/// Where its programs are (the direct paths, not Debian's perl `pg_wrapper`).
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// The server node's option that says which PostgREST it runs (a sentence, for the log).
 pub const POSTGREST_OPTION: &str = "postgrest";
@@ -86,8 +92,9 @@ pub fn server_config(
         dir.join("tutorial.conf"),
         &vars,
     )?;
-    Ok(NodeConfig::new()
-        .package("postgresql")
+    // PostgreSQL 15 (Debian 12's) run directly as `postgresql.service`, as NixOS'
+    // `services.postgresql` does, without Debian's perl `pg_ctlcluster` wrapper.
+    Ok(presets::postgresql_direct(NodeConfig::new(), PG_MAJOR)
         .option(TUTORIAL_OPTION, tutorial)
         .option(POSTGREST_OPTION, postgrest.to_string())
         .open_tcp_port(u32::from(tutorial.port))
@@ -101,8 +108,10 @@ pub fn server_config(
         .first_boot(
             FirstBootScript::new(
                 "postgres-initial-script",
-                "for _ in $(seq 600); do pg_isready -q && break; sleep 0.1; done\n\
-                 psql -v ON_ERROR_STOP=1 --quiet -f /etc/postgrest/setup.sql\n",
+                format!(
+                    "for _ in $(seq 600); do {PG_BIN}/pg_isready -q && break; sleep 0.1; done\n\
+                     {PG_BIN}/psql -v ON_ERROR_STOP=1 --quiet -f /etc/postgrest/setup.sql\n"
+                ),
             )
             .user("postgres")
             .after("postgresql.service")
@@ -168,7 +177,7 @@ fn parse_json(machine: &str, text: &str) -> machinist::Result<Value> {
 }
 
 fn psql(sql: &str) -> String {
-    format!("runuser -u postgres -- psql -v ON_ERROR_STOP=1 --quiet --no-align --tuples-only -c \"{sql}\"")
+    format!("runuser -u postgres -- {PG_BIN}/psql -v ON_ERROR_STOP=1 --quiet --no-align --tuples-only -c \"{sql}\"")
 }
 
 /// The built-in script: the guide's assertion, then the subtests that make it worth trusting.

@@ -60,7 +60,8 @@ pub use warm::Prepared;
 
 /// Re-exports of the guest crate's configuration types, so tests need only `machinist`.
 pub use machinist_guest::{
-    FileSpec, FirstBootScript, GroupSpec, NodeConfig, Restart, ServiceSpec, ServiceType, UserSpec,
+    presets, FileSpec, FirstBootScript, GroupSpec, NodeConfig, Restart, ServiceSpec, ServiceType,
+    UserSpec,
 };
 
 /// A node file rendered from a template file with strict `@name@` substitution, checked now
