@@ -258,7 +258,7 @@ mod tests {
             }) => {
                 assert_eq!(keep_bytes, 10 << 30);
                 assert!(dry_run);
-                assert_eq!(min_idle, Duration::from_secs(1800));
+                assert_eq!(min_idle, machinist_qemu::cache_entries::DEFAULT_MIN_IDLE);
             }
             other => panic!("{other:?}"),
         }

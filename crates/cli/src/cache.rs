@@ -147,7 +147,7 @@ mod tests {
             kind,
             path: PathBuf::from(path),
             bytes,
-            last_use: now - Duration::from_secs(ago_s),
+            last_use: now - Duration::new(ago_s, 0),
         }
     }
 
@@ -164,7 +164,7 @@ mod tests {
         let opts = GcOptions {
             keep_bytes: 1 << 30,
             dry_run: true,
-            min_idle: Duration::from_secs(1800),
+            min_idle: machinist_qemu::cache_entries::DEFAULT_MIN_IDLE,
         };
         let report = GcReport {
             removed: vec![Removed {
