@@ -215,6 +215,12 @@ fn vm_warm_restored_node_matches_cold_boot() {
                 let restored = m.execute("test -e /run/machinist-restore.rc")?.0 == 0;
                 assert_eq!(restored, warm, "warm={warm} but restored={restored}");
                 m.succeed("systemctl is-system-running --wait || true")?;
+                // networkd assigns addresses after boot-up is complete (nothing waits for the
+                // network to be online): wait for both before comparing.
+                m.wait_until_succeeds(
+                    "ip -br addr show dev vlan1 | grep -q '192.168.1.1/24 2001:db8:1::1/64'",
+                    60,
+                )?;
                 *seen.lock().unwrap() = fingerprint(&m);
                 Ok(())
             })
