@@ -132,13 +132,26 @@ impl Machine {
     /// Ctrl-C (`TestRun::interrupt`) ends the wait.
     pub(crate) fn with_shell<T>(&self, f: impl AsyncFnOnce(&mut Shell) -> T) -> Result<T> {
         let run = self.require_running("use the backdoor shell")?;
-        let intr = self.ctx.interrupted(false);
+        self.on_shell(&run, false, f)
+    }
+
+    /// Connects `run`'s main shell if needed and runs `f` on it. An abort, Ctrl-C or (with
+    /// `watch_polling`) a failing polling condition ends the wait: the guest command is killed
+    /// through the control channel (not only left unread) and the shell reads the command's
+    /// end, so that it stays in step.
+    fn on_shell<T>(
+        &self,
+        run: &Running,
+        watch_polling: bool,
+        f: impl AsyncFnOnce(&mut Shell) -> T,
+    ) -> Result<T> {
+        let intr = self.ctx.interrupted(watch_polling);
         let drain = self.ctx.timeouts.of(Wait::CancelDrain);
         let res = self.ctx.handle.block_on(async {
             tokio::pin!(intr);
             let mut slot = run.session.shell.lock().await;
             tokio::select! {
-                r = self.ensure_connected(&run, &mut slot) => r?,
+                r = self.ensure_connected(run, &mut slot) => r?,
                 e = &mut intr => return Err(e),
             }
             let ShellSlot::Ready(shell) = &mut *slot else {
@@ -153,8 +166,6 @@ impl Machine {
             tokio::select! {
                 v = &mut fut => Ok(v),
                 e = &mut intr => {
-                    // Kill the guest command too (not only stop reading its output), and let the
-                    // shell read the command's end so that it stays in step.
                     canceller.cancel();
                     let _ = tokio::time::timeout(drain, &mut fut).await;
                     Err(e)
@@ -344,24 +355,9 @@ impl Machine {
             self.start()?;
         }
         let run = self.require_running("run a command")?;
-        let intr = self.ctx.interrupted(true);
         let timeouts = self.ctx.timeouts;
         let began = Instant::now();
-        let res = self.ctx.handle.block_on(async {
-            let mut slot = run.session.shell.lock().await;
-            tokio::pin!(intr);
-            // Boot wait, interruptible.
-            tokio::select! {
-                r = self.ensure_connected(&run, &mut slot) => r?,
-                e = &mut intr => return Err(e),
-            }
-            let ShellSlot::Ready(shell) = &mut *slot else {
-                return Err(Error::NotRunning {
-                    machine: self.name.clone(),
-                    message: "the backdoor shell is not connected".into(),
-                });
-            };
-            let canceller = shell.canceller();
+        self.on_shell(&run, true, async |shell: &mut Shell| {
             let logger = &self.ctx.logger;
             // At most LOG_BUDGET bytes of one command's output reach the log (`yes` must not
             // fill the disk); the rest is counted and said once.
@@ -374,18 +370,7 @@ impl Machine {
                 }
                 true => unlogged += 1,
             };
-            let r = {
-                let fut = shell.execute(command, timeout, &mut stream);
-                tokio::pin!(fut);
-                tokio::select! {
-                    r = &mut fut => r,
-                    e = &mut intr => {
-                        canceller.cancel();
-                        let _ = tokio::time::timeout(timeouts.of(Wait::CancelDrain), &mut fut).await;
-                        return Err(e);
-                    }
-                }
-            };
+            let r = shell.execute(command, timeout, &mut stream).await;
             if unlogged > 0 {
                 logger.output(
                     &self.name,
@@ -410,9 +395,11 @@ impl Machine {
                     // The guest started a new main shell (a switch_root-like re-exec, or its unit
                     // was restarted); the greeting is already read, so take it over now and let
                     // the next command run in it. The control shell is untouched.
-                    let again =
-                        tokio::time::timeout(timeouts.of(Wait::RespawnReconnect), shell.reconnect())
-                            .await;
+                    let again = tokio::time::timeout(
+                        timeouts.of(Wait::RespawnReconnect),
+                        shell.reconnect(),
+                    )
+                    .await;
                     let next = match again {
                         Ok(Ok(())) => "the next command runs in the new shell",
                         _ => "reconnecting to the new shell failed; restart the machine",
@@ -463,8 +450,7 @@ impl Machine {
                 });
             }
             r
-        });
-        res.map_err(|e| self.ctx.resolve_interrupt(e))
+        })?
     }
 
     /// Runs `command` (NixOS `execute`): returns `(exit code, stdout)` without failing on a
