@@ -38,7 +38,7 @@ fn vm_warm_restored_machines_have_their_own_identity() {
             ] {
                 let m = t.machine(name);
                 // Restored, not booted.
-                m.succeed("test -e /run/machinist-restore.rc")?;
+                m.succeed("test -e /run/machinist-restored")?;
                 assert_eq!(m.succeed("hostname")?.trim(), name);
                 assert_eq!(m.succeed("cat /sys/class/net/vlan1/address")?.trim(), mac);
                 m.wait_until_succeeds(
@@ -65,7 +65,7 @@ fn vm_warm_restored_machines_have_their_own_identity() {
             alpha.crash()?;
             alpha.start()?;
             assert_eq!(alpha.succeed("cat /root/data")?.trim(), "kept");
-            alpha.fail("test -e /run/machinist-restore.rc")?;
+            alpha.fail("test -e /run/machinist-restored")?;
             assert_eq!(alpha.succeed("hostname")?.trim(), "alpha");
             Ok(())
         })
@@ -91,7 +91,7 @@ fn vm_warm_corrupt_snapshot_is_rebuilt() {
             .boot_deadline(Duration::from_secs(150))
             .script(|t| {
                 let m = t.machine("solo");
-                m.succeed("test -e /run/machinist-restore.rc")?;
+                m.succeed("test -e /run/machinist-restored")?;
                 assert_eq!(m.succeed("hostname")?.trim(), "solo");
                 Ok(())
             })
@@ -134,7 +134,7 @@ fn vm_cold_mode_boots_cold() {
         .warm_start(false)
         .script(|t| {
             let m = t.machine("frosty");
-            m.fail("test -e /run/machinist-restore.rc")?;
+            m.fail("test -e /run/machinist-restored")?;
             assert_eq!(m.succeed("hostname")?.trim(), "frosty");
             m.wait_until_succeeds("ip -4 addr show dev vlan1 | grep -q 192.168.1.1/24", 30)?;
             Ok(())
@@ -212,7 +212,7 @@ fn vm_warm_restored_node_matches_cold_boot() {
             .boot_deadline(Duration::from_secs(150))
             .script(|t| {
                 let m = t.machine("fidelity");
-                let restored = m.execute("test -e /run/machinist-restore.rc")?.0 == 0;
+                let restored = m.execute("test -e /run/machinist-restored")?.0 == 0;
                 assert_eq!(restored, warm, "warm={warm} but restored={restored}");
                 m.succeed("systemctl is-system-running --wait || true")?;
                 // networkd assigns addresses after boot-up is complete (nothing waits for the

@@ -7,10 +7,9 @@
 //! scripts and services have run), the firewall modules loaded and `sync`; it is paused
 //! (`stop`) and migrated in one pass (restores are `cont`inued). Before migrating, both backdoor
 //! shells are *armed*: they block in `read` on their console, so that after a restore the
-//! host's first write wakes them. The main shell then reads a length-prefixed script (the clock
-//! and entropy of the restore, see [`super::identity`]) and a length-prefixed archive (empty)
-//! in bulk (`head -c`), runs the script, and only then prints the greeting and execs a fresh
-//! shell.
+//! host's first write wakes them. The main shell is armed inside the wake-up program of
+//! [`super::identity`] (already loaded when the snapshot is saved), which reads the restore's
+//! clock and entropy and applies them with system calls; only then does the shell greet.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,41 +20,57 @@ use machinist_qemu::{QemuCommand, QemuProcess, Qmp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cache::builder_command;
-use super::identity::{RESTORE_LAYER_TAR, RESTORE_LOG, RESTORE_RC, RESTORE_SCRIPT};
+use super::identity::STATUS_VAR;
 use crate::backend::qemu::BootSpec;
 use crate::timeouts::{Timeouts, Wait};
 
-/// Runs, once before the snapshot is saved, every program the identity step runs, so that their
-/// pages are in the saved page cache: under TCG a program's first run after a restore costs up
-/// to a second of disk reads (perl: 1.14 s cold, 0.14 s cached).
-const PREWARM: &str = "(perl -e 1; tar --version; find --version; mawk -W version; chown --version; \
-     systemd-sysusers --version; systemd-tmpfiles --version; nft --version; ip -V; date; \
-     head --version; rm --version; mkdir --version; chmod --version; sh -c :) >/dev/null 2>&1 || true";
+/// Runs, once before the snapshot is saved, the programs the driver's commands and a test's
+/// first commands usually run, so that their pages are in the saved page cache: under TCG a
+/// program's first run after a restore costs up to a second of disk reads (perl: 1.14 s cold,
+/// 0.14 s cached).
+const PREWARM: &str = "(timeout 5 true; systemctl --version; journalctl --version; sleep 0; \
+     cat /dev/null; ip -V; ss -V; ping -V; nc -h; curl --version; date; sh -c :) >/dev/null 2>&1 || true";
 
 /// What the armed shells print before blocking.
 const ARMED: &str = "MACHINIST-ARMED";
 
-/// The line that arms a backdoor shell on `device` (see the module docs). Only `head -c` reads
-/// the wake-up bytes: it never reads more than asked, unlike bash's `read` on a tty, which would
-/// swallow the payload behind the length.
+/// The line that arms a backdoor shell on `device` (see the module docs). The main shell
+/// (`with_payload`) runs the wake-up program ([`super::identity::wake_program`]), which prints
+/// the armed line itself once loaded, so the snapshot holds it already running; the control
+/// shell waits for one byte (a builtin `read`: no process). Neither reads more than its input:
+/// perl uses `sysread` of exact lengths and bash reads a non-seekable input byte by byte. After
+/// the wake-up the same bash greets and goes on reading commands.
 pub(crate) fn arm_line(device: &str, with_payload: bool) -> String {
     let greet = machinist_backdoor::guest::GREETING;
-    let run = if with_payload {
+    let wait = if with_payload {
         format!(
-            "__n=$(head -c 12); head -c \"$__n\" > {RESTORE_SCRIPT}; __n=$(head -c 12); head -c \"$__n\" > {RESTORE_LAYER_TAR}; bash {RESTORE_SCRIPT} </dev/null 2>&1 | tee {RESTORE_LOG} >/dev/ttyS0; echo ${{PIPESTATUS[0]}} > {RESTORE_RC}; "
+            "perl -e '{}' 2>/dev/ttyS0; {STATUS_VAR}=$?; ",
+            super::identity::wake_program(ARMED)
         )
     } else {
-        "head -c 1 >/dev/null; ".to_string()
-    };
-    // A console is read as bash's script file (as NixOS does); a serial port can be opened only
-    // once, so bash keeps reading the already open port on stdin.
-    let script = if device.starts_with("hvc") {
-        format!(" /dev/{device}")
-    } else {
-        String::new()
+        format!("echo {ARMED}; read -r -N 1 _; ")
     };
     format!(
-        "kill \"$__m_rp\" 2>/dev/null; exec 3>&-; echo {ARMED}; {run}echo 'machinist backdoor: connecting to host on /dev/{device}... (restored)' >&2; echo '{greet}'; PS1= exec bash --norc{script}\n"
+        "kill \"$__m_rp\" 2>/dev/null; exec 3>&-; {wait}echo 'machinist backdoor: connecting to host on /dev/{device}... (restored)' >&2; echo '{greet}'\n"
+    )
+}
+
+/// Everything the builder sends to the guest's shells before saving (the settle command and
+/// both arm lines): part of the snapshot key, so that changing them makes new snapshots.
+pub(crate) fn guest_side() -> String {
+    [
+        settle_command(),
+        arm_line(machinist_backdoor::guest::CONTROL_DEVICE, false),
+        arm_line(machinist_backdoor::guest::MAIN_DEVICE, true),
+    ]
+    .join("\n")
+}
+
+/// What the builder runs on the main shell once the node has booted, before arming.
+fn settle_command() -> String {
+    format!(
+        "systemctl is-system-running --wait >/dev/null 2>&1; modprobe -a {} 2>/dev/null; {PREWARM}; sync",
+        machinist_guest::units::NFTABLES_MODULES.join(" ")
     )
 }
 
@@ -158,11 +173,7 @@ async fn build_async(
         let mut main = main.map_err(|e| format!("backdoor: {e}"))?;
         let control = control.map_err(|e| format!("control backdoor: {e}"))?;
         let mut ignore = |_: &[u8]| {};
-        let settle = format!(
-            "systemctl is-system-running --wait >/dev/null 2>&1; modprobe -a {} 2>/dev/null; {PREWARM}; sync",
-            machinist_guest::units::NFTABLES_MODULES.join(" ")
-        );
-        main.execute(&settle, Some(step_t), &mut ignore)
+        main.execute(&settle_command(), Some(step_t), &mut ignore)
             .await
             .map_err(|e| format!("waiting for the guest to settle: {e}"))?;
         arm(

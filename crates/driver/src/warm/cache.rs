@@ -20,7 +20,7 @@ use crate::backend::qemu::{command_for, BootSpec};
 use crate::timeouts::{Timeouts, Wait};
 
 /// Bumped when the guest-side protocol of a snapshot (arming, identity script) changes.
-pub(crate) const FORMAT: &str = "machinist-node-8";
+pub(crate) const FORMAT: &str = "machinist-node-9";
 
 /// Where snapshots live: `<machinist_qemu::cache_dir()>/snapshots`.
 pub fn snapshot_root() -> PathBuf {
@@ -103,7 +103,9 @@ pub(crate) fn builder_command(spec: &BootSpec, dir: &Path) -> QemuCommand {
 pub(crate) fn node_key(spec: &BootSpec, image_hash: &str, qemu_version: &str) -> String {
     let cmd = builder_command(spec, Path::new("/snapshot"));
     let mut h = Sha256::new();
-    for part in [FORMAT, qemu_version, image_hash] {
+    // What the builder types into the guest is part of the saved state too.
+    let guest_side = super::build::guest_side();
+    for part in [FORMAT, qemu_version, image_hash, guest_side.as_str()] {
         h.update(part.as_bytes());
         h.update([0]);
     }
