@@ -162,3 +162,13 @@ pub fn discover(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     out.sort();
     Ok(out)
 }
+
+/// The node names a test file's text declares (`[nodes.NAME]`), sorted; empty when the text is
+/// not TOML. Reads nothing else (no template, no host program), for tools such as type stubs.
+pub fn node_names(text: &str) -> Vec<String> {
+    text.parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("nodes").and_then(|n| n.as_table()).cloned())
+        .map(|n| n.keys().cloned().collect())
+        .unwrap_or_default()
+}
