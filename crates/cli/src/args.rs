@@ -1,4 +1,5 @@
-//! The command line: `machinist list | run | interactive | build-images | doctor | cache`.
+//! The command line: `machinist list | run | interactive | check | new | stubs | build-images |
+//! doctor | cache`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,12 +20,37 @@ pub struct Cli {
 pub enum Command {
     /// List the bundled tests.
     List,
-    /// Run a bundled test (exit 0 pass, 1 test failure, 2 usage or setup error).
+    /// Run a bundled test, a test file, or every test file under a directory (exit 0 pass,
+    /// 1 test failure, 2 usage or setup error).
     Run(RunArgs),
     /// Open a Python REPL with the test's machines (`start_all()`, `server.succeed(...)`).
     Interactive {
-        /// The bundled test's name (see `machinist list`).
+        /// A bundled test's name (see `machinist list`), or a test file (`path/to/test.toml`,
+        /// or a directory holding a `test.toml`).
         test: String,
+        /// Use this postgrest binary for `host_program = "postgrest"` / the PostgREST test.
+        #[arg(long, value_name = "PATH")]
+        postgrest: Option<PathBuf>,
+    },
+    /// Check a test file without booting anything: the declaration, every template, and the
+    /// Python script (syntax, machine names, Machine methods, argument counts). Exit 0 when it
+    /// is fine, 1 when it has mistakes, 2 when FILE is not a test file.
+    Check {
+        /// The test file (`test.toml`, or a directory holding one).
+        file: PathBuf,
+    },
+    /// Write a new, runnable test directory: NAME/test.toml and NAME/script.py (one machine).
+    /// Refuses to overwrite anything.
+    New {
+        /// The directory to create; its last component is the test's name.
+        name: PathBuf,
+    },
+    /// Write `machinist.pyi`, Python type stubs (with docstrings) for the Machine API and the
+    /// globals of a test script, into DIR. With a `test.toml` in DIR, its machines are declared
+    /// too.
+    Stubs {
+        /// Where to write `machinist.pyi`.
+        dir: PathBuf,
     },
     /// Build (or reuse) the guest images the bundled tests need: base, server (+postgresql),
     /// client (+curl).
@@ -75,8 +101,14 @@ pub enum CacheAction {
 /// Options of `machinist run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The bundled test's name (see `machinist list`).
+    /// A bundled test's name (see `machinist list`), a test file (`path/to/test.toml`, or a
+    /// directory holding a `test.toml`), or a directory: every `test.toml` under it, one after
+    /// the other.
     pub test: String,
+    /// With a directory: run only share K of N of its test files (sorted by path, every Nth
+    /// from the Kth), e.g. `1/2` and `2/2` on two CI runners.
+    #[arg(long, value_name = "K/N", value_parser = parse_partition)]
+    pub partition: Option<Partition>,
     /// Run this Python test script against the test's nodes instead of its built-in script.
     #[arg(long, value_name = "FILE.py")]
     pub script: Option<PathBuf>,
@@ -112,6 +144,7 @@ impl RunArgs {
     pub fn for_test(test: &str) -> Self {
         RunArgs {
             test: test.to_string(),
+            partition: None,
             script: None,
             keep_state: false,
             output: None,
@@ -122,6 +155,42 @@ impl RunArgs {
             cold_boot: false,
             postgrest: None,
         }
+    }
+}
+
+/// `--partition K/N`: the Kth of N shares of a suite (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// Which share (1..=total).
+    pub index: usize,
+    /// How many shares.
+    pub total: usize,
+}
+
+impl Partition {
+    /// The items of share `index`: sorted input, every `total`th item starting at `index - 1`.
+    /// Shares 1..=N together hold every item exactly once, on every machine alike.
+    pub fn select<T: Clone>(&self, sorted: &[T]) -> Vec<T> {
+        sorted
+            .iter()
+            .skip(self.index - 1)
+            .step_by(self.total)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Parses `K/N` with 1 <= K <= N.
+pub fn parse_partition(s: &str) -> Result<Partition, String> {
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not K/N (e.g. 1/2)"))?;
+    let parse = |x: &str| x.trim().parse::<usize>().ok();
+    match (parse(k), parse(n)) {
+        (Some(index), Some(total)) if index >= 1 && index <= total => {
+            Ok(Partition { index, total })
+        }
+        _ => Err(format!("`{s}` is not K/N with 1 <= K <= N (e.g. 1/2)")),
     }
 }
 
@@ -217,6 +286,40 @@ mod tests {
         assert_eq!(r.global_timeout, Some(Duration::new(2, 500_000_000)));
         assert_eq!(r.accel, Some(AccelArg::Tcg));
         assert!(r.keep_state && r.debug_on_failure && r.cold_boot);
+    }
+
+    #[test]
+    fn partitions_cover_the_set_exactly_once() {
+        let items: Vec<u32> = (0..7).collect();
+        let mut seen: Vec<u32> = Vec::new();
+        for k in 1..=2 {
+            let p = parse_partition(&format!("{k}/2")).unwrap();
+            seen.extend(p.select(&items));
+        }
+        seen.sort();
+        assert_eq!(seen, items, "1/2 and 2/2 together: each item once");
+        assert_eq!(parse_partition("1/2").unwrap().select(&items), [0, 2, 4, 6]);
+        assert_eq!(parse_partition("2/2").unwrap().select(&items), [1, 3, 5]);
+        assert_eq!(parse_partition("1/1").unwrap().select(&items), items);
+        for bad in ["0/2", "3/2", "1", "a/b", "1/0"] {
+            assert!(parse_partition(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn check_new_stubs_parse() {
+        let cli = Cli::try_parse_from(["machinist", "check", "t/test.toml"]).unwrap();
+        assert!(matches!(cli.command, Command::Check { .. }));
+        let cli = Cli::try_parse_from(["machinist", "new", "mytest"]).unwrap();
+        assert!(matches!(cli.command, Command::New { .. }));
+        let cli = Cli::try_parse_from(["machinist", "stubs", "."]).unwrap();
+        assert!(matches!(cli.command, Command::Stubs { .. }));
+        let cli =
+            Cli::try_parse_from(["machinist", "run", "suite/", "--partition", "2/3"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.partition, Some(Partition { index: 2, total: 3 }));
     }
 
     #[test]

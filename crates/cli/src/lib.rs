@@ -1,5 +1,7 @@
-//! The `machinist` command: run bundled tests, Python test scripts, the interactive REPL, list
-//! them, check the host (`doctor`) and inspect or clean the cache (`cache`).
+//! The `machinist` command: run bundled tests, test files (`test.toml`) and suites of them,
+//! Python test scripts, the interactive REPL; check test files before booting (`check`), write new
+//! ones (`new`) and Python type stubs (`stubs`); check the host (`doctor`) and inspect or clean
+//! the cache (`cache`).
 //!
 //! Any crate with its own tests can build the same binary, the way every nixosTest gets its own
 //! driverInteractive:
@@ -24,11 +26,15 @@
 pub mod args;
 pub mod bundled;
 pub mod cache;
+pub mod check;
 pub mod doctor;
 pub mod images;
 pub mod python;
 pub mod registry;
 pub mod runner;
+pub mod scaffold;
+pub mod suite;
+pub mod testfiles;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -92,13 +98,73 @@ where
         ),
         Command::BuildImages { rebuild } => images::build_bundled(rebuild),
         Command::Run(args) => run(&args, tests),
-        Command::Interactive { test } => match registry::find(tests, &test) {
-            Err(e) => usage(&e),
-            Ok(t) => {
-                let args = RunArgs::for_test(&test);
-                runner::run(t, &args, runner::Mode::Interactive)
+        Command::Interactive { test, postgrest } => {
+            let mut args = RunArgs::for_test(&test);
+            args.postgrest = postgrest;
+            match testfiles::load(&test, &args) {
+                Err(e) => usage(&e),
+                Ok(Some(t)) => runner::run(&t, &args, runner::Mode::Interactive),
+                Ok(None) => match registry::find(tests, &test) {
+                    Err(e) => usage(&e),
+                    Ok(t) => runner::run(t, &args, runner::Mode::Interactive),
+                },
             }
+        }
+        Command::Check { file } => check_cmd(&file),
+        Command::New { name } => match scaffold::new_test(&name) {
+            Ok(written) => {
+                for p in &written {
+                    println!("wrote {}", p.display());
+                }
+                println!(
+                    "run it with: machinist run {}",
+                    name.join(machinist_testfile::DEFAULT_FILE).display()
+                );
+                EXIT_PASS
+            }
+            Err(e) => usage(&e),
         },
+        Command::Stubs { dir } => match scaffold::write_stubs(&dir) {
+            Ok(p) => {
+                println!("wrote {}", p.display());
+                EXIT_PASS
+            }
+            Err(e) => usage(&e),
+        },
+    }
+}
+
+/// `machinist check FILE`: exit 0 fine, 1 mistakes, 2 not a test file.
+fn check_cmd(file: &std::path::Path) -> u8 {
+    let Some(path) = file.to_str().and_then(machinist_testfile::locate) else {
+        return usage(&format!(
+            "{}: not a test file (give a `.toml` file, or a directory holding a `test.toml`)",
+            file.display()
+        ));
+    };
+    match check::check_file(&path, &testfiles::CliPrograms::default()) {
+        Ok(c) => {
+            println!(
+                "{}: ok: test `{}`, nodes {}, script {} ({} ms)",
+                path.display(),
+                c.file.name,
+                c.file.nodes.keys().cloned().collect::<Vec<_>>().join(", "),
+                c.file.script.as_ref().map_or(
+                    "none (give `script` or `script_file`)".to_string(),
+                    |s| format!("checked: {}", s.filename)
+                ),
+                c.elapsed.as_millis()
+            );
+            EXIT_PASS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "machinist: {}: not ready to run (nothing was booted)",
+                path.display()
+            );
+            EXIT_FAILURE
+        }
     }
 }
 
@@ -170,17 +236,30 @@ fn validate(args: &RunArgs) -> Result<(), String> {
 }
 
 fn run(args: &RunArgs, tests: &[BundledTest]) -> u8 {
-    let test = match registry::find(tests, &args.test) {
-        Ok(t) => t,
-        Err(e) => return usage(&e),
-    };
     if let Err(e) = validate(args) {
         return usage(&e);
+    }
+    if suite::is_suite(&args.test) {
+        return suite::run_dir(args);
     }
     if let Some(accel) = args.accel {
         // The accelerator choice reads MACHINIST_ACCEL; set before any thread or VM starts.
         // SAFETY: single-threaded at this point (nothing has been spawned yet).
         unsafe { std::env::set_var("MACHINIST_ACCEL", accel.as_env()) };
     }
+    if args.partition.is_some() {
+        return usage("--partition applies to a directory of test files (`machinist run DIR --partition K/N`)");
+    }
+    let from_file = match testfiles::load(&args.test, args) {
+        Ok(t) => t,
+        Err(e) => return usage(&e),
+    };
+    let test = match &from_file {
+        Some(t) => t,
+        None => match registry::find(tests, &args.test) {
+            Ok(t) => t,
+            Err(e) => return usage(&e),
+        },
+    };
     runner::run(test, args, runner::Mode::Run)
 }

@@ -87,11 +87,11 @@ impl std::fmt::Debug for BundledTest {
 pub fn find<'a>(tests: &'a [BundledTest], name: &str) -> Result<&'a BundledTest, String> {
     tests.iter().find(|t| t.name == name).ok_or_else(|| {
         if tests.is_empty() {
-            format!("unknown test `{name}`: this binary bundles no tests")
+            format!("unknown test `{name}`: this binary bundles no tests, and it is not a test file (a `.toml` file, or a directory holding a `test.toml`)")
         } else {
             let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
             format!(
-                "unknown test `{name}`; bundled tests: {} (see `machinist list`)",
+                "unknown test `{name}`; bundled tests: {} (see `machinist list`); a test file is a path to a `.toml` file or to a directory holding a `test.toml`",
                 names.join(", ")
             )
         }

@@ -321,10 +321,31 @@ pub fn py_error_to_script(py: Python<'_>, e: &PyErr) -> ScriptError {
 
 /// Initialises the interpreter's Machinist modules (idempotent) and returns `machinist`.
 pub fn init(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static DONE: AtomicBool = AtomicBool::new(false);
+    static BUSY: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let sys = py.import("sys")?;
     let modules = sys.getattr("modules")?;
-    if let Ok(m) = modules.get_item("machinist") {
-        return Ok(m.cast_into()?);
+    if DONE.load(Ordering::Acquire) {
+        if let Ok(m) = modules.get_item("machinist") {
+            return Ok(m.cast_into()?);
+        }
+    }
+    // One thread builds the modules; the prelude's imports release the GIL, so another thread
+    // could otherwise see a half-executed `machinist` module. Wait without holding the GIL.
+    let _busy = loop {
+        match BUSY.try_lock() {
+            Ok(g) => break g,
+            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                py.detach(|| std::thread::sleep(Duration::from_millis(1)))
+            }
+        }
+    };
+    if DONE.load(Ordering::Acquire) {
+        if let Ok(m) = modules.get_item("machinist") {
+            return Ok(m.cast_into()?);
+        }
     }
     let native = PyModule::new(py, "_machinist")?;
     native.add_class::<PyCond>()?;
@@ -346,6 +367,7 @@ pub fn init(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     let prelude = CString::new(PRELUDE).expect("prelude has no NUL");
     let m = PyModule::from_code(py, &prelude, c"<machinist>/prelude.py", c"machinist")?;
     interrupt::install(py)?;
+    DONE.store(true, Ordering::Release);
     Ok(m)
 }
 
