@@ -25,14 +25,18 @@ pub fn preamble(marker: &str) -> String {
 }
 
 /// The helper functions, sent once per connection (bash builtins only; no process is forked
-/// except the relay, once).
+/// except the relay, once per shell: a shell that already has one, e.g. one restored from a
+/// snapshot, keeps it).
 const PREAMBLE: &str = r#"__m_relay() {
     exec 9>&1
     coproc __m_r { exec cat >&9 9>&-; }
     exec 3>&"${__m_r[1]}" 9>&-
     __m_rp=$__m_r_PID
 }
-__m_ready() { __m_relay; printf '%s R %s\n' "$1" "$$" >&3; }
+__m_ready() {
+    [[ -n ${__m_rp:-} && -e /proc/$__m_rp/fd/0 ]] || __m_relay
+    printf '%s R %s\n' "$1" "$$" >&3
+}
 __m_pre() {
     [[ -e /proc/$__m_rp/fd/0 ]] || __m_relay
     read -r _ _ _ _ __m_last </proc/loadavg
