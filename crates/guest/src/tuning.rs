@@ -235,6 +235,12 @@ pub const REMOVED_PATHS: &[(&str, &str)] = &[
         "package lists (derived builds run apt-get update)",
     ),
     ("/var/log/apt", "build logs"),
+    (
+        "/etc/modules-load.d/modules.conf",
+        "Debian's link to /etc/modules, which lists no module; without it systemd-modules-load \
+         (1 s of a TCG boot, ahead of sysctl and networkd) is skipped. A node loads modules with \
+         its own file in /etc/modules-load.d/",
+    ),
     ("/var/log/dpkg.log", "build logs"),
 ];
 
