@@ -11,6 +11,7 @@ use machinist_guest::{ImageCache, ImageSpec, NetworkPlan, NodeConfig, NodeLayer,
 use machinist_netsim::{Switch, SwitchConfig};
 
 use super::TestRun;
+use crate::backend::container::ContainerBackend;
 use crate::backend::qemu::{BootSpec, NicSpec, QemuBackend};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
@@ -362,13 +363,45 @@ pub(super) fn build_machine(
     };
     let warm = crate::warm::plan(ctx.warm_start, cfg, img);
     let backend = QemuBackend::new(name, spec, ctx.run_dir.join(name));
-    Ok(Arc::new(Machine::new(
+    let machine = Machine::new(name, ctx.clone(), backend, warm, machine_vlans);
+    if cfg.backend != Some(machinist_guest::NodeBackend::Container) {
+        return Ok(Arc::new(machine));
+    }
+    container_problems(name, cfg)?;
+    let ct = ContainerBackend::new(
         name,
-        ctx.clone(),
-        backend,
-        warm,
-        machine_vlans,
-    )))
+        img.disk.clone(),
+        layer.clone(),
+        ctx.run_dir.join(name),
+    );
+    Ok(Arc::new(machine.with_container(ct)))
+}
+
+/// What a container node cannot have (QEMU and kernel arguments, QEMU's user network), and a
+/// host that cannot run containers: a declaration error before anything boots.
+fn container_problems(name: &str, cfg: &NodeConfig) -> Result<()> {
+    let mut why = Vec::new();
+    if !cfg.qemu_args.is_empty() {
+        why.push("qemu_args (a container has no QEMU)".to_string());
+    }
+    if !cfg.kernel_args.is_empty() {
+        why.push("kernel_args (a container runs on the host's kernel)".to_string());
+    }
+    if cfg.user_net {
+        why.push("user_net (QEMU's user network; not available to containers)".to_string());
+    }
+    if !why.is_empty() {
+        return Err(Error::Invalid(format!(
+            "node `{name}` runs as a container but sets {}; remove them or run it as a VM",
+            why.join(", ")
+        )));
+    }
+    if let Some(p) = crate::backend::container::host_problem() {
+        return Err(Error::Invalid(format!(
+            "node `{name}` runs as a container, which this host cannot run: {p}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
