@@ -126,6 +126,8 @@ fn ct_cleanup_after_panic() {
             run_dir = Some(t.run_dir().to_path_buf());
             assert!(!processes_mentioning(t.run_dir()).is_empty());
             assert!(!loops_under(t.run_dir()).is_empty());
+            let c = t.vlan(1).unwrap().switch().port_counters("victim").unwrap();
+            assert!(c.connected, "{c:?}");
             panic!("boom with a container up");
         })
         .run();
@@ -135,7 +137,8 @@ fn ct_cleanup_after_panic() {
     assert_nothing_left(&run_dir.unwrap());
 }
 
-/// No process mentions the run directory, no mount or loop device is under it, and it is gone.
+/// No process mentions the run directory, no mount or loop device is under it, no TAP device of
+/// this process exists, and the run directory is gone.
 fn assert_nothing_left(run_dir: &Path) {
     // The kernel tears a dead mount namespace down asynchronously: allow it a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -143,12 +146,14 @@ fn assert_nothing_left(run_dir: &Path) {
         let procs = processes_mentioning(run_dir);
         let loops = loops_under(run_dir);
         let mounts = mounts_under(run_dir);
-        if procs.is_empty() && loops.is_empty() && mounts.is_empty() {
+        let taps = our_taps();
+        if procs.is_empty() && loops.is_empty() && mounts.is_empty() && taps.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "left behind: processes {procs:?}, loop devices {loops:?}, mounts {mounts:?}"
+            "left behind: processes {procs:?}, loop devices {loops:?}, mounts {mounts:?}, \
+             TAP devices {taps:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -157,6 +162,17 @@ fn assert_nothing_left(run_dir: &Path) {
         "run directory {} left behind",
         run_dir.display()
     );
+}
+
+/// Host interfaces named like this process's TAP devices (`mn<pid>n<n>`, pid in hex).
+fn our_taps() -> Vec<String> {
+    let prefix = format!("mn{:x}n", std::process::id());
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
 }
 
 /// Live processes whose command line mentions `dir`.

@@ -17,8 +17,10 @@
 mod process;
 mod relay;
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,14 +31,17 @@ use self::process::NspawnProcess;
 use super::{BackendKind, BoxFuture, Instance, ShellTransport, Unsupported};
 use crate::ctx::Ctx;
 use crate::error::{BoxError, Error, Result};
+use crate::vlan::VLan;
 
 /// The nspawn program (Debian package `systemd-container`).
 pub(crate) const NSPAWN: &str = "systemd-nspawn";
 
 /// The start script, run by `unshare` in the container's private mount and PID namespaces:
-/// `script <machine dir> <image> <nspawn args...>`. Mounts the root, applies the node layer
-/// (a failure is reported on the console and the node boots anyway, as a VM's initramfs does),
-/// then becomes nspawn.
+/// `script <machine dir> <image> <nspawn args...>`, with `MACHINIST_NICS` the NICs as
+/// `<host interface>,<guest name>,<MAC>` words. Mounts the root, applies the node layer (a
+/// failure is reported on the console and the node boots anyway, as a VM's initramfs does),
+/// makes the container's network namespace (bound to a file of this mount namespace only) and
+/// moves each NIC's TAP device into it under its guest name, then becomes nspawn.
 const START_SCRIPT: &str = r#"set -eu
 d=$1 img=$2
 shift 2
@@ -47,7 +52,16 @@ if sh "$d/root/usr/lib/machinist/apply-layer" --root "$d/root" "$d/layer"; then
 else
 	echo "machinist-container: ERROR: apply-layer failed (status $?); booting anyway"
 fi
-exec systemd-nspawn "$@"
+: > "$d/netns"
+unshare --net="$d/netns" true
+for nic in ${MACHINIST_NICS:-}; do
+	host=${nic%%,*} rest=${nic#*,}
+	guest=${rest%%,*} mac=${rest#*,}
+	ip link set dev "$host" address "$mac"
+	ip link set dev "$host" netns "$d/netns"
+	nsenter --net="$d/netns" ip link set dev "$host" name "$guest"
+done
+exec systemd-nspawn --network-namespace-path="$d/netns" "$@"
 "#;
 
 /// Why this host cannot run container nodes, if it cannot (root, `systemd-nspawn`, `unshare`,
@@ -93,6 +107,26 @@ fn cgroup2_host() -> bool {
     }
 }
 
+/// A container's NIC: a TAP device attached to its VLAN's switch, moved into the container.
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerNic {
+    /// The VLAN (its switch gets the TAP port, named after the machine).
+    pub(crate) vlan: VLan,
+    /// The NIC's id (`nic-vlan<v>`, as a VM's).
+    pub(crate) id: String,
+    /// The interface name in the container (`vlan<v>`).
+    pub(crate) guest_name: String,
+    /// The MAC of the network plan.
+    pub(crate) mac: String,
+}
+
+/// A host-unique TAP interface name (at most 15 bytes): `mn<pid>n<counter>` in hex.
+fn tap_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("mn{:x}n{:x}", std::process::id(), n & 0xffff)
+}
+
 /// One node's container backend: what it boots and its directory in the run directory.
 #[derive(Debug)]
 pub(crate) struct ContainerBackend {
@@ -100,18 +134,66 @@ pub(crate) struct ContainerBackend {
     image: PathBuf,
     layer: NodeLayer,
     dir: PathBuf,
+    nics: Vec<ContainerNic>,
 }
 
 impl ContainerBackend {
     /// A container of `name` booting the raw root file system `image` with `layer`, its files in
     /// `dir`.
-    pub(crate) fn new(name: &str, image: PathBuf, layer: NodeLayer, dir: PathBuf) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        image: PathBuf,
+        layer: NodeLayer,
+        dir: PathBuf,
+        nics: Vec<ContainerNic>,
+    ) -> Self {
         ContainerBackend {
             name: name.to_string(),
             image,
             layer,
             dir,
+            nics,
         }
+    }
+
+    /// A TAP device per NIC, attached to its switch (the port named after the machine; a
+    /// restart reattaches the same port). Returns the `MACHINIST_NICS` words and the attached
+    /// devices.
+    fn attach_nics(&self) -> Result<(String, Vec<Tap>)> {
+        let mut words = Vec::new();
+        let mut fds = Vec::new();
+        for n in &self.nics {
+            let host = tap_name();
+            let fd = machinist_netsim::tap::create(&host).map_err(|e| {
+                Error::backend(
+                    Some(&self.name),
+                    format!("creating the TAP device of {}", n.id),
+                    e,
+                )
+            })?;
+            let ctl = self.io(
+                || format!("duplicating the TAP descriptor of {}", n.id),
+                fd.try_clone(),
+            )?;
+            n.vlan
+                .switch
+                .add_tap_port(&self.name, fd, &host)
+                .map_err(|e| {
+                    Error::backend(
+                        Some(&self.name),
+                        format!("attaching {host} to the switch of vlan {}", n.vlan.nr),
+                        e,
+                    )
+                })?;
+            words.push(format!("{host},{},{}", n.guest_name, n.mac));
+            fds.push(Tap {
+                nic_id: n.id.clone(),
+                ctl,
+                vlan: n.vlan.clone(),
+                interface: host,
+            });
+        }
+        Ok((words.join(" "), fds))
     }
 
     /// What this backend runs nodes on.
@@ -158,7 +240,7 @@ impl ContainerBackend {
     }
 
     /// The `unshare` + start script + `systemd-nspawn` command line.
-    fn command(&self, pinned: &Path) -> Command {
+    fn command(&self, pinned: &Path, nics: &str) -> Command {
         let mut c = Command::new("unshare");
         c.args([
             "--fork",
@@ -183,7 +265,9 @@ impl ContainerBackend {
             "--register=no",
             "--boot",
             "--console=read-only",
-            "--private-network",
+            // Its own network namespace: networkd, nftables and carrier changes need this
+            // (nspawn grants it by itself only with --private-network).
+            "--capability=CAP_NET_ADMIN",
             "--resolv-conf=off",
             "--timezone=off",
             "--link-journal=no",
@@ -195,6 +279,7 @@ impl ContainerBackend {
             self.socket_dir().display(),
             bd::CONTAINER_SOCKET_DIR
         ));
+        c.env("MACHINIST_NICS", nics);
         if !cgroup2_host() {
             // A cgroup v1 host: the container gets the legacy hierarchy too.
             c.env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "0");
@@ -213,14 +298,16 @@ impl ContainerBackend {
             ));
         }
         let pinned = self.prepare()?;
+        let (nics, taps) = self.attach_nics()?;
         let _g = ctx.handle.enter();
-        let process = NspawnProcess::spawn(&self.name, self.command(&pinned)).map_err(|e| {
-            Error::backend(
-                Some(&self.name),
-                "starting systemd-nspawn (through unshare)",
-                e,
-            )
-        })?;
+        let process =
+            NspawnProcess::spawn(&self.name, self.command(&pinned, &nics)).map_err(|e| {
+                Error::backend(
+                    Some(&self.name),
+                    "starting systemd-nspawn (through unshare)",
+                    e,
+                )
+            })?;
         let exit = process.exit_watch();
         let mut relays = Vec::new();
         let mut ends = Vec::new();
@@ -240,7 +327,12 @@ impl ContainerBackend {
             ));
         };
         Ok((
-            Arc::new(ContainerInstance { process, relays }),
+            Arc::new(ContainerInstance {
+                name: self.name.clone(),
+                process,
+                relays,
+                taps,
+            }),
             ShellTransport { main, control },
         ))
     }
@@ -292,10 +384,21 @@ fn write_layer(layer: &NodeLayer, dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A NIC's TAP device as attached to its switch.
+struct Tap {
+    nic_id: String,
+    /// A second descriptor of the device (for its carrier).
+    ctl: OwnedFd,
+    vlan: VLan,
+    interface: String,
+}
+
 /// A running container.
 pub(crate) struct ContainerInstance {
+    name: String,
     process: NspawnProcess,
     relays: Vec<tokio::task::JoinHandle<()>>,
+    taps: Vec<Tap>,
 }
 
 impl Drop for ContainerInstance {
@@ -303,10 +406,23 @@ impl Drop for ContainerInstance {
         for r in &self.relays {
             r.abort();
         }
+        self.unplug();
     }
 }
 
 impl ContainerInstance {
+    /// Takes its TAP devices off the switches. Once its processes are dead its network
+    /// namespace may still answer for a moment (the kernel frees it asynchronously): a crashed
+    /// or stopped container must be off the network at once. Harmless when done twice, or
+    /// after a restart attached new devices.
+    fn unplug(&self) {
+        for t in &self.taps {
+            if let Err(e) = t.vlan.switch.detach_tap(&self.name, &t.interface) {
+                tracing::debug!(machine = %self.name, "detaching {}: {e}", t.interface);
+            }
+        }
+    }
+
     fn unsupported(lacks: &'static str) -> Unsupported {
         Unsupported {
             kind: BackendKind::Container,
@@ -349,26 +465,39 @@ impl Instance for ContainerInstance {
 
     fn kill_and_wait(&self, grace: Duration) {
         self.process.start_kill();
+        self.unplug();
         let _ = self.process.wait_timeout_blocking(grace);
     }
 
     fn ended(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.process.wait())
+        Box::pin(async move {
+            self.process.wait().await;
+            self.unplug();
+        })
     }
 
     fn power_off_now(&self) -> BoxFuture<'_, std::result::Result<(), BoxError>> {
         Box::pin(async move {
             self.process.start_kill();
+            self.unplug();
             Ok(())
         })
     }
 
     fn set_link<'a>(
         &'a self,
-        _nic_id: &'a str,
-        _up: bool,
+        nic_id: &'a str,
+        up: bool,
     ) -> BoxFuture<'a, std::result::Result<(), BoxError>> {
-        Box::pin(async move { Err(UnsupportedError(Self::unsupported("NIC link control")).into()) })
+        Box::pin(async move {
+            let tap = self
+                .taps
+                .iter()
+                .find(|t| t.nic_id == nic_id)
+                .ok_or_else(|| format!("no NIC {nic_id}"))?;
+            machinist_netsim::tap::set_carrier(tap.ctl.as_raw_fd(), up)
+                .map_err(|e| format!("setting the carrier of {nic_id}: {e}").into())
+        })
     }
 
     fn qmp(&self) -> std::result::Result<&machinist_qemu::Qmp, Unsupported> {

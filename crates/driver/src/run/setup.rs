@@ -11,7 +11,7 @@ use machinist_guest::{ImageCache, ImageSpec, NetworkPlan, NodeConfig, NodeLayer,
 use machinist_netsim::{Switch, SwitchConfig};
 
 use super::TestRun;
-use crate::backend::container::ContainerBackend;
+use crate::backend::container::{ContainerBackend, ContainerNic};
 use crate::backend::qemu::{BootSpec, NicSpec, QemuBackend};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
@@ -316,19 +316,28 @@ pub(super) fn build_machine(
     layer: &NodeLayer,
     vlans: &BTreeMap<u8, VLan>,
 ) -> Result<Arc<Machine>> {
+    let is_container = cfg.backend == Some(machinist_guest::NodeBackend::Container);
+    if is_container {
+        container_problems(name, cfg)?;
+    }
     let mut nics = Vec::new();
     let mut machine_vlans = Vec::new();
     for iface in &planned.interfaces {
         let vlan = vlans.get(&iface.vlan).cloned().ok_or_else(|| {
             Error::Internal(format!("node `{name}`: vlan {} has no switch", iface.vlan))
         })?;
-        let port = vlan.switch.add_stream_port(name).map_err(|e| {
-            Error::backend(
-                Some(name),
-                format!("adding a port on vlan {}", iface.vlan),
-                e,
-            )
-        })?;
+        // A container's port is its TAP device, attached at each start.
+        let port = if is_container {
+            PathBuf::new()
+        } else {
+            vlan.switch.add_stream_port(name).map_err(|e| {
+                Error::backend(
+                    Some(name),
+                    format!("adding a port on vlan {}", iface.vlan),
+                    e,
+                )
+            })?
+        };
         nics.push(NicSpec {
             vlan: vlan.clone(),
             id: iface.qemu_id(),
@@ -364,15 +373,26 @@ pub(super) fn build_machine(
     let warm = crate::warm::plan(ctx.warm_start, cfg, img);
     let backend = QemuBackend::new(name, spec, ctx.run_dir.join(name));
     let machine = Machine::new(name, ctx.clone(), backend, warm, machine_vlans);
-    if cfg.backend != Some(machinist_guest::NodeBackend::Container) {
+    if !is_container {
         return Ok(Arc::new(machine));
     }
-    container_problems(name, cfg)?;
+    let ct_nics = planned
+        .interfaces
+        .iter()
+        .zip(&machine.vlans)
+        .map(|(iface, vlan)| ContainerNic {
+            vlan: vlan.clone(),
+            id: iface.qemu_id(),
+            guest_name: iface.name.clone(),
+            mac: iface.mac.clone(),
+        })
+        .collect();
     let ct = ContainerBackend::new(
         name,
         img.disk.clone(),
         layer.clone(),
         ctx.run_dir.join(name),
+        ct_nics,
     );
     Ok(Arc::new(machine.with_container(ct)))
 }
