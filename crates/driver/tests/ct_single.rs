@@ -98,6 +98,12 @@ fn ct_single() {
             assert_eq!(m.succeed("cat /root/kept")?, "kept\n");
             assert_eq!(m.succeed("cat /etc/machinist-ct-test")?, "from the layer\n");
 
+            // reboot(): the container comes back; /run is new, the upper layer is kept.
+            m.succeed("touch /run/before-reboot")?;
+            m.reboot()?;
+            assert_eq!(m.execute("test -e /run/before-reboot")?.0, 1);
+            assert_eq!(m.succeed("cat /root/kept")?, "kept\n");
+
             // A clean poweroff inside ends it.
             m.shutdown()?;
             assert!(!m.is_up());
@@ -137,16 +143,109 @@ fn ct_cleanup_after_panic() {
     assert_nothing_left(&run_dir.unwrap());
 }
 
+/// `kill -9` and SIGTERM of a test process with a container up: the parent-death signal reaches
+/// the container; no process, mount, loop or TAP device is left. (The run directory of a killed
+/// test process is removed by the next run, as for VMs.)
+#[test]
+fn ct_kill_leaves_nothing() {
+    let _lock = common::vm_lock();
+    for signal in [libc::SIGKILL, libc::SIGTERM] {
+        let tmp = tempfile::tempdir().unwrap();
+        let info = tmp.path().join("info");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "ct_killed_child", "--ignored", "--nocapture"])
+            .env(INFO_ENV, &info)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&info) {
+                if t.ends_with('\n') {
+                    break t;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child test never reported its container"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the child test ended early"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut words = text.split_whitespace();
+        let pid: u32 = words.next().unwrap().parse().unwrap();
+        let run_dir = PathBuf::from(words.next().unwrap());
+        assert!(common::alive(pid));
+        assert!(!processes_mentioning(&run_dir).is_empty());
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while common::alive(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "container {pid} outlived its test process"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_nothing_left_of(&run_dir, child.id(), false);
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+}
+
+const INFO_ENV: &str = "MACHINIST_CT_KILLED_INFO";
+
+/// Not a test on its own: `ct_kill_leaves_nothing` runs it in a child process and kills it.
+/// Starts a container, writes `<its pid> <run directory>` to the file `$MACHINIST_CT_KILLED_INFO`,
+/// then waits (at most 120 s, or until its stdin closes).
+#[test]
+#[ignore = "a helper that ct_kill_leaves_nothing runs in a child process"]
+fn ct_killed_child() {
+    let info = PathBuf::from(std::env::var_os(INFO_ENV).expect("run by ct_kill_leaves_nothing"));
+    Test::new("ct-killed")
+        .node("victim", NodeConfig::new().container())
+        .output_dir(info.with_extension("out"))
+        .serial_stdout(false)
+        .script(|t| {
+            let m = t.machine("victim");
+            m.succeed("true")?;
+            let pid = m.pid().ok_or("no pid")?;
+            std::fs::write(&info, format!("{pid} {}\n", t.run_dir().display()))?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                use std::io::Read as _;
+                let _ = std::io::stdin().read(&mut [0u8; 1]);
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(Duration::from_secs(120));
+            Ok(())
+        })
+        .run()
+        .unwrap();
+}
+
 /// No process mentions the run directory, no mount or loop device is under it, no TAP device of
 /// this process exists, and the run directory is gone.
 fn assert_nothing_left(run_dir: &Path) {
+    assert_nothing_left_of(run_dir, std::process::id(), true);
+}
+
+/// As [`assert_nothing_left`] for the test process `pid`; `dir_removed`: the run directory too.
+fn assert_nothing_left_of(run_dir: &Path, pid: u32, dir_removed: bool) {
     // The kernel tears a dead mount namespace down asynchronously: allow it a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let procs = processes_mentioning(run_dir);
         let loops = loops_under(run_dir);
         let mounts = mounts_under(run_dir);
-        let taps = our_taps();
+        let taps = taps_of(pid);
         if procs.is_empty() && loops.is_empty() && mounts.is_empty() && taps.is_empty() {
             break;
         }
@@ -157,16 +256,18 @@ fn assert_nothing_left(run_dir: &Path) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        !run_dir.exists(),
-        "run directory {} left behind",
-        run_dir.display()
-    );
+    if dir_removed {
+        assert!(
+            !run_dir.exists(),
+            "run directory {} left behind",
+            run_dir.display()
+        );
+    }
 }
 
-/// Host interfaces named like this process's TAP devices (`mn<pid>n<n>`, pid in hex).
-fn our_taps() -> Vec<String> {
-    let prefix = format!("mn{:x}n", std::process::id());
+/// Host interfaces named like the TAP devices of test process `pid` (`mn<pid>n<n>`, in hex).
+fn taps_of(pid: u32) -> Vec<String> {
+    let prefix = format!("mn{pid:x}n");
     std::fs::read_dir("/sys/class/net")
         .unwrap()
         .flatten()

@@ -240,8 +240,23 @@ impl Machine {
     /// deadline). Without it QEMU runs with `-no-reboot` and exits; unlike NixOS (where the
     /// machine then stays down) we wait for that exit and start the machine again, so `reboot()`
     /// always reboots.
+    ///
+    /// A container reboots by `systemctl reboot` inside: its nspawn ends and the machine starts
+    /// again from its upper layer.
     pub fn reboot(&self) -> Result<()> {
         let run = self.require_running("reboot")?;
+        if self.container.is_some() {
+            drop(run);
+            return self.nested("rebooting", || {
+                // The reply may never come: the shell dies with the container.
+                let _ = self.run_command(
+                    "systemctl reboot --no-block >/dev/null 2>&1 &",
+                    Some(self.ctx.timeouts.of(Wait::PoweroffRequest)),
+                );
+                self.wait_for_shutdown()?;
+                self.start()
+            });
+        }
         self.nested("rebooting", || {
             self.send_key_with("ctrl-alt-delete", Pace::KeyDelay.get(), false)?;
             if run.allow_reboot {
