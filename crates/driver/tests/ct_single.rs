@@ -68,6 +68,17 @@ fn ct_single() {
             m.wait_for_console_text("ct-stderr-marker", 10)?;
             assert!(m.get_console_log().contains("Reached target"));
 
+            // Copies both ways through the backdoor; a port opened by a service.
+            let host = tempfile::tempdir().unwrap();
+            std::fs::write(host.path().join("payload"), "payload 123\n").unwrap();
+            m.copy_from_host(host.path().join("payload"), "/root/payload")?;
+            assert_eq!(m.succeed("cat /root/payload")?, "payload 123\n");
+            m.succeed("mkdir -p /root/d && echo x > /root/d/f")?;
+            let back = m.copy_from_machine("/root/d", "copied")?;
+            assert_eq!(std::fs::read_to_string(back.join("f")).unwrap(), "x\n");
+            m.succeed("systemd-run --unit=listener python3 -m http.server 8080 >/dev/null 2>&1 || systemd-run --unit=listener sh -c 'while true; do nc -l -p 8080 </dev/null; done'")?;
+            m.wait_for_open_port(8080, 20)?;
+
             // What a container has no means for fails at once, naming node and backend.
             let s = Instant::now();
             for r in [

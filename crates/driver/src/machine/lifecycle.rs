@@ -159,6 +159,11 @@ impl Machine {
     /// Builds (or reuses) the snapshot this machine's first start would restore, without
     /// starting the machine: what `machinist build-images` does ahead of a test.
     pub fn prepare_warm_start(&self) -> Result<warm::Prepared> {
+        if self.container.is_some() {
+            return Ok(warm::Prepared::Cold {
+                reason: "container (warm start does not apply)".into(),
+            });
+        }
         warm::prepare(&self.ctx, &self.backend, &self.warm, &self.name)
     }
 
