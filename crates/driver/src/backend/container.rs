@@ -65,7 +65,7 @@ exec systemd-nspawn --network-namespace-path="$d/netns" "$@"
 "#;
 
 /// Why this host cannot run container nodes, if it cannot (root, `systemd-nspawn`, `unshare`,
-/// overlayfs).
+/// `nsenter`, `ip`, `/dev/net/tun`, overlayfs).
 pub(crate) fn host_problem() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -75,12 +75,22 @@ pub(crate) fn host_problem() -> Option<String> {
                 .into(),
         );
     }
-    for (prog, pkg) in [(NSPAWN, "systemd-container"), ("unshare", "util-linux")] {
+    for (prog, pkg) in [
+        (NSPAWN, "systemd-container"),
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+    ] {
         if find_in_path(prog).is_none() {
             return Some(format!(
                 "{prog} not found: install the Debian package {pkg} (`cargo xtask deps` does)"
             ));
         }
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some(
+            "/dev/net/tun is missing: container NICs are TAP devices (modprobe tun)".into(),
+        );
     }
     let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     if !fs.lines().any(|l| l.trim_end().ends_with("overlay")) {
