@@ -23,6 +23,9 @@ fn ct_two_containers() {
             let (a, b) = (t.machine("alpha"), t.machine("beta"));
             assert_eq!(a.backend(), BackendKind::Container);
             run_dir = Some(t.run_dir().to_path_buf());
+            // The switch ports exist before the start, as a VM's.
+            b.block()?;
+            b.unblock()?;
             let t0 = Instant::now();
             t.start_all()?;
             a.wait_until_succeeds("ping -c1 -W1 beta", 7)?;

@@ -36,6 +36,8 @@ pub(crate) enum Command {
         iface: String,
         stats: Arc<PortStats>,
     },
+    /// Make port `name` (no device yet) unless it exists.
+    AddSlot { name: String, stats: Arc<PortStats> },
     /// Close port `name`'s connection if it is the TAP device `iface`, then acknowledge.
     DetachTap {
         name: String,
@@ -343,6 +345,11 @@ impl Engine {
                     iface,
                     stats,
                 } => self.attach_tap(name, fd, iface, stats),
+                Command::AddSlot { name, stats } => {
+                    if self.core.port_by_name(&name).is_none() {
+                        self.core.add_port(name, stats);
+                    }
+                }
                 Command::DetachTap { name, iface, ack } => {
                     if let Some(i) = self.core.port_by_name(&name) {
                         let ours = matches!(

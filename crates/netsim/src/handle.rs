@@ -196,6 +196,41 @@ impl SwitchHandle {
         Ok(path)
     }
 
+    /// Declare the TAP port `name` before its device exists (a container not started yet), so
+    /// that `block()`, partitions and impairments can name it from the start;
+    /// [`SwitchHandle::add_tap_port`] attaches a device to it later.
+    pub fn reserve_tap_port(&self, name: &str) -> Result<(), NetsimError> {
+        check_port_name(name)?;
+        let vlan = self.shared.vlan;
+        let mut reg = self
+            .shared
+            .registry
+            .lock()
+            .map_err(|_| NetsimError::Stopped { vlan })?;
+        if reg.iter().any(|e| e.name == name) {
+            return Err(NetsimError::DuplicatePort {
+                name: name.to_string(),
+                vlan,
+            });
+        }
+        let stats = Arc::new(PortStats::default());
+        reg.push(RegEntry {
+            name: name.to_string(),
+            kind: PortKind::Tap {
+                interface: String::new(),
+            },
+            stats: stats.clone(),
+        });
+        drop(reg);
+        self.tx
+            .send(Command::AddSlot {
+                name: name.to_string(),
+                stats,
+            })
+            .then_some(())
+            .ok_or(NetsimError::Stopped { vlan })
+    }
+
     /// Attach the TAP device `tap` (see [`crate::tap::create`]) as the port `name`: the switch
     /// reads and writes its frames. A port of that name made earlier by this method gets the new
     /// device (a restarted container), keeping its counters and policy; its old device is

@@ -43,6 +43,12 @@ fn tap_port_forwards_both_ways_and_closes_when_the_interface_goes() {
     let fd = tap::create(&name).unwrap();
     // A second descriptor of the same device, for the carrier ioctl.
     let ctl = fd.try_clone().unwrap();
+    // Declared before its device: policy can name it; then the device attaches to it.
+    sw.reserve_tap_port("ct").unwrap();
+    assert!(sw.reserve_tap_port("ct").is_err(), "a second reservation");
+    sw.block("ct").unwrap();
+    sw.unblock("ct").unwrap();
+    assert!(!sw.port_counters("ct").unwrap().connected);
     sw.add_tap_port("ct", fd, &name).unwrap();
     // Frames to the interface while it is down are dropped; the port stays connected.
     peer.send(&arp_request([0x52, 0x54, 0, 0x12, 0x01, 0x08], k))

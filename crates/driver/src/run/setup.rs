@@ -326,8 +326,16 @@ pub(super) fn build_machine(
         let vlan = vlans.get(&iface.vlan).cloned().ok_or_else(|| {
             Error::Internal(format!("node `{name}`: vlan {} has no switch", iface.vlan))
         })?;
-        // A container's port is its TAP device, attached at each start.
+        // A container's port is its TAP device, attached at each start; the port exists from
+        // now on, as a VM's does, so that policy can name it before the start.
         let port = if is_container {
+            vlan.switch.reserve_tap_port(name).map_err(|e| {
+                Error::backend(
+                    Some(name),
+                    format!("adding a port on vlan {}", iface.vlan),
+                    e,
+                )
+            })?;
             PathBuf::new()
         } else {
             vlan.switch.add_stream_port(name).map_err(|e| {
