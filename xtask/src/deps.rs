@@ -47,6 +47,11 @@ pub const PACKAGES: &[Package] = &[
         name: "cpio",
         why: "guest/qemu tests: initramfs inspection",
     },
+    // crates/driver: container nodes boot the guest images with systemd-nspawn.
+    Package {
+        name: "systemd-container",
+        why: "driver: container nodes (systemd-nspawn)",
+    },
     // crates/qemu tests: the /bin/sh of the tiny test initramfs.
     Package {
         name: "busybox-static",

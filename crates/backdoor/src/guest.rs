@@ -172,6 +172,89 @@ pub fn symlinks() -> Vec<GuestSymlink> {
         .collect()
 }
 
+/// The directory of a container node where its backdoor sockets are made: the host binds a
+/// directory of its own there, so the host connects to `<that directory>/shell.sock` and
+/// `control.sock`.
+pub const CONTAINER_SOCKET_DIR: &str = "/run/machinist-host";
+
+/// The socket files of the main and control shells in [`CONTAINER_SOCKET_DIR`].
+pub const CONTAINER_SOCKETS: [&str; 2] = ["shell.sock", "control.sock"];
+
+/// Where the container socket unit is installed.
+pub const CONTAINER_SOCKET_UNIT_PATH: &str = "/etc/systemd/system/machinist-backdoor-ct.socket";
+
+/// Where the container service template is installed.
+pub const CONTAINER_SERVICE_UNIT_PATH: &str = "/etc/systemd/system/machinist-backdoor-ct@.service";
+
+/// The socket unit of a container node: one listening socket per shell in
+/// [`CONTAINER_SOCKET_DIR`]; each connection gets its own backdoor script (`Accept=yes`), whose
+/// stdin and stdout are the connection. Inert anywhere but in a container.
+pub const CONTAINER_SOCKET_UNIT: &str = r#"[Unit]
+Description=Machinist backdoor root shells on unix sockets (containers)
+ConditionVirtualization=container
+DefaultDependencies=no
+IgnoreOnIsolate=yes
+
+[Socket]
+ListenStream=/run/machinist-host/shell.sock
+ListenStream=/run/machinist-host/control.sock
+Accept=yes
+SocketMode=0600
+
+[Install]
+WantedBy=sysinit.target
+"#;
+
+/// The service template of [`CONTAINER_SOCKET_UNIT`]: the backdoor script on the accepted
+/// connection (`backdoor -`), its stderr on the container's console (the console log), as a
+/// VM's goes to its serial port.
+pub const CONTAINER_SERVICE_UNIT: &str = r#"[Unit]
+Description=Machinist backdoor root shell on a unix socket (containers)
+DefaultDependencies=no
+IgnoreOnIsolate=yes
+
+[Service]
+ExecStart=/usr/lib/machinist/backdoor -
+StandardInput=socket
+StandardOutput=socket
+StandardError=tty
+TTYPath=/dev/console
+KillSignal=SIGHUP
+"#;
+
+/// The guest files of a container node (added to its root before boot, not to the image): the
+/// socket unit and its service template. The backdoor script itself comes with the image.
+pub fn container_files() -> Vec<GuestFile> {
+    vec![
+        GuestFile {
+            path: CONTAINER_SOCKET_UNIT_PATH,
+            contents: CONTAINER_SOCKET_UNIT,
+            mode: 0o644,
+        },
+        GuestFile {
+            path: CONTAINER_SERVICE_UNIT_PATH,
+            contents: CONTAINER_SERVICE_UNIT,
+            mode: 0o644,
+        },
+    ]
+}
+
+/// The symlinks of a container node: the socket unit wanted by `sysinit.target`, and the VM
+/// shells' units (on virtio serial ports a container does not have) masked.
+pub fn container_symlinks() -> Vec<GuestSymlink> {
+    let mut v = vec![GuestSymlink {
+        path: "/etc/systemd/system/sysinit.target.wants/machinist-backdoor-ct.socket".into(),
+        target: CONTAINER_SOCKET_UNIT_PATH,
+    }];
+    for dev in [MAIN_DEVICE, CONTROL_DEVICE] {
+        v.push(GuestSymlink {
+            path: format!("/etc/systemd/system/{}", unit_name(dev)),
+            target: "/dev/null",
+        });
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +273,16 @@ mod tests {
     }
 
     #[test]
+    fn container_socket_unit_listens_on_the_documented_sockets() {
+        for s in CONTAINER_SOCKETS {
+            let line = format!("ListenStream={CONTAINER_SOCKET_DIR}/{s}");
+            assert!(CONTAINER_SOCKET_UNIT.contains(&line), "{line}");
+        }
+        assert!(CONTAINER_SOCKET_UNIT.contains("ConditionVirtualization=container"));
+        assert!(CONTAINER_SERVICE_UNIT.contains(&format!("ExecStart={SCRIPT_PATH} -")));
+    }
+
+    #[test]
     fn greeting_in_script_matches() {
         assert!(SCRIPT.contains(&format!("echo \"{GREETING}\"")));
     }
@@ -198,6 +291,8 @@ mod tests {
     fn guest_files_snapshot() {
         insta::assert_snapshot!("script", SCRIPT);
         insta::assert_snapshot!("unit", UNIT);
+        insta::assert_snapshot!("container_socket_unit", CONTAINER_SOCKET_UNIT);
+        insta::assert_snapshot!("container_service_unit", CONTAINER_SERVICE_UNIT);
         insta::assert_debug_snapshot!("symlinks", symlinks());
     }
 }

@@ -39,6 +39,7 @@ pub struct Test<'a> {
     image_cache: Option<ImageCache>,
     print_serial: bool,
     warm_start: Option<bool>,
+    backend: Option<crate::BackendKind>,
     errors: Vec<String>,
 }
 
@@ -67,6 +68,7 @@ impl<'a> Test<'a> {
             image_cache: None,
             print_serial: true,
             warm_start: None,
+            backend: None,
             errors: Vec::new(),
         }
     }
@@ -138,6 +140,30 @@ impl<'a> Test<'a> {
         self
     }
 
+    /// What every node runs on unless its configuration says (`NodeConfig::container()`);
+    /// without this, `MACHINIST_BACKEND=vm|container`, else VMs.
+    pub fn backend(mut self, backend: crate::BackendKind) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// The test's default backend: [`Test::backend`], else `MACHINIST_BACKEND`, else none (VMs).
+    fn default_backend(&self) -> Result<Option<crate::BackendKind>> {
+        if self.backend.is_some() {
+            return Ok(self.backend);
+        }
+        match std::env::var("MACHINIST_BACKEND") {
+            Ok(v) if !v.trim().is_empty() => machinist_guest::NodeBackend::parse(&v)
+                .map(|b| Some(b.into()))
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "MACHINIST_BACKEND=`{v}`: expected `vm` or `container`"
+                    ))
+                }),
+            _ => Ok(None),
+        }
+    }
+
     /// Checks the declaration without booting anything: node names, node configurations
     /// (guest crate), the node layers (files, units, users) and the timeout scale.
     pub fn validate(&self) -> Result<()> {
@@ -189,8 +215,14 @@ impl<'a> Test<'a> {
     /// Validates and sets everything up (images, switches, machines declared but not started)
     /// and returns the running test, for interactive use (REPL, Python). Call
     /// [`TestRun::finish`] at the end (dropping it also cleans up, without the report).
-    pub fn start(self) -> Result<TestRun> {
+    pub fn start(mut self) -> Result<TestRun> {
         self.validate()?;
+        if let Some(crate::BackendKind::Container) = self.default_backend()? {
+            for cfg in self.nodes.values_mut() {
+                cfg.backend
+                    .get_or_insert(machinist_guest::NodeBackend::Container);
+            }
+        }
         TestRun::start(Declaration {
             name: self.name,
             nodes: self.nodes,

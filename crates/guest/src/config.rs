@@ -49,6 +49,45 @@ pub struct NodeConfig {
     /// Typed user options (for example `tutorial`), readable by test scripts and written to
     /// `/etc/machinist/node.json` in the guest.
     pub options: BTreeMap<String, serde_json::Value>,
+    /// What the node runs on; `None` leaves the choice to the test (a VM by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<NodeBackend>,
+}
+
+/// What a node runs on: the same image and node layer either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeBackend {
+    /// A QEMU virtual machine (the default).
+    Vm,
+    /// A systemd-nspawn container booting the image's systemd (needs root and the
+    /// `systemd-container` package on the host).
+    Container,
+}
+
+impl NodeBackend {
+    /// The backend named `s` (`vm` or `container`).
+    pub fn parse(s: &str) -> Option<NodeBackend> {
+        match s.trim() {
+            "vm" => Some(NodeBackend::Vm),
+            "container" => Some(NodeBackend::Container),
+            _ => None,
+        }
+    }
+
+    /// The backend's name (`vm`, `container`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeBackend::Vm => "vm",
+            NodeBackend::Container => "container",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Default for NodeConfig {
@@ -70,6 +109,7 @@ impl Default for NodeConfig {
             kernel_args: Vec::new(),
             qemu_args: Vec::new(),
             options: BTreeMap::new(),
+            backend: None,
         }
     }
 }
@@ -197,6 +237,17 @@ impl NodeConfig {
         let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
         self.options.insert(key.into(), value);
         self
+    }
+
+    /// Runs the node on `backend` whatever the test's default.
+    pub fn backend(mut self, backend: NodeBackend) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Runs the node as a systemd-nspawn container (see [`NodeBackend::Container`]).
+    pub fn container(self) -> Self {
+        self.backend(NodeBackend::Container)
     }
 
     /// The full names of the masked units (`postgresql` -> `postgresql.service`, other unit types

@@ -31,8 +31,8 @@ mod validate;
 
 pub use backdoor_files::{backdoor_files, BackdoorInstall};
 pub use config::{
-    FileSpec, FirewallSpec, FirstBootScript, GroupSpec, NodeConfig, Restart, ServiceSpec,
-    ServiceType, UserSpec, DEFAULT_CORES, DEFAULT_MEMORY_MIB,
+    FileSpec, FirewallSpec, FirstBootScript, GroupSpec, NodeBackend, NodeConfig, Restart,
+    ServiceSpec, ServiceType, UserSpec, DEFAULT_CORES, DEFAULT_MEMORY_MIB,
 };
 pub use error::{FieldError, GuestError, Result};
 pub use image::{

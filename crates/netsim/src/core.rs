@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +84,14 @@ pub(crate) enum Conn {
         q: VecDeque<(u32, u32)>,
         path: PathBuf,
     },
+    /// A TAP device: one frame per read and per write; queued frames as for VDE.
+    Tap {
+        fd: OwnedFd,
+        /// The device's host name when attached (a detach names the device it means).
+        iface: String,
+        arena: Vec<u8>,
+        q: VecDeque<(u32, u32)>,
+    },
 }
 
 impl Conn {
@@ -92,6 +100,7 @@ impl Conn {
         match self {
             Conn::Stream { sock, .. } => sock.as_raw_fd(),
             Conn::Dgram { sock, .. } => sock.as_raw_fd(),
+            Conn::Tap { fd, .. } => fd.as_raw_fd(),
         }
     }
 }
@@ -293,13 +302,30 @@ impl Core {
     /// Close connection `gen` of port `i` (no-op if it is already gone), logging `reason`.
     pub(crate) fn close(&mut self, i: u32, gen: u64, reason: &str, error: bool) {
         let vlan = self.shared.vlan;
+        let epfd = self.epfd;
         let p = self.port(i);
         if p.gen != gen || p.conn.is_none() {
             return;
         }
         // Dropping the sockets closes them, which also removes them from epoll.
-        if let Some(Conn::Dgram { path, .. }) = p.conn.take() {
-            let _ = std::fs::remove_file(&path);
+        match p.conn.take() {
+            Some(Conn::Dgram { path, .. }) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Some(Conn::Tap { fd, .. }) => {
+                // Its owner may hold a second descriptor of the device, which would keep the
+                // registration (and its error events) alive after this one closes.
+                // SAFETY: removing our own registration of a descriptor we still own.
+                unsafe {
+                    libc::epoll_ctl(
+                        epfd,
+                        libc::EPOLL_CTL_DEL,
+                        fd.as_raw_fd(),
+                        std::ptr::null_mut(),
+                    );
+                }
+            }
+            _ => {}
         }
         p.gen += 1;
         p.write_blocked = false;
@@ -528,7 +554,7 @@ impl Core {
                     true
                 }
             }
-            Some(Conn::Dgram { arena, q, .. }) => {
+            Some(Conn::Dgram { arena, q, .. } | Conn::Tap { arena, q, .. }) => {
                 let start = q.front().map_or(arena.len(), |(o, _)| *o as usize);
                 if q.len() >= limits.queue_frames
                     || arena.len() - start + frame.len() > limits.queue_bytes
@@ -649,6 +675,46 @@ impl Core {
                         }
                     }
                     Some(_) => {}
+                }
+            }
+            Some(Conn::Tap { fd, arena, q, .. }) => {
+                while let Some(&(o, l)) = q.front() {
+                    let frame = &arena[o as usize..(o + l) as usize];
+                    // SAFETY: `frame` is valid for reads of its length for the call.
+                    let n =
+                        unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+                    if n >= 0 {
+                        q.pop_front();
+                        continue;
+                    }
+                    let e = std::io::Error::last_os_error();
+                    match e.kind() {
+                        std::io::ErrorKind::WouldBlock => {
+                            blocked = true;
+                            break;
+                        }
+                        std::io::ErrorKind::Interrupted => {}
+                        // The interface is down (not up yet in its container, or set down):
+                        // the frame is lost, as on an unplugged cable.
+                        _ if e.raw_os_error() == Some(libc::EIO) => {
+                            q.pop_front();
+                            p.stats.count_drop(DropReason::Disconnected);
+                        }
+                        _ => {
+                            failure = Some(format!("TAP write failed: {e}"));
+                            break;
+                        }
+                    }
+                }
+                if q.is_empty() {
+                    arena.clear();
+                } else if let Some(&(o, _)) = q.front() {
+                    if o as usize > arena.len() / 2 {
+                        arena.drain(..o as usize);
+                        for e in q.iter_mut() {
+                            e.0 -= o;
+                        }
+                    }
                 }
             }
         }

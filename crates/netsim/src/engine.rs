@@ -29,6 +29,21 @@ pub(crate) enum Command {
         listener: UnixListener,
         stats: Arc<PortStats>,
     },
+    /// Attach a TAP device to the port `name` (made if new; an earlier connection is replaced).
+    AddTap {
+        name: String,
+        fd: OwnedFd,
+        iface: String,
+        stats: Arc<PortStats>,
+    },
+    /// Make port `name` (no device yet) unless it exists.
+    AddSlot { name: String, stats: Arc<PortStats> },
+    /// Close port `name`'s connection if it is the TAP device `iface`, then acknowledge.
+    DetachTap {
+        name: String,
+        iface: String,
+        ack: std::sync::mpsc::Sender<()>,
+    },
     /// Flush the pcap buffer, then acknowledge.
     FlushPcap(std::sync::mpsc::Sender<()>),
     /// Stop the switch.
@@ -94,6 +109,7 @@ const K_HANDSHAKE: u64 = 4;
 const K_STREAM: u64 = 5;
 const K_VDE_DATA: u64 = 6;
 const K_VDE_CTL: u64 = 7;
+const K_TAP: u64 = 8;
 
 fn token(kind: u64, idx: u32, gen: u64) -> u64 {
     (kind << 56) | (u64::from(idx) & 0xff_ffff) << 32 | (gen & 0xffff_ffff)
@@ -108,6 +124,7 @@ pub(crate) fn token_data(idx: u32, gen: u64, conn: &Conn) -> u64 {
     match conn {
         Conn::Stream { .. } => token(K_STREAM, idx, gen),
         Conn::Dgram { .. } => token(K_VDE_DATA, idx, gen),
+        Conn::Tap { .. } => token(K_TAP, idx, gen),
     }
 }
 
@@ -262,8 +279,11 @@ impl Engine {
         self.cmds.stopped.store(true, Ordering::Release);
         // Answer commands that raced with the shutdown.
         for cmd in self.cmds.take() {
-            if let Command::FlushPcap(ack) = cmd {
-                let _ = ack.send(());
+            match cmd {
+                Command::FlushPcap(ack) | Command::DetachTap { ack, .. } => {
+                    let _ = ack.send(());
+                }
+                _ => {}
             }
         }
         self.core.shutdown();
@@ -280,7 +300,7 @@ impl Engine {
             K_LISTEN => self.accept_stream(idx),
             K_VDE_LISTEN => self.accept_vde(),
             K_HANDSHAKE => self.handshake(idx as usize),
-            K_STREAM | K_VDE_DATA | K_VDE_CTL => {
+            K_STREAM | K_VDE_DATA | K_VDE_CTL | K_TAP => {
                 if (self.core.gen_of(idx) & 0xffff_ffff) != gen || !self.core.is_connected(idx) {
                     return; // stale event of a closed connection
                 }
@@ -292,6 +312,7 @@ impl Engine {
                     match kind {
                         K_STREAM => self.read_stream(idx, gen),
                         K_VDE_DATA => self.read_dgrams(idx),
+                        K_TAP => self.read_tap(idx, gen),
                         _ => self.read_vde_ctl(idx, gen),
                     }
                 }
@@ -317,6 +338,30 @@ impl Engine {
                         tracing::warn!(port = %name, error = %e, "netsim: cannot watch listener");
                     }
                     self.listeners.push((idx, listener));
+                }
+                Command::AddTap {
+                    name,
+                    fd,
+                    iface,
+                    stats,
+                } => self.attach_tap(name, fd, iface, stats),
+                Command::AddSlot { name, stats } => {
+                    if self.core.port_by_name(&name).is_none() {
+                        self.core.add_port(name, stats);
+                    }
+                }
+                Command::DetachTap { name, iface, ack } => {
+                    if let Some(i) = self.core.port_by_name(&name) {
+                        let ours = matches!(
+                            &self.core.port(i).conn,
+                            Some(Conn::Tap { iface: f, .. }) if *f == iface
+                        );
+                        if ours {
+                            let gen = self.core.gen_of(i);
+                            self.core.close(i, gen, "TAP device detached", false);
+                        }
+                    }
+                    let _ = ack.send(());
                 }
                 Command::FlushPcap(ack) => {
                     self.core.flush_pcap();
@@ -497,6 +542,80 @@ impl Engine {
             }
         }
         self.batch = Some(b);
+    }
+
+    /// Connects a TAP device to port `name`, replacing an earlier one.
+    fn attach_tap(&mut self, name: String, fd: OwnedFd, iface: String, stats: Arc<PortStats>) {
+        let idx = match self.core.port_by_name(&name) {
+            Some(i) => {
+                if self.core.is_connected(i) {
+                    let gen = self.core.gen_of(i);
+                    self.core
+                        .close(i, gen, "replaced by a new TAP device", false);
+                }
+                i
+            }
+            None => self.core.add_port(name, stats),
+        };
+        let raw = fd.as_raw_fd();
+        let conn = Conn::Tap {
+            fd,
+            iface,
+            arena: Vec::new(),
+            q: VecDeque::new(),
+        };
+        let gen = self.core.connect(idx, conn);
+        if let Err(e) = add(self.epfd.as_raw_fd(), raw, token(K_TAP, idx, gen)) {
+            self.core
+                .close(idx, gen, &format!("cannot watch the TAP device: {e}"), true);
+        }
+    }
+
+    /// Read a turn's worth of frames from a TAP device (one frame per read) and forward them.
+    /// A read error (the interface was deleted, e.g. with its container's network namespace)
+    /// closes the port.
+    fn read_tap(&mut self, idx: u32, gen: u64) {
+        let max_frame = self.core.limits().max_frame;
+        let Some(Conn::Tap { fd, .. }) = &self.core.port(idx).conn else {
+            return;
+        };
+        let fd = fd.as_raw_fd();
+        let mut buf = std::mem::take(&mut self.stream_buf);
+        let want = (max_frame + 1).max(STREAM_BUF);
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let mut closed = None;
+        for _ in 0..READS_PER_TURN {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock => break,
+                    std::io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        closed = Some(format!("TAP device gone: {e}"));
+                        break;
+                    }
+                }
+            }
+            let n = n as usize;
+            if n == 0 {
+                closed = Some("TAP device gone".to_string());
+                break;
+            }
+            if n > max_frame {
+                self.core.port(idx).stats.count_drop(DropReason::Malformed);
+                continue;
+            }
+            self.core.ingress(idx, &buf[..n], Instant::now());
+        }
+        self.core.flush_dirty();
+        self.stream_buf = buf;
+        if let Some(reason) = closed {
+            self.core.close(idx, gen, &reason, false);
+        }
     }
 
     /// The VDE control stream carries nothing after the handshake; EOF closes the port.

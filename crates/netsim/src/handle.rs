@@ -196,6 +196,118 @@ impl SwitchHandle {
         Ok(path)
     }
 
+    /// Declare the TAP port `name` before its device exists (a container not started yet), so
+    /// that `block()`, partitions and impairments can name it from the start;
+    /// [`SwitchHandle::add_tap_port`] attaches a device to it later.
+    pub fn reserve_tap_port(&self, name: &str) -> Result<(), NetsimError> {
+        check_port_name(name)?;
+        let vlan = self.shared.vlan;
+        let mut reg = self
+            .shared
+            .registry
+            .lock()
+            .map_err(|_| NetsimError::Stopped { vlan })?;
+        if reg.iter().any(|e| e.name == name) {
+            return Err(NetsimError::DuplicatePort {
+                name: name.to_string(),
+                vlan,
+            });
+        }
+        let stats = Arc::new(PortStats::default());
+        reg.push(RegEntry {
+            name: name.to_string(),
+            kind: PortKind::Tap {
+                interface: String::new(),
+            },
+            stats: stats.clone(),
+        });
+        drop(reg);
+        self.tx
+            .send(Command::AddSlot {
+                name: name.to_string(),
+                stats,
+            })
+            .then_some(())
+            .ok_or(NetsimError::Stopped { vlan })
+    }
+
+    /// Attach the TAP device `tap` (see [`crate::tap::create`]) as the port `name`: the switch
+    /// reads and writes its frames. A port of that name made earlier by this method gets the new
+    /// device (a restarted container), keeping its counters and policy; its old device is
+    /// closed. `interface` is the device's host name, for counters and summaries. The port is
+    /// closed when the device goes away (a read error, e.g. its network namespace ended).
+    pub fn add_tap_port(
+        &self,
+        name: &str,
+        tap: std::os::fd::OwnedFd,
+        interface: &str,
+    ) -> Result<(), NetsimError> {
+        check_port_name(name)?;
+        let vlan = self.shared.vlan;
+        let mut reg = self
+            .shared
+            .registry
+            .lock()
+            .map_err(|_| NetsimError::Stopped { vlan })?;
+        let kind = PortKind::Tap {
+            interface: interface.to_string(),
+        };
+        let stats = match reg.iter_mut().find(|e| e.name == name) {
+            Some(e) if matches!(e.kind, PortKind::Tap { .. }) => {
+                e.kind = kind;
+                e.stats.clone()
+            }
+            Some(_) => {
+                return Err(NetsimError::DuplicatePort {
+                    name: name.to_string(),
+                    vlan,
+                })
+            }
+            None => {
+                let stats = Arc::new(PortStats::default());
+                reg.push(RegEntry {
+                    name: name.to_string(),
+                    kind,
+                    stats: stats.clone(),
+                });
+                stats
+            }
+        };
+        drop(reg);
+        self.tx
+            .send(Command::AddTap {
+                name: name.to_string(),
+                fd: tap,
+                iface: interface.to_string(),
+                stats,
+            })
+            .then_some(())
+            .ok_or(NetsimError::Stopped { vlan })
+    }
+
+    /// Closes port `name`'s connection if it is the TAP device `interface` (attached with
+    /// [`SwitchHandle::add_tap_port`]); returns once the switch has done it, so no frame passes
+    /// afterwards. A newer device on the port is left alone, so a late call is harmless.
+    pub fn detach_tap(&self, name: &str, interface: &str) -> Result<(), NetsimError> {
+        let vlan = self.shared.vlan;
+        let (ack, ack_rx) = std::sync::mpsc::channel();
+        let cmd = Command::DetachTap {
+            name: name.to_string(),
+            iface: interface.to_string(),
+            ack,
+        };
+        if !self.tx.send(cmd) {
+            return Err(NetsimError::Stopped { vlan });
+        }
+        ack_rx
+            .recv_timeout(SHUTDOWN_TIMEOUT)
+            .map_err(|_| NetsimError::Timeout {
+                vlan,
+                what: "detaching a TAP device".into(),
+                timeout: SHUTDOWN_TIMEOUT,
+            })
+    }
+
     /// Directory for VDE clients: QEMU `-netdev vde,id=..,sock=<this>`, or `vde_plug <this>`.
     /// VDE ports are named `vde<N>` (`N` = the port a client asked for, else the lowest free).
     pub fn vde_dir(&self) -> &Path {

@@ -51,6 +51,7 @@ mod sys;
 mod vde;
 
 pub mod client;
+pub mod tap;
 
 #[cfg(feature = "bench")]
 pub mod bench;

@@ -72,6 +72,11 @@ pub enum PortKind {
         /// The listening socket.
         path: std::path::PathBuf,
     },
+    /// A TAP device read and written by the switch (a container's NIC).
+    Tap {
+        /// The interface's name on the host when it was attached.
+        interface: String,
+    },
     /// A VDE protocol port; the client's description (e.g. `QEMU user=root pid=7637`).
     Vde {
         /// What the client said about itself.

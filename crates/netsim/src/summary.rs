@@ -30,6 +30,7 @@ pub(crate) fn render(
         let kind = match p.kind {
             PortKind::Stream { .. } => "stream",
             PortKind::Vde { .. } => "vde",
+            PortKind::Tap { .. } => "tap",
         };
         let state = if p.connected {
             "connected"

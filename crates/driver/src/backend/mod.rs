@@ -8,8 +8,10 @@
 //! the same for every backend. An operation a backend cannot support answers
 //! [`Unsupported`], which the machine reports as [`crate::Error::NotSupported`].
 //!
-//! Today's one backend is the QEMU virtual machine ([`qemu`]).
+//! Two backends: the QEMU virtual machine ([`qemu`]) and the systemd-nspawn container
+//! ([`container`]), which boots the same image and node layer without a kernel of its own.
 
+pub(crate) mod container;
 pub(crate) mod qemu;
 
 use std::future::Future;
@@ -30,12 +32,33 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum BackendKind {
     /// A QEMU virtual machine (full-system emulation, or KVM where a probe guest booted).
     Vm,
+    /// A systemd-nspawn container (the host's kernel; no display, QMP or console input).
+    Container,
+}
+
+impl From<machinist_guest::NodeBackend> for BackendKind {
+    fn from(b: machinist_guest::NodeBackend) -> Self {
+        match b {
+            machinist_guest::NodeBackend::Vm => BackendKind::Vm,
+            machinist_guest::NodeBackend::Container => BackendKind::Container,
+        }
+    }
+}
+
+impl From<BackendKind> for machinist_guest::NodeBackend {
+    fn from(b: BackendKind) -> Self {
+        match b {
+            BackendKind::Vm => machinist_guest::NodeBackend::Vm,
+            BackendKind::Container => machinist_guest::NodeBackend::Container,
+        }
+    }
 }
 
 impl std::fmt::Display for BackendKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             BackendKind::Vm => "vm",
+            BackendKind::Container => "container",
         })
     }
 }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use super::session::Session;
 use super::{Machine, Running};
-use crate::backend::qemu::Started;
-use crate::backend::Instance;
+use crate::backend::{Instance, ShellTransport};
 use crate::error::{Error, Result};
 use crate::log::{BootKind, Event};
 use crate::timeouts::{Pace, Wait, DEFAULT_TIMEOUT};
@@ -65,6 +64,19 @@ impl Machine {
     /// started and why (the snapshot key, or why it booted cold).
     fn spawn(&self, allow_reboot: bool) -> Result<(Arc<Running>, StartKind, String, bool)> {
         let first = !self.started_once.swap(true, Ordering::AcqRel);
+        if let Some(ct) = &self.container {
+            // A container boots in a few seconds: warm start does not apply.
+            self.log_line("starting as a systemd-nspawn container");
+            let (instance, transport) = ct.start(&self.ctx)?;
+            let run = self.running_from(instance, transport, allow_reboot, None);
+            *self.last_start.lock().unwrap_or_else(|p| p.into_inner()) = Some(StartKind::Cold);
+            return Ok((
+                run,
+                StartKind::Cold,
+                "container (warm start does not apply)".into(),
+                false,
+            ));
+        }
         let outcome = warm::start(
             &self.ctx,
             &self.backend,
@@ -81,7 +93,8 @@ impl Machine {
                 seconds,
                 built,
             } => {
-                let run = self.running_from(started, allow_reboot, Some(pending));
+                let run =
+                    self.running_from(started.vm, started.transport, allow_reboot, Some(pending));
                 let which = if built {
                     "node snapshot built by this run"
                 } else {
@@ -102,7 +115,7 @@ impl Machine {
                 }
                 let started = self.backend.start_cold(&self.ctx, allow_reboot)?;
                 (
-                    self.running_from(started, allow_reboot, None),
+                    self.running_from(started.vm, started.transport, allow_reboot, None),
                     StartKind::Cold,
                     reason,
                     false,
@@ -115,16 +128,16 @@ impl Machine {
 
     fn running_from(
         &self,
-        started: Started,
+        instance: Arc<dyn Instance>,
+        transport: ShellTransport,
         allow_reboot: bool,
         pending: Option<warm::identity::PendingIdentity>,
     ) -> Arc<Running> {
-        let instance: Arc<dyn Instance> = started.vm;
         let console_task = self.spawn_console_task(instance.as_ref());
         // A node snapshot is taken once systemd has settled: a restored node has nothing left
         // to settle once its backdoor connects.
         let restored = pending.is_some();
-        let session = Session::new(started.transport, pending);
+        let session = Session::new(transport, pending);
         if restored {
             session.mark_settled();
         }
@@ -146,6 +159,11 @@ impl Machine {
     /// Builds (or reuses) the snapshot this machine's first start would restore, without
     /// starting the machine: what `machinist build-images` does ahead of a test.
     pub fn prepare_warm_start(&self) -> Result<warm::Prepared> {
+        if self.container.is_some() {
+            return Ok(warm::Prepared::Cold {
+                reason: "container (warm start does not apply)".into(),
+            });
+        }
         warm::prepare(&self.ctx, &self.backend, &self.warm, &self.name)
     }
 
@@ -227,8 +245,23 @@ impl Machine {
     /// deadline). Without it QEMU runs with `-no-reboot` and exits; unlike NixOS (where the
     /// machine then stays down) we wait for that exit and start the machine again, so `reboot()`
     /// always reboots.
+    ///
+    /// A container reboots by `systemctl reboot` inside: its nspawn ends and the machine starts
+    /// again from its upper layer.
     pub fn reboot(&self) -> Result<()> {
         let run = self.require_running("reboot")?;
+        if self.container.is_some() {
+            drop(run);
+            return self.nested("rebooting", || {
+                // The reply may never come: the shell dies with the container.
+                let _ = self.run_command(
+                    "systemctl reboot --no-block >/dev/null 2>&1 &",
+                    Some(self.ctx.timeouts.of(Wait::PoweroffRequest)),
+                );
+                self.wait_for_shutdown()?;
+                self.start()
+            });
+        }
         self.nested("rebooting", || {
             self.send_key_with("ctrl-alt-delete", Pace::KeyDelay.get(), false)?;
             if run.allow_reboot {

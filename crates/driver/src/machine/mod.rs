@@ -34,6 +34,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use crate::backend::container::ContainerBackend;
 use crate::backend::qemu::QemuBackend;
 use crate::backend::{BackendKind, Instance, Unsupported};
 use crate::ctx::SharedCtx;
@@ -61,6 +62,8 @@ pub struct Machine {
     name: String,
     pub(crate) ctx: SharedCtx,
     backend: QemuBackend,
+    /// Set when the node runs as a container (then `backend` only describes its NICs).
+    container: Option<ContainerBackend>,
     warm: WarmChoice,
     pub(crate) running: Mutex<Option<Arc<Running>>>,
     lifecycle: Mutex<()>,
@@ -100,6 +103,7 @@ impl Machine {
             name: name.to_string(),
             ctx,
             backend,
+            container: None,
             warm,
             running: Mutex::new(None),
             lifecycle: Mutex::new(()),
@@ -112,6 +116,12 @@ impl Machine {
         }
     }
 
+    /// Runs the node as a container instead of a VM.
+    pub(crate) fn with_container(mut self, container: ContainerBackend) -> Machine {
+        self.container = Some(container);
+        self
+    }
+
     /// The machine's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -119,7 +129,10 @@ impl Machine {
 
     /// What the machine runs on.
     pub fn backend(&self) -> BackendKind {
-        self.backend.kind()
+        match &self.container {
+            Some(c) => c.kind(),
+            None => self.backend.kind(),
+        }
     }
 
     pub(crate) fn log_line(&self, msg: &str) {

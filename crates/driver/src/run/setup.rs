@@ -11,6 +11,7 @@ use machinist_guest::{ImageCache, ImageSpec, NetworkPlan, NodeConfig, NodeLayer,
 use machinist_netsim::{Switch, SwitchConfig};
 
 use super::TestRun;
+use crate::backend::container::{ContainerBackend, ContainerNic};
 use crate::backend::qemu::{BootSpec, NicSpec, QemuBackend};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
@@ -315,19 +316,36 @@ pub(super) fn build_machine(
     layer: &NodeLayer,
     vlans: &BTreeMap<u8, VLan>,
 ) -> Result<Arc<Machine>> {
+    let is_container = cfg.backend == Some(machinist_guest::NodeBackend::Container);
+    if is_container {
+        container_problems(name, cfg)?;
+    }
     let mut nics = Vec::new();
     let mut machine_vlans = Vec::new();
     for iface in &planned.interfaces {
         let vlan = vlans.get(&iface.vlan).cloned().ok_or_else(|| {
             Error::Internal(format!("node `{name}`: vlan {} has no switch", iface.vlan))
         })?;
-        let port = vlan.switch.add_stream_port(name).map_err(|e| {
-            Error::backend(
-                Some(name),
-                format!("adding a port on vlan {}", iface.vlan),
-                e,
-            )
-        })?;
+        // A container's port is its TAP device, attached at each start; the port exists from
+        // now on, as a VM's does, so that policy can name it before the start.
+        let port = if is_container {
+            vlan.switch.reserve_tap_port(name).map_err(|e| {
+                Error::backend(
+                    Some(name),
+                    format!("adding a port on vlan {}", iface.vlan),
+                    e,
+                )
+            })?;
+            PathBuf::new()
+        } else {
+            vlan.switch.add_stream_port(name).map_err(|e| {
+                Error::backend(
+                    Some(name),
+                    format!("adding a port on vlan {}", iface.vlan),
+                    e,
+                )
+            })?
+        };
         nics.push(NicSpec {
             vlan: vlan.clone(),
             id: iface.qemu_id(),
@@ -362,13 +380,56 @@ pub(super) fn build_machine(
     };
     let warm = crate::warm::plan(ctx.warm_start, cfg, img);
     let backend = QemuBackend::new(name, spec, ctx.run_dir.join(name));
-    Ok(Arc::new(Machine::new(
+    let machine = Machine::new(name, ctx.clone(), backend, warm, machine_vlans);
+    if !is_container {
+        return Ok(Arc::new(machine));
+    }
+    let ct_nics = planned
+        .interfaces
+        .iter()
+        .zip(&machine.vlans)
+        .map(|(iface, vlan)| ContainerNic {
+            vlan: vlan.clone(),
+            id: iface.qemu_id(),
+            guest_name: iface.name.clone(),
+            mac: iface.mac.clone(),
+        })
+        .collect();
+    let ct = ContainerBackend::new(
         name,
-        ctx.clone(),
-        backend,
-        warm,
-        machine_vlans,
-    )))
+        img.disk.clone(),
+        layer.clone(),
+        ctx.run_dir.join(name),
+        ct_nics,
+    );
+    Ok(Arc::new(machine.with_container(ct)))
+}
+
+/// What a container node cannot have (QEMU and kernel arguments, QEMU's user network), and a
+/// host that cannot run containers: a declaration error before anything boots.
+fn container_problems(name: &str, cfg: &NodeConfig) -> Result<()> {
+    let mut why = Vec::new();
+    if !cfg.qemu_args.is_empty() {
+        why.push("qemu_args (a container has no QEMU)".to_string());
+    }
+    if !cfg.kernel_args.is_empty() {
+        why.push("kernel_args (a container runs on the host's kernel)".to_string());
+    }
+    if cfg.user_net {
+        why.push("user_net (QEMU's user network; not available to containers)".to_string());
+    }
+    if !why.is_empty() {
+        return Err(Error::Invalid(format!(
+            "node `{name}` runs as a container but sets {}; remove them or run it as a VM",
+            why.join(", ")
+        )));
+    }
+    if let Some(p) = crate::backend::container::host_problem() {
+        return Err(Error::Invalid(format!(
+            "node `{name}` runs as a container, which this host cannot run: {p}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
