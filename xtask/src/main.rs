@@ -58,6 +58,9 @@ enum Cmd {
         /// Boot every machine cold instead of restoring saved snapshots (warm start).
         #[arg(long)]
         cold_boot: bool,
+        /// Run the nodes as `vm` (QEMU, the default) or `container` (systemd-nspawn).
+        #[arg(long, value_parser = ["vm", "container"])]
+        backend: Option<String>,
     },
     /// Build (or reuse) the guest images the bundled tests need.
     BuildImages {
@@ -158,11 +161,13 @@ fn main() -> ExitCode {
             keep_state,
             output,
             cold_boot,
+            backend,
         } => postgrest::run(&postgrest::Options {
             postgrest,
             keep_state,
             output,
             cold_boot,
+            backend,
         }),
         Cmd::BuildImages { rebuild } => {
             let mut args = vec!["build-images"];
@@ -224,6 +229,8 @@ mod tests {
             "--output",
             "out",
             "--cold-boot",
+            "--backend",
+            "container",
         ])
         .unwrap();
         match cli.command {
@@ -232,7 +239,9 @@ mod tests {
                 keep_state,
                 output,
                 cold_boot,
+                backend,
             } => {
+                assert_eq!(backend.as_deref(), Some("container"));
                 assert_eq!(postgrest, Some(PathBuf::from("/opt/postgrest")));
                 assert!(keep_state);
                 assert_eq!(output, Some(PathBuf::from("out")));

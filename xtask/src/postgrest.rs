@@ -32,6 +32,8 @@ pub struct Options {
     pub output: Option<PathBuf>,
     /// Boot every machine cold (no warm start from saved snapshots).
     pub cold_boot: bool,
+    /// The nodes' backend (`vm` or `container`; default: `$MACHINIST_BACKEND`, else VMs).
+    pub backend: Option<String>,
 }
 
 /// The environment variable the tests crate reads for a real PostgREST binary.
@@ -97,7 +99,13 @@ pub fn run(opts: &Options) -> Result<()> {
         build_bins(opts.postgrest.is_none() && std::env::var_os(ENV_POSTGREST).is_none())
     })?;
     timed(&mut phases, "images", || {
-        crate::run::run(Command::new(&bins.machinist).arg("build-images"))
+        let mut build = Command::new(&bins.machinist);
+        build.arg("build-images");
+        // Container nodes need the images only, not the VMs' node snapshots.
+        if let Some(b) = &opts.backend {
+            build.env("MACHINIST_BACKEND", b);
+        }
+        crate::run::run(&mut build)
     })?;
     let output = opts.output.clone().unwrap_or_else(default_output);
     let mut cmd = Command::new(&bins.machinist);
@@ -110,6 +118,9 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     if opts.cold_boot {
         cmd.arg("--cold-boot");
+    }
+    if let Some(b) = &opts.backend {
+        cmd.args(["--backend", b]);
     }
     // Ctrl-C stops the test (the machinist command cleans up and exits); xtask stays to print
     // the summary of what ran.

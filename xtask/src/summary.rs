@@ -134,6 +134,7 @@ pub fn parse_log(text: &str) -> RunLog {
             }
             ("started", Some(m)) => {
                 let how = match (ev["kind"].as_str(), ev["built_snapshot"].as_bool()) {
+                    _ if ev["backend"].as_str() == Some("container") => "container".to_string(),
                     (Some("warm"), Some(true)) => "built node snapshot (first run)".to_string(),
                     (Some("warm"), _) => "restored node snapshot".to_string(),
                     (Some(k), _) => match ev["reason"].as_str() {
@@ -369,6 +370,16 @@ mod tests {
 {"id":1,"machine":null,"message":"subtest: x","parent":null,"time":0.1,"type":"nest"}
 "#;
         assert_eq!(parse_log(plain), RunLog::default());
+    }
+
+    #[test]
+    fn a_container_node_boots_as_a_container() {
+        let log = parse_log(
+            r#"{"event":{"backend":"container","machine":"client","name":"starting"},"machine":"client","message":"starting container","parent":null,"time":0.1,"type":"log"}
+{"event":{"backend":"container","built_snapshot":false,"kind":"cold","machine":"client","name":"started","pid":7,"reason":null,"seconds":0.2},"machine":"client","message":"container running (pid 7)","parent":null,"time":0.3,"type":"log"}
+"#,
+        );
+        assert_eq!(log.boot_kinds["client"], "container");
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// state).
     #[arg(long)]
     pub cold_boot: bool,
+    /// Run every node on this backend unless its configuration names one (default: the
+    /// MACHINIST_BACKEND environment variable, else VMs).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
     /// Use this postgrest binary in the PostgREST test instead of the bundled postgrest-lite.
     #[arg(long, value_name = "PATH")]
     pub postgrest: Option<PathBuf>,
@@ -153,6 +157,7 @@ impl RunArgs {
             accel: None,
             debug_on_failure: false,
             cold_boot: false,
+            backend: None,
             postgrest: None,
         }
     }
@@ -191,6 +196,33 @@ pub fn parse_partition(s: &str) -> Result<Partition, String> {
             Ok(Partition { index, total })
         }
         _ => Err(format!("`{s}` is not K/N with 1 <= K <= N (e.g. 1/2)")),
+    }
+}
+
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// QEMU virtual machines.
+    Vm,
+    /// systemd-nspawn containers of the same images.
+    Container,
+}
+
+impl BackendArg {
+    /// The flag's spelling (`vm`, `container`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendArg::Vm => "vm",
+            BackendArg::Container => "container",
+        }
+    }
+
+    /// The driver's backend.
+    pub fn kind(self) -> machinist::BackendKind {
+        match self {
+            BackendArg::Vm => machinist::BackendKind::Vm,
+            BackendArg::Container => machinist::BackendKind::Container,
+        }
     }
 }
 
@@ -275,6 +307,8 @@ mod tests {
             "tcg",
             "--debug-on-failure",
             "--cold-boot",
+            "--backend",
+            "container",
             "--postgrest",
             "/usr/bin/postgrest",
         ])
@@ -286,6 +320,7 @@ mod tests {
         assert_eq!(r.global_timeout, Some(Duration::new(2, 500_000_000)));
         assert_eq!(r.accel, Some(AccelArg::Tcg));
         assert!(r.keep_state && r.debug_on_failure && r.cold_boot);
+        assert_eq!(r.backend, Some(BackendArg::Container));
     }
 
     #[test]

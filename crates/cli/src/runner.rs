@@ -51,6 +51,9 @@ pub fn run(test: &BundledTest, args: &RunArgs, mode: Mode) -> u8 {
     if args.cold_boot {
         decl = decl.warm_start(false);
     }
+    if let Some(b) = args.backend {
+        decl = decl.backend(b.kind());
+    }
     let run = match decl.start() {
         Ok(r) => Arc::new(r),
         Err(e) => {

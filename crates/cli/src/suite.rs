@@ -107,6 +107,9 @@ pub fn run_dir(args: &RunArgs) -> u8 {
         if args.cold_boot {
             cmd.arg("--cold-boot");
         }
+        if let Some(b) = args.backend {
+            cmd.arg("--backend").arg(b.as_str());
+        }
         if let Some(p) = &args.postgrest {
             cmd.arg("--postgrest").arg(p);
         }

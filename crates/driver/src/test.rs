@@ -154,7 +154,7 @@ impl<'a> Test<'a> {
         }
         match std::env::var("MACHINIST_BACKEND") {
             Ok(v) if !v.trim().is_empty() => machinist_guest::NodeBackend::parse(&v)
-                .map(|b| Some(b.into()))
+                .map(Some)
                 .ok_or_else(|| {
                     Error::Invalid(format!(
                         "MACHINIST_BACKEND=`{v}`: expected `vm` or `container`"

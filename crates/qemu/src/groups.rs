@@ -1,4 +1,5 @@
-//! The process groups of live QEMU processes, for fatal-signal handlers.
+//! The process groups of live QEMU processes (and other supervised children, such as container
+//! nodes), for fatal-signal handlers.
 //!
 //! A [`crate::QemuProcess`] registers its process group when it starts, and its reaper thread
 //! unregisters it while QEMU is still a zombie, *before* reaping it. So a signal handler that
@@ -14,9 +15,10 @@ static GROUPS: [AtomicI32; SLOTS] = [const { AtomicI32::new(0) }; SLOTS];
 /// Kill passes in progress (signal handlers running on any thread).
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-/// Lists `pgid` as a live QEMU group. Returns false if the table is full (then only the
-/// parent-death signal and `Drop` stop that QEMU).
-pub(crate) fn register(pgid: i32) -> bool {
+/// Lists `pgid` as a live group to kill on a fatal signal. Returns false if the table is full
+/// (then only the parent-death signal and `Drop` stop that group). A supervisor outside this
+/// crate (e.g. of a container node) registers its child's group right after spawning it.
+pub fn register(pgid: i32) -> bool {
     if pgid <= 0 {
         return false;
     }
@@ -38,7 +40,7 @@ pub(crate) fn register(pgid: i32) -> bool {
 
 /// Removes `pgid` and waits (at most 1 s) until no kill pass that might have read it is still
 /// running. Call before reaping the group leader.
-pub(crate) fn unregister(pgid: i32) {
+pub fn unregister(pgid: i32) {
     for slot in &GROUPS {
         let _ = slot.compare_exchange(pgid, 0, Ordering::SeqCst, Ordering::SeqCst);
     }

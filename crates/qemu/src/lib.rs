@@ -51,7 +51,10 @@ pub use command::{
     Serial, VirtConsole,
 };
 pub use error::{describe_status, QemuError, QEMU_PACKAGE};
-pub use groups::{kill_live_process_groups, live_process_groups};
+pub use groups::{
+    kill_live_process_groups, live_process_groups, register as register_process_group,
+    unregister as unregister_process_group,
+};
 pub use lock::{VmTestLock, VM_LOCK_PATH};
 pub use process::{QemuProcess, KILL_GRACE, STDERR_TAIL_BYTES};
 pub use publish::{CacheLock, PublishError, Staging};

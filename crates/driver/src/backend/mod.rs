@@ -25,43 +25,9 @@ use crate::error::BoxError;
 /// A boxed future borrowed from an instance (the seam's async operations are object-safe).
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What a node runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum BackendKind {
-    /// A QEMU virtual machine (full-system emulation, or KVM where a probe guest booted).
-    Vm,
-    /// A systemd-nspawn container (the host's kernel; no display, QMP or console input).
-    Container,
-}
-
-impl From<machinist_guest::NodeBackend> for BackendKind {
-    fn from(b: machinist_guest::NodeBackend) -> Self {
-        match b {
-            machinist_guest::NodeBackend::Vm => BackendKind::Vm,
-            machinist_guest::NodeBackend::Container => BackendKind::Container,
-        }
-    }
-}
-
-impl From<BackendKind> for machinist_guest::NodeBackend {
-    fn from(b: BackendKind) -> Self {
-        match b {
-            BackendKind::Vm => machinist_guest::NodeBackend::Vm,
-            BackendKind::Container => machinist_guest::NodeBackend::Container,
-        }
-    }
-}
-
-impl std::fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BackendKind::Vm => "vm",
-            BackendKind::Container => "container",
-        })
-    }
-}
+/// What a node runs on (the guest crate's [`machinist_guest::NodeBackend`]: a node's
+/// configuration names it, the driver runs it).
+pub use machinist_guest::NodeBackend as BackendKind;
 
 /// A backend cannot do this operation (e.g. screenshots of a node with no display).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

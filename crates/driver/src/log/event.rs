@@ -34,18 +34,23 @@ use super::terminal::Kind;
 #[serde(tag = "name", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
-    /// A machine is being started (`starting vm`).
+    /// A machine is being started (`starting vm`, `starting container`).
     Starting {
         /// The machine.
         machine: String,
+        /// What it runs on.
+        backend: machinist_guest::NodeBackend,
     },
-    /// A machine's QEMU runs (`QEMU running (pid N)`); the guest is booting or restored.
+    /// A machine's runtime runs (`QEMU running (pid N)`, `container running (pid N)`); the
+    /// guest is booting or restored.
     Started {
         /// The machine.
         machine: String,
+        /// What it runs on.
+        backend: machinist_guest::NodeBackend,
         /// Restored from a snapshot, or booted from scratch.
         kind: BootKind,
-        /// QEMU's process id.
+        /// The process id of QEMU, or of the container's host process.
         pid: u32,
         /// Seconds from starting to QEMU running (for a warm start: the restore).
         #[serde(serialize_with = "millis")]
@@ -184,8 +189,13 @@ impl Event {
     /// one is a plain log line of its own, as before events existed).
     pub(crate) fn lines(&self) -> Vec<String> {
         match self {
-            Event::Starting { .. } => vec!["starting vm".into()],
-            Event::Started { pid, .. } => vec![format!("QEMU running (pid {pid})")],
+            Event::Starting { backend, .. } => vec![format!("starting {backend}")],
+            Event::Started {
+                backend: machinist_guest::NodeBackend::Vm,
+                pid,
+                ..
+            } => vec![format!("QEMU running (pid {pid})")],
+            Event::Started { backend, pid, .. } => vec![format!("{backend} running (pid {pid})")],
             Event::Connected { seconds, .. } => vec![
                 "connected to guest root shell".into(),
                 format!("(connecting took {seconds:.2} seconds)"),
@@ -215,7 +225,7 @@ impl Event {
     /// The machine the event is about (the record's `machine`).
     pub fn machine(&self) -> Option<&str> {
         match self {
-            Event::Starting { machine }
+            Event::Starting { machine, .. }
             | Event::Started { machine, .. }
             | Event::Connected { machine, .. }
             | Event::Command { machine, .. } => Some(machine),

@@ -1,4 +1,5 @@
 use super::*;
+use machinist_guest::NodeBackend;
 
 /// A `Write` that appends to a shared buffer.
 #[derive(Clone, Default)]
@@ -142,9 +143,13 @@ fn very_long_guest_lines_are_clipped_with_a_marker() {
 fn guide_session_with_events(lg: &Logger) {
     let start = lg.begin_event(Event::StartAll);
     for (m, pid) in [("client", 21160), ("server", 21169)] {
-        lg.event(Event::Starting { machine: m.into() });
+        lg.event(Event::Starting {
+            machine: m.into(),
+            backend: NodeBackend::Vm,
+        });
         lg.event(Event::Started {
             machine: m.into(),
+            backend: NodeBackend::Vm,
             kind: BootKind::Cold,
             pid,
             seconds: 0.5,
@@ -228,12 +233,33 @@ fn event_lines_are_todays_wording() {
         (
             Event::Starting {
                 machine: "server".into(),
+                backend: NodeBackend::Vm,
             },
             Some("starting vm"),
         ),
         (
+            Event::Starting {
+                machine: "client".into(),
+                backend: NodeBackend::Container,
+            },
+            Some("starting container"),
+        ),
+        (
+            Event::Started {
+                machine: "client".into(),
+                backend: NodeBackend::Container,
+                kind: BootKind::Cold,
+                pid: 43,
+                seconds: 0.3,
+                reason: None,
+                built_snapshot: false,
+            },
+            Some("container running (pid 43)"),
+        ),
+        (
             Event::Started {
                 machine: "server".into(),
+                backend: NodeBackend::Vm,
                 kind: BootKind::Warm,
                 pid: 42,
                 seconds: 0.84,
@@ -353,9 +379,11 @@ fn event_records() {
     image.finish();
     lg.event(Event::Starting {
         machine: "server".into(),
+        backend: NodeBackend::Vm,
     });
     lg.event(Event::Started {
         machine: "server".into(),
+        backend: NodeBackend::Vm,
         kind: BootKind::Warm,
         pid: 4242,
         seconds: 0.8412,

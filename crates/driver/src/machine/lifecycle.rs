@@ -42,11 +42,13 @@ impl Machine {
         }
         self.ctx.logger.event(Event::Starting {
             machine: self.name.clone(),
+            backend: self.backend(),
         });
         let began = std::time::Instant::now();
         let (running, kind, reason, built_snapshot) = self.spawn(allow_reboot)?;
         self.ctx.logger.event(Event::Started {
             machine: self.name.clone(),
+            backend: self.backend(),
             kind: match kind {
                 StartKind::Restored => BootKind::Warm,
                 StartKind::Cold => BootKind::Cold,

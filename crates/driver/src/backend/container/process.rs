@@ -57,6 +57,9 @@ impl NspawnProcess {
             .stderr(Stdio::piped());
         let mut child: Child = machinist_qemu::spawn_supervised(cmd)?;
         let pid = child.id() as i32;
+        // Killed with the test on SIGINT/SIGTERM, as QEMU is (the signal handler kills the
+        // registered groups); unregistered while still a zombie, before it is reaped.
+        machinist_qemu::register_process_group(pid);
         let (exit_tx, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             name: name.to_string(),
@@ -114,6 +117,7 @@ impl NspawnProcess {
                     libc::kill(-pid, libc::SIGKILL);
                 }
             }
+            machinist_qemu::unregister_process_group(pid);
             let status = loop {
                 match child.wait() {
                     Ok(s) => break s,
