@@ -275,7 +275,7 @@ impl Summary {
                 .collect();
             let _ = writeln!(
                 s,
-                "boot        {} (QEMU start to backdoor shell connected, booting at once)",
+                "boot        {} (start to backdoor shell connected, booting at once)",
                 each.join(", ")
             );
         }
