@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 
 use machinist::{
-    presets, template_file, vars, FileSpec, FirstBootScript, GroupSpec, NodeConfig, ScriptResult,
+    presets, template_text, vars, FileSpec, FirstBootScript, GroupSpec, NodeConfig, ScriptResult,
     ServiceSpec, Test, TestRun, UserSpec,
 };
 use serde::{Deserialize, Serialize};
@@ -52,7 +52,13 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// The server node's option that says which PostgREST it runs (a sentence, for the log).
 pub const POSTGREST_OPTION: &str = "postgrest";
 
-/// Where the template files live (`tests/postgrest/`).
+/// The tutorial's database setup (`tests/postgrest/setup.sql`, a template using `@user@`),
+/// embedded so that an installed `machinist` needs no source tree.
+pub const SETUP_SQL: &str = include_str!("../postgrest/setup.sql");
+/// PostgREST's configuration (`tests/postgrest/tutorial.conf`, using `@user@` and `@port@`).
+pub const TUTORIAL_CONF: &str = include_str!("../postgrest/tutorial.conf");
+
+/// Where the template files live in the source tree (`tests/postgrest/`).
 pub fn fixture_dir() -> PathBuf {
     crate::postgrest_binary::workspace_root().join("tests/postgrest")
 }
@@ -79,17 +85,20 @@ pub fn server_config(
     postgrest: &PostgrestBinary,
 ) -> Result<NodeConfig, DeclareError> {
     let dir = fixture_dir();
+    let name = |file: &str| dir.join(file).display().to_string();
     let vars = vars! { "user" => &tutorial.user, "port" => tutorial.port };
     // setup.sql only uses @user@; tutorial.conf uses both. Strict rendering rejects an unused
     // variable, so each template gets exactly the variables it uses.
-    let setup = template_file(
+    let setup = template_text(
         "/etc/postgrest/setup.sql",
-        dir.join("setup.sql"),
+        &name("setup.sql"),
+        SETUP_SQL,
         &vars! { "user" => &tutorial.user },
     )?;
-    let conf = template_file(
+    let conf = template_text(
         "/etc/postgrest/tutorial.conf",
-        dir.join("tutorial.conf"),
+        &name("tutorial.conf"),
+        TUTORIAL_CONF,
         &vars,
     )?;
     // PostgreSQL 15 (Debian 12's) run directly as `postgresql.service`, as NixOS'

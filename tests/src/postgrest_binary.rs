@@ -57,26 +57,64 @@ pub enum BinaryError {
         /// What is wrong with it.
         why: String,
     },
+    /// No postgrest-lite beside the `machinist` program or on `PATH` (an installed `machinist`).
+    #[error(
+        "postgrest-lite is not installed: run `cargo install --path crates/postgrest-lite` from \
+         the Machinist source tree (it goes beside `machinist`), or give {ENV_POSTGREST} / \
+         --postgrest PATH for a real PostgREST"
+    )]
+    NotInstalled,
     /// Building postgrest-lite failed.
     #[error("building postgrest-lite failed: {0}; run `cargo build -p postgrest-lite` to see the compiler's errors")]
     Build(String),
 }
 
-/// The binary to install: `explicit` if given, else `$MACHINIST_POSTGREST`, else postgrest-lite
-/// (built now with cargo, which is quick when it is already up to date).
+/// The binary to install: `explicit` if given, else `$MACHINIST_POSTGREST`, else postgrest-lite:
+/// built now with cargo when the running program is a build of this source tree (quick when it
+/// is up to date), else the installed `postgrest-lite` beside the running program or on `PATH`
+/// (`cargo install --path crates/postgrest-lite`).
 pub fn resolve(explicit: Option<&Path>) -> Result<PostgrestBinary, BinaryError> {
     let user = explicit.map(Path::to_path_buf).or_else(|| {
         std::env::var_os(ENV_POSTGREST)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     });
+    let lite = |path| PostgrestBinary {
+        path,
+        kind: PostgrestKind::Lite,
+    };
     match user {
         Some(path) => check_user_binary(path),
-        None => build_lite().map(|path| PostgrestBinary {
-            path,
-            kind: PostgrestKind::Lite,
-        }),
+        None if built_from_this_tree() => build_lite().map(lite),
+        None => installed_lite().map(lite),
     }
+}
+
+/// The installed postgrest-lite's program name.
+pub const LITE_PROGRAM: &str = "postgrest-lite";
+
+/// Whether the running program was built in this source tree (its `target` directory), so that
+/// postgrest-lite is built from the same sources.
+fn built_from_this_tree() -> bool {
+    let root = workspace_root();
+    root.join("crates/postgrest-lite/Cargo.toml").is_file()
+        && std::env::current_exe().is_ok_and(|exe| exe.starts_with(root.join("target")))
+}
+
+/// postgrest-lite beside the running program, else on `PATH`.
+fn installed_lite() -> Result<PathBuf, BinaryError> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(LITE_PROGRAM)));
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(LITE_PROGRAM))
+            .find(|c| c.is_file())
+    });
+    beside
+        .filter(|c| c.is_file())
+        .or(on_path)
+        .ok_or(BinaryError::NotInstalled)
 }
 
 fn check_user_binary(path: PathBuf) -> Result<PostgrestBinary, BinaryError> {

@@ -80,6 +80,19 @@ pub fn template_file(
     ))
 }
 
+/// A node file rendered from template text (e.g. one embedded with `include_str!`), named
+/// `source_name` in errors and in the node's description: [`template_file`] for a program that
+/// must not depend on files beside it at run time.
+pub fn template_text(
+    guest_path: &str,
+    source_name: &str,
+    text: &str,
+    vars: &Vars,
+) -> std::result::Result<FileSpec, TemplateError> {
+    let rendered = substitute_named(source_name, text, vars)?;
+    Ok(FileSpec::from_template(guest_path, source_name, rendered))
+}
+
 /// The README's example compiles (`cargo test --doc`): it is the PostgREST tutorial test.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
