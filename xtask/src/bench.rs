@@ -276,6 +276,10 @@ fn machinist_run(
     script: Option<&Path>,
 ) -> Result<String> {
     let err_path = out.with_extension("stderr.log");
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
     let err = std::fs::File::create(&err_path)
         .with_context(|| format!("creating {}", err_path.display()))?;
     let mut cmd = Command::new(machinist);
