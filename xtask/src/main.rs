@@ -101,6 +101,8 @@ pub enum BenchKind {
     Warm,
     /// Driver: polling conditions and waits vs the NixOS behaviour.
     Driver,
+    /// Container nodes vs VMs on the PostgREST test (`machinist run postgrest`, both backends).
+    Backend,
     /// All of the above.
     All,
 }

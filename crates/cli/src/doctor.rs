@@ -232,8 +232,83 @@ pub fn run_checks() -> Vec<Finding> {
     ));
     v.push(tool("mke2fs", "mke2fs", &["-V"], "e2fsprogs"));
     v.extend(cache());
+    v.push(containers());
     v.push(stale_run_dirs());
     v
+}
+
+/// The cgroup hierarchy at `/sys/fs/cgroup`, as container nodes see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cgroups {
+    /// The unified (v2) hierarchy.
+    V2,
+    /// The legacy (v1) hierarchies, with systemd's `name=systemd` one: the container backend
+    /// gives the container the legacy hierarchy too (`SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=0`).
+    V1,
+    /// Neither: no cgroup file system is mounted where systemd-nspawn needs it.
+    Missing,
+}
+
+impl Cgroups {
+    /// Looks at this host's `/sys/fs/cgroup`.
+    pub fn detect() -> Self {
+        let root = Path::new("/sys/fs/cgroup");
+        match nix::sys::statfs::statfs(root) {
+            Ok(st) if st.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => Cgroups::V2,
+            Ok(_) if root.join("systemd").is_dir() => Cgroups::V1,
+            _ => Cgroups::Missing,
+        }
+    }
+}
+
+/// The packages the container backend's host check may name (`machinist::container_host_problem`
+/// says "install the Debian package <name>").
+const CONTAINER_PACKAGES: [&str; 3] = ["systemd-container", "util-linux", "iproute2"];
+
+/// Container nodes (systemd-nspawn): usable on this host or not, and why.
+fn containers() -> Finding {
+    container_finding(machinist::container_host_problem(), Cgroups::detect())
+}
+
+/// The container finding from the driver's host check (`problem`: why containers cannot run)
+/// and the cgroup hierarchy. A missing program is `Missing` with its package; any other reason
+/// (not root, no TAP devices, no overlayfs, no cgroups) is a warning: VMs do not need it.
+pub fn container_finding(problem: Option<String>, cgroups: Cgroups) -> Finding {
+    const WHAT: &str = "containers";
+    let cgroup_note = match cgroups {
+        Cgroups::V2 => "cgroup v2",
+        Cgroups::V1 => {
+            "cgroup v1 (the containers get the legacy hierarchy: SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=0)"
+        }
+        Cgroups::Missing => "no cgroup hierarchy at /sys/fs/cgroup",
+    };
+    match problem {
+        Some(why) => {
+            let package = CONTAINER_PACKAGES
+                .into_iter()
+                .find(|p| why.contains(&format!("package {p}")));
+            Finding {
+                what: WHAT,
+                state: match package {
+                    Some(package) => State::Missing { package },
+                    None => State::Warn,
+                },
+                detail: format!("unavailable, VMs only: {why}; {cgroup_note}"),
+            }
+        }
+        None if cgroups == Cgroups::Missing => Finding {
+            what: WHAT,
+            state: State::Warn,
+            detail: format!(
+                "unavailable, VMs only: {cgroup_note}; systemd-nspawn needs cgroups mounted \
+                 there (mount cgroup2 on /sys/fs/cgroup)"
+            ),
+        },
+        None => Finding::ok(
+            WHAT,
+            format!("usable (systemd-nspawn, root, /dev/net/tun, overlayfs); {cgroup_note}"),
+        ),
+    }
 }
 
 /// Removes run directories left behind by killed test processes (their owner is gone).
@@ -329,6 +404,51 @@ mod tests {
         let findings = vec![Finding::ok("QEMU", "7.2")];
         assert!(!any_missing(&findings));
         assert!(render(&findings).ends_with("this host can run Machinist tests\n"));
+    }
+
+    #[test]
+    fn container_findings() {
+        let findings = vec![
+            container_finding(None, Cgroups::V2),
+            container_finding(None, Cgroups::V1),
+            container_finding(None, Cgroups::Missing),
+            container_finding(
+                Some(
+                    "container nodes need root (mounts, namespaces and systemd-nspawn); run the \
+                     test as root or use VMs"
+                        .into(),
+                ),
+                Cgroups::V2,
+            ),
+            container_finding(
+                Some(
+                    "systemd-nspawn not found: install the Debian package systemd-container \
+                     (`cargo xtask deps` does)"
+                        .into(),
+                ),
+                Cgroups::V1,
+            ),
+        ];
+        assert_eq!(findings[0].state, State::Ok);
+        assert_eq!(findings[2].state, State::Warn);
+        assert_eq!(findings[3].state, State::Warn);
+        assert_eq!(
+            findings[4].state,
+            State::Missing {
+                package: "systemd-container"
+            }
+        );
+        insta::assert_snapshot!(render(&findings));
+    }
+
+    #[test]
+    fn this_hosts_container_finding_agrees_with_the_driver() {
+        let f = containers();
+        assert_eq!(
+            f.state == State::Ok,
+            machinist::container_host_problem().is_none() && Cgroups::detect() != Cgroups::Missing,
+            "{f:?}"
+        );
     }
 
     #[test]

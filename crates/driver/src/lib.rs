@@ -45,6 +45,9 @@ pub mod warm;
 #[cfg(feature = "bench")]
 pub mod warm_bench;
 
+/// Why this host cannot run container nodes (root, `systemd-nspawn`, `unshare`, `nsenter`, `ip`,
+/// `/dev/net/tun`, overlayfs), naming what to install or change; `None` when it can.
+pub use backend::container::host_problem as container_host_problem;
 pub use backend::BackendKind;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use log::{Logger, Span};

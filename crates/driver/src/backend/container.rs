@@ -66,7 +66,7 @@ exec systemd-nspawn --network-namespace-path="$d/netns" "$@"
 
 /// Why this host cannot run container nodes, if it cannot (root, `systemd-nspawn`, `unshare`,
 /// `nsenter`, `ip`, `/dev/net/tun`, overlayfs).
-pub(crate) fn host_problem() -> Option<String> {
+pub fn host_problem() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some(
