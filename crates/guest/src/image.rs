@@ -205,7 +205,6 @@ impl ImageSpec {
             h.update(STOCK_INITRAMFS_RECIPE.as_bytes());
         }
         h.update(crate::initrd::hash_inputs()?);
-        h.update(b"boot files: vmlinuz, its PVH ELF\0");
         Ok(hex(&h.finalize()))
     }
 
@@ -374,36 +373,7 @@ pub fn default_cache_dir() -> PathBuf {
 pub(crate) const MANIFEST: &str = "manifest.json";
 
 /// The files an image directory may hold besides its manifest (`initrd-debian.img`: stock only).
-pub const ARTEFACT_FILES: &[&str] = &[
-    "rootfs.img",
-    "vmlinuz",
-    PVH_KERNEL,
-    "initrd.img",
-    "initrd-debian.img",
-];
-
-/// The uncompressed kernel beside `vmlinuz`, booted at its PVH entry point when the kernel has
-/// one (see [`machinist_qemu::bzimage`]): it skips the decompressor and the firmware's real-mode
-/// path, about 0.6 s of each cold boot under TCG.
-pub const PVH_KERNEL: &str = "vmlinux";
-
-/// The kernel to boot from an image directory: the PVH ELF if the image has one, else the bzImage.
-pub(crate) fn boot_kernel(dir: &Path, has_pvh: bool) -> PathBuf {
-    dir.join(if has_pvh { PVH_KERNEL } else { "vmlinuz" })
-}
-
-/// Writes the PVH ELF of the bzImage `vmlinuz` to `out`, if it has one.
-fn write_pvh_kernel(image: &str, vmlinuz: &Path, out: &Path) -> Result<(), GuestError> {
-    let bz = fs::read(vmlinuz).map_err(|e| GuestError::io("reading kernel", vmlinuz, e))?;
-    match machinist_qemu::bzimage::pvh_elf(&bz) {
-        Ok(Some(elf)) => write_synced(out, &elf),
-        Ok(None) => Ok(()),
-        Err(e) => Err(GuestError::BadImage {
-            image: image.to_string(),
-            what: format!("kernel {}: {e}", vmlinuz.display()),
-        }),
-    }
-}
+pub const ARTEFACT_FILES: &[&str] = &["rootfs.img", "vmlinuz", "initrd.img", "initrd-debian.img"];
 
 impl ImageCache {
     /// A cache rooted at `cache_dir` (images go to `<cache_dir>/images/`).
@@ -520,7 +490,7 @@ impl ImageCache {
             hash: hash.clone(),
             dir: dir.clone(),
             disk: dir.join("rootfs.img"),
-            kernel: boot_kernel(&dir, tmp.join(PVH_KERNEL).exists()),
+            kernel: dir.join("vmlinuz"),
             initrd: dir.join("initrd.img"),
             debian_initrd: tmp
                 .join("initrd-debian.img")
@@ -689,7 +659,6 @@ impl ImageCache {
         let vmlinuz = boot.join(format!("vmlinuz-{kv}"));
         fs::copy(&vmlinuz, tmp.join("vmlinuz"))
             .map_err(|e| GuestError::io("copying kernel", &vmlinuz, e))?;
-        write_pvh_kernel(&name, &vmlinuz, &tmp.join(PVH_KERNEL))?;
         let deb_initrd = boot.join(format!("initrd.img-{kv}"));
         if deb_initrd.exists() {
             if spec.profile == Profile::Stock {

@@ -37,8 +37,7 @@ pub(crate) fn inspect_entry(dir: &Path) -> Entry {
     // The cache may have been moved: trust the directory, not the recorded paths.
     img.dir = dir.to_path_buf();
     img.disk = dir.join("rootfs.img");
-    img.kernel =
-        crate::image::boot_kernel(dir, img.artefacts.contains_key(crate::image::PVH_KERNEL));
+    img.kernel = dir.join("vmlinuz");
     img.initrd = dir.join("initrd.img");
     img.debian_initrd = img.debian_initrd.map(|_| dir.join("initrd-debian.img"));
     if let Err(why) = check_sizes(dir, &img) {

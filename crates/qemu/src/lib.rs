@@ -22,7 +22,6 @@
 //! so nothing the guest writes early is lost.
 
 pub mod accel;
-pub mod bzimage;
 mod cache;
 pub mod cache_entries;
 mod command;

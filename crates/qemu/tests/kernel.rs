@@ -17,13 +17,6 @@ fn cold_cache_download_is_shared_by_concurrent_callers() {
     assert!(a.release.ends_with("-cloud-amd64"), "{}", a.release);
     assert!(a.vmlinuz.is_file());
     assert!(a.vmlinuz.starts_with(&cache));
-    // Debian 12's kernels are LZ4 bzImages built with CONFIG_PVH: the uncompressed ELF comes
-    // out, with its PVH entry note (what lets QEMU boot it without the decompressor).
-    let bz = std::fs::read(&a.vmlinuz).unwrap();
-    let elf = machinist_qemu::bzimage::pvh_elf(&bz)
-        .unwrap()
-        .expect("the Debian cloud kernel has an LZ4 payload with a PVH note");
-    assert!(elf.len() > 2 * bz.len(), "{} vs {}", elf.len(), bz.len());
     // No temp dirs left behind, exactly one unpacked release.
     let entries: Vec<String> = std::fs::read_dir(&cache)
         .unwrap()
