@@ -109,6 +109,10 @@ pub struct RunArgs {
     /// from the Kth), e.g. `1/2` and `2/2` on two CI runners.
     #[arg(long, value_name = "K/N", value_parser = parse_partition)]
     pub partition: Option<Partition>,
+    /// With a directory: run up to N test files at once (default 1; at most the host's cores).
+    /// Each test's output then goes to its own log file.
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
     /// Run this Python test script against the test's nodes instead of its built-in script.
     #[arg(long, value_name = "FILE.py")]
     pub script: Option<PathBuf>,
@@ -149,6 +153,7 @@ impl RunArgs {
         RunArgs {
             test: test.to_string(),
             partition: None,
+            jobs: None,
             script: None,
             keep_state: false,
             output: None,

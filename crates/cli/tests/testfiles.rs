@@ -153,3 +153,31 @@ fn a_suite_partitions_cover_every_test_once_with_a_summary() {
         "--partition needs a directory of tests"
     );
 }
+
+#[test]
+fn a_suite_with_jobs_writes_a_log_per_test_and_one_junit_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = tmp.path().join("suite");
+    for n in ["a", "b", "c"] {
+        broken(&suite, n);
+    }
+    let o = machinist(
+        &[
+            "run", "suite", "--jobs", "2", "--output", "out", "--junit", "all.xml",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("0 of 3 passed"), "{out}");
+    for i in ["001", "002", "003"] {
+        let log = std::fs::read_to_string(tmp.path().join(format!("out/{i}.log"))).unwrap();
+        assert!(
+            log.contains("srever"),
+            "test {i}'s log names the mistake: {log}"
+        );
+    }
+    let xml = std::fs::read_to_string(tmp.path().join("all.xml")).unwrap();
+    assert_eq!(xml.matches("<testsuite ").count(), 3, "{xml}");
+    assert!(xml.contains("suite/b/test.toml"), "{xml}");
+}

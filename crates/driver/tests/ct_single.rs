@@ -85,6 +85,8 @@ fn ct_single() {
                 m.screenshot("never").map(|_| ()),
                 m.send_key("ret"),
                 m.send_console("x"),
+                m.get_tty_text(1).map(|_| ()),
+                m.wait_until_tty_matches(1, "login", 5),
             ] {
                 let e = r.expect_err("a container has no display, keys or console input");
                 let msg = e.to_string();

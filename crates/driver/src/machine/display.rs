@@ -219,6 +219,7 @@ impl Machine {
     /// The text of virtual terminal `tty` (NixOS `get_tty_text`: `/dev/vcs<tty>` folded at the
     /// terminal width).
     pub fn get_tty_text(&self, tty: u32) -> Result<String> {
+        self.require_virtual_terminals("get_tty_text")?;
         self.succeed(format!(
             "fold -w$(stty -F /dev/tty{tty} size | awk '{{print $2}}') /dev/vcs{tty}"
         ))
@@ -234,6 +235,7 @@ impl Machine {
         let re = regex::Regex::new(regex).map_err(|e| {
             Error::bad_argument(Some(self.name()), format!("bad regex `{regex}`: {e}"))
         })?;
+        self.require_virtual_terminals("wait_until_tty_matches")?;
         let t = self.ctx.timeouts.arg(timeout, DEFAULT_TIMEOUT);
         self.nested(&format!("waiting for {regex} to appear on tty {tty}"), || {
             let deadline = Deadline::new(t);
@@ -260,8 +262,24 @@ impl Machine {
 
     /// Logs the contents of `tty` into the guest journal (NixOS `dump_tty_contents`).
     pub fn dump_tty_contents(&self, tty: u32) -> Result<()> {
+        self.require_virtual_terminals("dump_tty_contents")?;
         self.succeed(format!("fold -w 80 /dev/vcs{tty} | systemd-cat"))
             .map(drop)
+    }
+
+    /// Fails with [`Error::NotSupported`] on a node without virtual terminals (`/dev/vcsN`): a
+    /// container has none, so the tty methods would only fail on a missing device.
+    fn require_virtual_terminals(&self, what: &str) -> Result<()> {
+        if self.backend() == crate::backend::BackendKind::Container {
+            return Err(Error::NotSupported {
+                machine: self.name().to_string(),
+                what: what.to_string(),
+                why: "the container backend has no virtual terminals (/dev/vcsN); read the \
+                      console log (get_console_log) or run the node as a VM"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Fails with [`Error::NotSupported`] when the guest cannot serve the X11 method `what`: no
