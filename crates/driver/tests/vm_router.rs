@@ -1,21 +1,44 @@
 //! Three VMs and two VLANs: `a` on VLAN 1 and `b` on VLAN 2 reach each other only through
 //! `router` (on both, with IP forwarding), declared with the node's routing fields alone: a static
 //! route on `a`, a default gateway on `b`, forwarding, a sysctl and a kernel module on the router.
-//! Runs with warm start unless `MACHINIST_WARM_START=0`.
+//! Runs with warm start unless `MACHINIST_WARM_START=0`. The same declaration (without the
+//! module: a container shares the host's kernel) on containers routes the same way.
 
 mod common;
 
 use std::time::Instant;
 
-use machinist::{NodeConfig, Test};
+use machinist::{BackendKind, NodeConfig, Test};
 use machinist_guest::Route;
 
 #[test]
 fn vm_router_forwards_between_vlans() {
+    router_test(BackendKind::Vm);
+}
+
+/// Needs the container backend to write the node's `net.*` variables into the container's
+/// network namespace: nspawn mounts `/proc/sys` read-only there, so systemd-sysctl skips them.
+#[test]
+#[ignore = "the container backend does not apply a node's net.* sysctls yet"]
+fn ct_router_forwards_between_vlans() {
+    router_test(BackendKind::Container);
+}
+
+fn router_test(backend: BackendKind) {
     let _lock = common::vm_lock();
-    let out = common::out_dir("vm_router");
+    let vm = backend == BackendKind::Vm;
+    let name = if vm { "vm-router" } else { "ct-router" };
+    let out = common::out_dir(name);
+    let mut router_cfg = NodeConfig::new()
+        .vlans([1, 2])
+        .ip_forwarding(true)
+        .sysctl("net.ipv4.conf.all.log_martians", "1");
+    if vm {
+        router_cfg = router_cfg.kernel_module("dummy");
+    }
     // Nodes are numbered in name order: a = 1, b = 2, router = 3.
-    Test::new("vm-router")
+    Test::new(name)
+        .backend(backend)
         .node(
             "a",
             NodeConfig::new().route(Route::new(1, "192.168.2.0/24", "192.168.1.3")),
@@ -26,18 +49,12 @@ fn vm_router_forwards_between_vlans() {
                 .vlans([2])
                 .default_gateway(2, "192.168.2.3"),
         )
-        .node(
-            "router",
-            NodeConfig::new()
-                .vlans([1, 2])
-                .ip_forwarding(true)
-                .sysctl("net.ipv4.conf.all.log_martians", "1")
-                .kernel_module("dummy"),
-        )
+        .node("router", router_cfg)
         .output_dir(&out)
         .serial_stdout(false)
         .script(|t| {
             let (a, b, router) = (t.machine("a"), t.machine("b"), t.machine("router"));
+            assert_eq!(router.backend(), backend);
             assert_eq!(t.node("b").ip(2).unwrap().to_string(), "192.168.2.2");
             let t0 = Instant::now();
             t.start_all()?;
@@ -65,7 +82,7 @@ fn vm_router_forwards_between_vlans() {
             t.subtest("routes through the router", || {
                 a.wait_until_succeeds("ping -c1 -W2 192.168.2.2", 60)?;
                 eprintln!(
-                    "METRIC router: first ping a -> b through the router after {:.2} s",
+                    "METRIC router ({name}): first ping a -> b through the router after {:.2} s",
                     t0.elapsed().as_secs_f64()
                 );
                 b.succeed("ping -c1 -W2 192.168.1.1")?;
@@ -82,6 +99,9 @@ fn vm_router_forwards_between_vlans() {
                 Ok(())
             })?;
 
+            if !vm {
+                return Ok(());
+            }
             t.subtest("declared modules are loaded, others not", || {
                 router.succeed("lsmod | grep -q '^dummy '")?;
                 a.fail("lsmod | grep -q '^dummy '")?;
