@@ -10,7 +10,7 @@ use crate::config::NodeConfig;
 /// The `[Route]` sections of the node's `.network` file for its NIC on `vlan`: its static routes
 /// through that VLAN (`Destination=` and `Gateway=`) and its default gateway if it is there
 /// (`Gateway=` only). Empty when the node routes nothing through `vlan`.
-pub fn route_sections(cfg: &NodeConfig, vlan: u8) -> String {
+pub(crate) fn route_sections(cfg: &NodeConfig, vlan: u8) -> String {
     let mut out = String::new();
     for r in cfg.routes.iter().filter(|r| r.vlan == vlan) {
         out.push_str(&format!(
