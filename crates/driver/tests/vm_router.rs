@@ -1,6 +1,6 @@
 //! Three VMs and two VLANs: `a` on VLAN 1 and `b` on VLAN 2 reach each other only through
 //! `router` (on both, with IP forwarding), declared with the node's routing fields alone: a static
-//! route on `a`, a default gateway on `b`, forwarding, a sysctl and a kernel module on the router.
+//! route on `a` (IPv4 and IPv6), a default gateway and an IPv6 route on `b`, forwarding, a sysctl and a kernel module on the router.
 //! Runs with warm start unless `MACHINIST_WARM_START=0`. The same declaration (without the
 //! module: a container shares the host's kernel) on containers routes the same way.
 
@@ -41,13 +41,16 @@ fn router_test(backend: BackendKind) {
         .backend(backend)
         .node(
             "a",
-            NodeConfig::new().route(Route::new(1, "192.168.2.0/24", "192.168.1.3")),
+            NodeConfig::new()
+                .route(Route::new(1, "192.168.2.0/24", "192.168.1.3"))
+                .route(Route::new(1, "2001:db8:2::/64", "2001:db8:1::3")),
         )
         .node(
             "b",
             NodeConfig::new()
                 .vlans([2])
-                .default_gateway(2, "192.168.2.3"),
+                .default_gateway(2, "192.168.2.3")
+                .route(Route::new(2, "2001:db8:1::/64", "2001:db8:2::3")),
         )
         .node("router", router_cfg)
         .output_dir(&out)
@@ -96,6 +99,13 @@ fn router_test(backend: BackendKind) {
                 // The path really goes through the router: TTL 64 leaves b, 63 arrives at a.
                 let ping = a.succeed("ping -c1 -W2 192.168.2.2")?;
                 assert!(ping.contains("ttl=63"), "{ping}");
+                // IPv6 too: static routes both ways, forwarded by the router.
+                a.wait_until_succeeds("ping -6 -c1 -W2 2001:db8:2::2", 30)?;
+                let ping6 = b.succeed("ping -6 -c1 -W2 2001:db8:1::1")?;
+                assert!(
+                    ping6.contains("ttl=63") || ping6.contains("hlim=63"),
+                    "{ping6}"
+                );
                 Ok(())
             })?;
 
