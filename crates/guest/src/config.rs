@@ -52,7 +52,66 @@ pub struct NodeConfig {
     /// What the node runs on; `None` leaves the choice to the test (a VM by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<NodeBackend>,
+    /// Kernel variables (`net.ipv4.conf.all.rp_filter` = `0`), written to
+    /// `/etc/sysctl.d/60-machinist-node.conf` and applied by systemd-sysctl at boot.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// Forward IPv4 and IPv6 packets between the node's interfaces (a router); sets
+    /// `net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding` and
+    /// `net.ipv6.conf.default.forwarding` to 1.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ip_forwarding: bool,
+    /// Static routes, each through a gateway on one of the node's VLANs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// The default route: a gateway on one of the node's VLANs (there is none by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_gateway: Option<DefaultGateway>,
+    /// Kernel modules loaded at boot (`/etc/modules-load.d/machinist-node.conf`).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub kernel_modules: BTreeSet<String>,
 }
+
+/// A static route: packets for `destination` leave through the node's NIC on `vlan`, to the
+/// gateway `via` (an address on that VLAN, e.g. another node acting as a router).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The VLAN whose NIC the route leaves through (one of the node's `vlans`).
+    pub vlan: u8,
+    /// The destination network in CIDR notation: `10.0.2.0/24`, `2001:db8:5::/64`.
+    pub destination: String,
+    /// The gateway's address, on the VLAN's subnet (`192.168.<vlan>.N` or `2001:db8:<vlan>::N`).
+    pub via: String,
+}
+
+impl Route {
+    /// A route to `destination` (CIDR) through the gateway `via` on VLAN `vlan`.
+    pub fn new(vlan: u8, destination: impl Into<String>, via: impl Into<String>) -> Self {
+        Route {
+            vlan,
+            destination: destination.into(),
+            via: via.into(),
+        }
+    }
+}
+
+/// The default route of a node: through the gateway `via` on VLAN `vlan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultGateway {
+    /// The VLAN whose NIC the default route leaves through (one of the node's `vlans`).
+    pub vlan: u8,
+    /// The gateway's address on that VLAN's subnet (IPv4 or IPv6).
+    pub via: String,
+}
+
+/// The kernel variables [`NodeConfig::ip_forwarding`] sets.
+pub const IP_FORWARDING_SYSCTLS: &[&str] = &[
+    "net.ipv4.ip_forward",
+    "net.ipv6.conf.all.forwarding",
+    "net.ipv6.conf.default.forwarding",
+];
 
 /// What a node runs on: the same image and node layer either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -110,6 +169,11 @@ impl Default for NodeConfig {
             qemu_args: Vec::new(),
             options: BTreeMap::new(),
             backend: None,
+            sysctls: BTreeMap::new(),
+            ip_forwarding: false,
+            routes: Vec::new(),
+            default_gateway: None,
+            kernel_modules: BTreeSet::new(),
         }
     }
 }
@@ -248,6 +312,52 @@ impl NodeConfig {
     /// Runs the node as a systemd-nspawn container (see [`NodeBackend::Container`]).
     pub fn container(self) -> Self {
         self.backend(NodeBackend::Container)
+    }
+
+    /// Set the kernel variable `key` (dotted, `net.ipv4.conf.all.rp_filter`) to `value`.
+    pub fn sysctl(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.sysctls.insert(key.into(), value.into());
+        self
+    }
+
+    /// Forward packets between the node's interfaces (see [`NodeConfig::ip_forwarding`]).
+    pub fn ip_forwarding(mut self, on: bool) -> Self {
+        self.ip_forwarding = on;
+        self
+    }
+
+    /// Add a static route.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Route everything without a more specific route through `via` on VLAN `vlan`.
+    pub fn default_gateway(mut self, vlan: u8, via: impl Into<String>) -> Self {
+        self.default_gateway = Some(DefaultGateway {
+            vlan,
+            via: via.into(),
+        });
+        self
+    }
+
+    /// Load a kernel module at boot (`dummy`, `8021q`).
+    pub fn kernel_module(mut self, name: impl Into<String>) -> Self {
+        self.kernel_modules.insert(name.into());
+        self
+    }
+
+    /// Every kernel variable the node sets: those of [`NodeConfig::ip_forwarding`], then the
+    /// declared `sysctls` (validation rejects a declared value that contradicts forwarding).
+    pub fn effective_sysctls(&self) -> BTreeMap<String, String> {
+        let mut all = BTreeMap::new();
+        if self.ip_forwarding {
+            for k in IP_FORWARDING_SYSCTLS {
+                all.insert(k.to_string(), "1".to_string());
+            }
+        }
+        all.extend(self.sysctls.clone());
+        all
     }
 
     /// The full names of the masked units (`postgresql` -> `postgresql.service`, other unit types

@@ -31,8 +31,9 @@ mod validate;
 
 pub use backdoor_files::{backdoor_files, BackdoorInstall};
 pub use config::{
-    FileSpec, FirewallSpec, FirstBootScript, GroupSpec, NodeBackend, NodeConfig, Restart,
-    ServiceSpec, ServiceType, UserSpec, DEFAULT_CORES, DEFAULT_MEMORY_MIB,
+    DefaultGateway, FileSpec, FirewallSpec, FirstBootScript, GroupSpec, NodeBackend, NodeConfig,
+    Restart, Route, ServiceSpec, ServiceType, UserSpec, DEFAULT_CORES, DEFAULT_MEMORY_MIB,
+    IP_FORWARDING_SYSCTLS,
 };
 pub use error::{FieldError, GuestError, Result};
 pub use image::{
@@ -40,12 +41,18 @@ pub use image::{
     ARTEFACT_FILES, DEFAULT_SUITE, MIRRORS,
 };
 pub use integrity::{hash_file, pin_image, verify_cache, VerifyReport, VerifyStatus};
-pub use layer::{LayerEntry, LayerFile, NodeLayer, APPLY_LAYER_PATH, INITRD_LAYER_DIR};
-pub use network::{mac_for, Interface, NetworkPlan, PlannedNode, UserInterface};
+pub use layer::{
+    LayerEntry, LayerFile, NodeLayer, APPLY_LAYER_PATH, INITRD_LAYER_DIR, MODULES_LOAD_PATH,
+    SYSCTL_PATH,
+};
+pub use network::{mac_for, on_vlan_subnet, Interface, NetworkPlan, PlannedNode, UserInterface};
 pub use progress::Progress;
 pub use tuning::Profile;
 pub use unit_name::{full_unit_name, UNIT_NAME_MAX, UNIT_TYPES};
-pub use validate::{is_valid_account_name, is_valid_hostname, unit_line_problem, validate};
+pub use validate::{
+    is_valid_account_name, is_valid_hostname, is_valid_module_name, is_valid_sysctl_key,
+    parse_cidr, unit_line_problem, validate,
+};
 
 /// POSIX shell quoting for paths put into a shell script (Machinist's one quoting, from
 /// `machinist-qemu`).

@@ -7,6 +7,42 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
 
+/// The `[Route]` sections of the node's `.network` file for its NIC on `vlan`: its static routes
+/// through that VLAN (`Destination=` and `Gateway=`) and its default gateway if it is there
+/// (`Gateway=` only). Empty when the node routes nothing through `vlan`.
+pub(crate) fn route_sections(cfg: &NodeConfig, vlan: u8) -> String {
+    let mut out = String::new();
+    for r in cfg.routes.iter().filter(|r| r.vlan == vlan) {
+        out.push_str(&format!(
+            "\n[Route]\nDestination={}\nGateway={}\n",
+            r.destination, r.via
+        ));
+    }
+    if let Some(g) = cfg.default_gateway.as_ref().filter(|g| g.vlan == vlan) {
+        out.push_str(&format!("\n[Route]\nGateway={}\n", g.via));
+    }
+    out
+}
+
+/// Is `addr` on VLAN `vlan`'s subnet (`192.168.<vlan>.0/24` or `2001:db8:<vlan>::/64`), and not
+/// that subnet's network or broadcast address?
+pub fn on_vlan_subnet(addr: std::net::IpAddr, vlan: u8) -> bool {
+    match addr {
+        std::net::IpAddr::V4(a) => {
+            let o = a.octets();
+            o[0] == 192 && o[1] == 168 && o[2] == vlan && o[3] != 0 && o[3] != 255
+        }
+        std::net::IpAddr::V6(a) => {
+            let s = a.segments();
+            s[0] == 0x2001
+                && s[1] == 0xdb8
+                && s[2] == vlan as u16
+                && s[3] == 0
+                && a != Ipv6Addr::new(0x2001, 0xdb8, vlan as u16, 0, 0, 0, 0, 0)
+        }
+    }
+}
+
 /// One NIC of a node on a VLAN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {

@@ -1,13 +1,21 @@
 //! Validation of node configurations before anything is built or booted.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, IP_FORWARDING_SYSCTLS};
 use crate::error::{FieldError, GuestError};
+use crate::network::on_vlan_subnet;
 use crate::unit_name::{self, Use};
 
 /// Paths the node layer writes itself; user files may not claim them.
-pub const RESERVED_PATHS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/nftables.conf"];
+pub const RESERVED_PATHS: &[&str] = &[
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/nftables.conf",
+    crate::layer::SYSCTL_PATH,
+    crate::layer::MODULES_LOAD_PATH,
+];
 
 struct Errors<'a> {
     node: &'a str,
@@ -175,6 +183,7 @@ fn rendered_fields(cfg: &NodeConfig, e: &mut Errors<'_>) {
         );
     }
     unit_list(e, "masked_units".into(), &cfg.masked_units, Use::Mask);
+    kernel_and_routes(cfg, e);
     for (i, u) in cfg.users.iter().enumerate() {
         if let Some(d) = &u.description {
             line(e, format!("users[{i}].description"), d);
@@ -197,6 +206,161 @@ fn rendered_fields(cfg: &NodeConfig, e: &mut Errors<'_>) {
     for (i, g) in cfg.groups.iter().enumerate() {
         for (j, m) in g.members.iter().enumerate() {
             account(e, format!("groups[{i}].members[{j}]"), m, "user");
+        }
+    }
+}
+
+/// Is `key` a kernel variable name as sysctl.d writes it: dotted (or slashed) components of
+/// `[a-z0-9_-]`, starting with a letter or digit?
+pub fn is_valid_sysctl_key(key: &str) -> bool {
+    key.len() <= 255
+        && key.split(['.', '/']).all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        })
+        && key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// Is `name` a kernel module name (1-55 of `[A-Za-z0-9_-]`, as `modprobe` takes it)?
+pub fn is_valid_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 55
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `10.0.2.0/24` or `2001:db8:5::/64` as an address and prefix length; the address must be the
+/// network's own (no host bits set), as the kernel requires of a route's destination.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = s.split_once('/').ok_or_else(|| {
+        format!("{s:?} is not in CIDR notation (an address, `/` and a prefix length: 10.0.2.0/24)")
+    })?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 or IPv6 address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("{s:?}: the prefix length must be a number 0..={max}"))?;
+    let host_bits = match addr {
+        IpAddr::V4(a) => u32::from(a).checked_shl(u32::from(len)).unwrap_or(0) != 0,
+        IpAddr::V6(a) => u128::from(a).checked_shl(u32::from(len)).unwrap_or(0) != 0,
+    };
+    if host_bits {
+        return Err(format!(
+            "{s:?} has host bits set: a destination is a network address (e.g. 10.0.2.0/24)"
+        ));
+    }
+    Ok((addr, len))
+}
+
+/// Why `via` cannot be a gateway on VLAN `vlan` of a node with `vlans`, if it cannot.
+fn gateway_problem(vlans: &[u8], vlan: u8, via: &str) -> Option<String> {
+    if !vlans.contains(&vlan) {
+        return Some(format!(
+            "VLAN {vlan} is not one of the node's VLANs ({vlans:?}): a route leaves through a NIC the node has"
+        ));
+    }
+    let Ok(addr) = via.parse::<IpAddr>() else {
+        return Some(format!("{via:?} is not an IPv4 or IPv6 address"));
+    };
+    if !on_vlan_subnet(addr, vlan) {
+        return Some(format!(
+            "{via} is not on VLAN {vlan}'s subnet (192.168.{vlan}.1-254 or 2001:db8:{vlan:x}::N): the gateway must be reachable on that VLAN"
+        ));
+    }
+    None
+}
+
+/// Sysctls, kernel modules, static routes and the default gateway: each is written into a line
+/// of a layer file, so they are checked whenever a layer is rendered.
+fn kernel_and_routes(cfg: &NodeConfig, e: &mut Errors<'_>) {
+    let container = cfg.backend == Some(crate::config::NodeBackend::Container);
+    for (k, v) in &cfg.sysctls {
+        let field = format!("sysctls.{k}");
+        if !is_valid_sysctl_key(k) {
+            e.push(
+                &field,
+                format!("{k:?} is not a kernel variable name (dotted components of [a-z0-9_-], e.g. net.ipv4.ip_forward)"),
+            );
+        } else if container && !k.starts_with("net.") && !k.starts_with("net/") {
+            e.push(
+                &field,
+                format!("{k} is not a net.* variable: a container shares the host's kernel and can set only its own network namespace's variables; run the node as a VM"),
+            );
+        }
+        if v.trim().is_empty() {
+            e.push(
+                &field,
+                "the value is empty: give the value to write (e.g. \"1\")",
+            );
+        } else if v.chars().any(char::is_control) || v.ends_with('\\') {
+            e.push(
+                &field,
+                format!("{v:?} must be one line of printable text (no control character, no trailing backslash)"),
+            );
+        }
+        if cfg.ip_forwarding && IP_FORWARDING_SYSCTLS.contains(&k.as_str()) && v.trim() != "1" {
+            e.push(
+                &field,
+                format!("{k} = {v:?} contradicts ip_forwarding = true, which sets it to 1; drop one of them"),
+            );
+        }
+    }
+    for m in &cfg.kernel_modules {
+        if !is_valid_module_name(m) {
+            e.push(
+                "kernel_modules",
+                format!("{m:?} is not a kernel module name (1-55 of [A-Za-z0-9_-], e.g. dummy)"),
+            );
+        }
+    }
+    if container && !cfg.kernel_modules.is_empty() {
+        e.push(
+            "kernel_modules",
+            "a container shares the host's kernel and cannot load modules: load them on the host (modprobe) and drop them here, or run the node as a VM",
+        );
+    }
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let dest = parse_cidr(&r.destination);
+        if let Err(m) = &dest {
+            e.push(format!("routes[{i}].destination"), m.clone());
+        }
+        if !cfg.vlans.contains(&r.vlan) {
+            if let Some(m) = gateway_problem(&cfg.vlans, r.vlan, &r.via) {
+                e.push(format!("routes[{i}].vlan"), m);
+            }
+            continue;
+        }
+        if let Some(m) = gateway_problem(&cfg.vlans, r.vlan, &r.via) {
+            e.push(format!("routes[{i}].via"), m);
+        } else if let (Ok((d, _)), Ok(via)) = (&dest, r.via.parse::<IpAddr>()) {
+            if d.is_ipv4() != via.is_ipv4() {
+                e.push(
+                    format!("routes[{i}].via"),
+                    format!(
+                        "{} and {} are not of the same IP version",
+                        r.destination, r.via
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(g) = &cfg.default_gateway {
+        let field = if cfg.vlans.contains(&g.vlan) {
+            "default_gateway.via"
+        } else {
+            "default_gateway.vlan"
+        };
+        if let Some(m) = gateway_problem(&cfg.vlans, g.vlan, &g.via) {
+            e.push(field, m);
         }
     }
 }

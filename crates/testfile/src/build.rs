@@ -224,6 +224,37 @@ fn node_config(
     cfg.masked_units = raw.masked_units;
     cfg.kernel_args = raw.kernel_args;
     cfg.qemu_args = raw.qemu_args;
+    for (k, v) in raw.sysctls {
+        spans.insert(format!("sysctls.{k}"), v.span());
+        let value = match v.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            other => {
+                cx.err(
+                    v.span(),
+                    Some(format!("nodes.{node}.sysctls.{k}")),
+                    format!(
+                        "a kernel variable's value is a string or an integer (\"1\", 1), not {}",
+                        other.type_str()
+                    ),
+                );
+                continue;
+            }
+        };
+        cfg.sysctls.insert(k, value);
+    }
+    cfg.ip_forwarding = raw.ip_forwarding;
+    cfg.routes = take(&mut spans, "routes", raw.routes);
+    if let Some(g) = raw.default_gateway {
+        for k in ["default_gateway.vlan", "default_gateway.via"] {
+            spans.insert(k.to_string(), g.span());
+        }
+        cfg.default_gateway = Some(g.into_inner());
+    }
+    if let Some(m) = raw.kernel_modules {
+        spans.insert("kernel_modules".to_string(), m.span());
+        cfg.kernel_modules = m.into_inner().into_iter().collect();
+    }
     for (k, v) in raw.options {
         let key = format!("nodes.{node}.options.{k}");
         match option_value(v.get_ref(), typed) {

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use machinist_guest::{FirewallSpec, FirstBootScript, GroupSpec, ServiceSpec, UserSpec};
+use machinist_guest::{
+    DefaultGateway, FirewallSpec, FirstBootScript, GroupSpec, Route, ServiceSpec, UserSpec,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -61,6 +63,17 @@ pub(crate) struct RawNode {
     pub qemu_args: Vec<String>,
     #[serde(default)]
     pub options: BTreeMap<String, Spanned<toml::Value>>,
+    /// Kernel variables; a value is a string or an integer.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub ip_forwarding: bool,
+    #[serde(default)]
+    pub routes: Vec<Spanned<Route>>,
+    #[serde(default)]
+    pub default_gateway: Option<Spanned<DefaultGateway>>,
+    #[serde(default)]
+    pub kernel_modules: Option<Spanned<Vec<String>>>,
 }
 
 /// One `[[nodes.NAME.files]]` entry: exactly one of `contents`, `source`, `template`,

@@ -252,3 +252,96 @@ host_program = "tool"
         Some("server.succeed(\"true\")")
     );
 }
+
+const ROUTER: &str = r#"
+name = "router"
+script = "start_all()"
+
+[nodes.a]
+default_gateway = { vlan = 1, via = "192.168.1.3" }
+
+[nodes.router]
+vlans = [1, 2]
+ip_forwarding = true
+sysctls = { "net.ipv4.conf.all.rp_filter" = "0", "net.core.somaxconn" = 1024 }
+kernel_modules = ["dummy"]
+
+[[nodes.router.routes]]
+vlan = 2
+destination = "10.0.2.0/24"
+via = "192.168.2.9"
+"#;
+
+#[test]
+fn routing_keys_load() {
+    let dir = fixture();
+    let f = TestFile::parse(&dir.path().join("test.toml"), ROUTER, &NoHostPrograms).unwrap();
+    let (a, r) = (&f.nodes["a"], &f.nodes["router"]);
+    assert_eq!(
+        a.default_gateway,
+        Some(machinist_guest::DefaultGateway {
+            vlan: 1,
+            via: "192.168.1.3".into()
+        })
+    );
+    assert!(r.ip_forwarding && !a.ip_forwarding);
+    assert_eq!(r.sysctls["net.ipv4.conf.all.rp_filter"], "0");
+    assert_eq!(r.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(
+        r.kernel_modules.iter().collect::<Vec<_>>(),
+        [&"dummy".to_string()]
+    );
+    assert_eq!(
+        r.routes,
+        [machinist_guest::Route::new(2, "10.0.2.0/24", "192.168.2.9")]
+    );
+}
+
+#[test]
+fn sysctl_value_of_the_wrong_type() {
+    insta::assert_snapshot!(error_of(&ROUTER.replace("= 1024", "= [1024]")));
+}
+
+#[test]
+fn bad_sysctl_key() {
+    insta::assert_snapshot!(error_of(
+        &ROUTER.replace("net.core.somaxconn", "net.core.Some Max")
+    ));
+}
+
+#[test]
+fn sysctl_contradicting_ip_forwarding() {
+    insta::assert_snapshot!(error_of(&ROUTER.replace(
+        "\"net.core.somaxconn\" = 1024",
+        "\"net.ipv4.ip_forward\" = \"0\""
+    )));
+}
+
+#[test]
+fn route_destination_is_not_a_network() {
+    insta::assert_snapshot!(error_of(&ROUTER.replace("10.0.2.0/24", "10.0.2.5/24")));
+}
+
+#[test]
+fn route_gateway_off_its_vlan() {
+    insta::assert_snapshot!(error_of(&ROUTER.replace("192.168.2.9", "192.168.1.9")));
+}
+
+#[test]
+fn unknown_route_key_lists_the_valid_ones() {
+    insta::assert_snapshot!(error_of(
+        &ROUTER.replace("via = \"192.168.2.9\"", "gateway = \"192.168.2.9\"")
+    ));
+}
+
+#[test]
+fn default_gateway_on_a_vlan_the_node_lacks() {
+    insta::assert_snapshot!(error_of(&ROUTER.replace("vlan = 1, via", "vlan = 2, via")));
+}
+
+#[test]
+fn bad_kernel_module_name() {
+    insta::assert_snapshot!(error_of(
+        &ROUTER.replace("[\"dummy\"]", "[\"dummy\", \"no/such\"]")
+    ));
+}
