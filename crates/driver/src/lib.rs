@@ -63,8 +63,8 @@ pub use warm::Prepared;
 
 /// Re-exports of the guest crate's configuration types, so tests need only `machinist`.
 pub use machinist_guest::{
-    presets, FileSpec, FirstBootScript, GroupSpec, NodeConfig, Restart, ServiceSpec, ServiceType,
-    UserSpec,
+    presets, DefaultGateway, FileSpec, FirstBootScript, GroupSpec, NodeConfig, Restart, Route,
+    ServiceSpec, ServiceType, UserSpec,
 };
 
 /// A node file rendered from a template file with strict `@name@` substitution, checked now

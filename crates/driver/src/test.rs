@@ -188,8 +188,21 @@ impl<'a> Test<'a> {
         if !problems.is_empty() {
             return Err(Error::Invalid(problems.join("; ")));
         }
-        let pairs: Vec<(&str, &NodeConfig)> =
-            self.nodes.iter().map(|(n, c)| (n.as_str(), c)).collect();
+        // Validated with the backend each node will run on (a test's or the run's default
+        // included), so that the container rules apply to every container node.
+        let default = self.default_backend()?;
+        let nodes: Vec<(&str, NodeConfig)> = self
+            .nodes
+            .iter()
+            .map(|(n, c)| {
+                let mut c = c.clone();
+                if c.backend.is_none() && default == Some(crate::BackendKind::Container) {
+                    c.backend = Some(crate::BackendKind::Container);
+                }
+                (n.as_str(), c)
+            })
+            .collect();
+        let pairs: Vec<(&str, &NodeConfig)> = nodes.iter().map(|(n, c)| (*n, c)).collect();
         machinist_guest::validate(&pairs).map_err(|e| Error::Invalid(e.to_string()))?;
         let plan = NetworkPlan::new(&pairs);
         for (n, c) in &pairs {

@@ -8,18 +8,18 @@ mod common;
 
 use std::time::Instant;
 
+use machinist::Route;
 use machinist::{BackendKind, NodeConfig, Test};
-use machinist_guest::Route;
 
 #[test]
 fn vm_router_forwards_between_vlans() {
     router_test(BackendKind::Vm);
 }
 
-/// Needs the container backend to write the node's `net.*` variables into the container's
-/// network namespace: nspawn mounts `/proc/sys` read-only there, so systemd-sysctl skips them.
+/// The same on containers: the container backend writes the node's `net.*` variables into the
+/// container's network namespace (nspawn mounts `/proc/sys` read-only there, so systemd-sysctl
+/// skips them); containers load no kernel modules, so the router declares none.
 #[test]
-#[ignore = "the container backend does not apply a node's net.* sysctls yet"]
 fn ct_router_forwards_between_vlans() {
     router_test(BackendKind::Container);
 }

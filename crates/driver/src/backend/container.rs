@@ -61,6 +61,17 @@ for nic in ${MACHINIST_NICS:-}; do
 	ip link set dev "$host" netns "$d/netns"
 	nsenter --net="$d/netns" ip link set dev "$host" name "$guest"
 done
+# The node's kernel variables of its own network namespace (nspawn mounts /proc/sys read-only
+# when it does not create the namespace itself, so systemd-sysctl skips them inside). Only net.*
+# keys: any other would change the host's kernel.
+s="$d/root/etc/sysctl.d/60-machinist-node.conf"
+if [ -s "$s" ]; then
+	sed -n 's|^\(net[./][^ =]*\) *= *\(.*\)$|\1 \2|p' "$s" | while read -r k v; do
+		case $k in */*) p=$k ;; *) p=$(printf %s "$k" | tr . /) ;; esac
+		printf '%s\n' "$v" | nsenter --net="$d/netns" tee "/proc/sys/$p" >/dev/null ||
+			echo "machinist-container: WARNING: cannot set $k = $v"
+	done
+fi
 exec systemd-nspawn --network-namespace-path="$d/netns" "$@"
 "#;
 
