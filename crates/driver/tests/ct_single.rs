@@ -165,14 +165,15 @@ fn ct_kill_leaves_nothing() {
     for signal in [libc::SIGKILL, libc::SIGTERM] {
         let tmp = tempfile::tempdir().unwrap();
         let info = tmp.path().join("info");
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "ct_killed_child", "--ignored", "--nocapture"])
-            .env(INFO_ENV, &info)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child =
+            std::process::Command::new(env!("CARGO_BIN_EXE_machinist-driver-test-killed"))
+                .arg(&info)
+                .arg("container")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         let text = loop {
             if let Ok(t) = std::fs::read_to_string(&info) {
@@ -211,37 +212,6 @@ fn ct_kill_leaves_nothing() {
         assert_nothing_left_of(&run_dir, child.id(), false);
         let _ = std::fs::remove_dir_all(&run_dir);
     }
-}
-
-const INFO_ENV: &str = "MACHINIST_CT_KILLED_INFO";
-
-/// Not a test on its own: `ct_kill_leaves_nothing` runs it in a child process and kills it.
-/// Starts a container, writes `<its pid> <run directory>` to the file `$MACHINIST_CT_KILLED_INFO`,
-/// then waits (at most 120 s, or until its stdin closes).
-#[test]
-#[ignore = "a helper that ct_kill_leaves_nothing runs in a child process"]
-fn ct_killed_child() {
-    let info = PathBuf::from(std::env::var_os(INFO_ENV).expect("run by ct_kill_leaves_nothing"));
-    Test::new("ct-killed")
-        .node("victim", NodeConfig::new().container())
-        .output_dir(info.with_extension("out"))
-        .serial_stdout(false)
-        .script(|t| {
-            let m = t.machine("victim");
-            m.succeed("true")?;
-            let pid = m.pid().ok_or("no pid")?;
-            std::fs::write(&info, format!("{pid} {}\n", t.run_dir().display()))?;
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                use std::io::Read as _;
-                let _ = std::io::stdin().read(&mut [0u8; 1]);
-                let _ = tx.send(());
-            });
-            let _ = rx.recv_timeout(Duration::from_secs(120));
-            Ok(())
-        })
-        .run()
-        .unwrap();
 }
 
 /// No process mentions the run directory, no mount or loop device is under it, no TAP device of

@@ -24,7 +24,7 @@ fn start_killed_test(dir: &Path) -> (Reap, u32, PathBuf) {
     let start = Instant::now();
     let text = loop {
         if let Ok(t) = std::fs::read_to_string(&info) {
-            if !t.is_empty() {
+            if t.ends_with('\n') {
                 break t;
             }
         }
@@ -37,7 +37,7 @@ fn start_killed_test(dir: &Path) -> (Reap, u32, PathBuf) {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let (pid, run_dir) = text.split_once(' ').unwrap();
+    let (pid, run_dir) = text.trim_end().split_once(' ').unwrap();
     let pid: u32 = pid.parse().unwrap();
     assert!(common::alive(pid));
     (guard, pid, PathBuf::from(run_dir))
