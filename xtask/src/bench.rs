@@ -349,11 +349,11 @@ fn parse_succeed_ms(stdout: &str) -> Option<f64> {
 }
 
 /// A `bench backend:` line: containers are ours, VMs the baseline (another runtime for the same
-/// nodes: a competitor).
+/// nodes: our own code on the other backend, an ablation).
 fn backend_line(metric: &str, container: f64, vm: f64) -> String {
     let p = if metric.ends_with("_ms") { 3 } else { 2 };
     format!(
-        "bench backend: {metric} ours={container:.p$} baseline={vm:.p$} ratio={:.2} baseline_kind=competitor",
+        "bench backend: {metric} ours={container:.p$} baseline={vm:.p$} ratio={:.2} baseline_kind=ablation",
         vm / container.max(1e-9)
     )
 }
@@ -403,12 +403,12 @@ mod tests {
     fn the_backend_lines() {
         assert_eq!(
             backend_line("assert_s", 1.5, 9.0),
-            "bench backend: assert_s ours=1.50 baseline=9.00 ratio=6.00 baseline_kind=competitor"
+            "bench backend: assert_s ours=1.50 baseline=9.00 ratio=6.00 baseline_kind=ablation"
         );
         assert_eq!(
             backend_line("succeed_true_ms", 1.25, 40.0),
             "bench backend: succeed_true_ms ours=1.250 baseline=40.000 ratio=32.00 \
-             baseline_kind=competitor"
+             baseline_kind=ablation"
         );
         assert_eq!(
             parse_succeed_ms("hello\nbench-backend succeed_true_ms=1.542\n"),
