@@ -1,7 +1,7 @@
 //! Project automation for Machinist: `cargo xtask <command>` (see `cargo xtask --help`).
 //!
 //! Commands: `deps` (Debian packages), `test` (deps + the whole test suite), `test-postgrest` (the
-//! README's main job), `build-images`, `interactive <test>`, `ci` (what CI runs), `check-features`
+//! README's main job), `corpus` (nixpkgs tests run unchanged, `tests/nixos/`), `build-images`, `interactive <test>`, `ci` (what CI runs), `check-features`
 //! (optional cargo features), and `bench` (each crate's benchmark beside its baseline).
 //!
 //! xtask stays free of the workspace's heavy crates (the `machinist` binary links libpython
@@ -10,6 +10,7 @@
 
 mod bench;
 mod check_features;
+mod corpus;
 mod deps;
 mod postgrest;
 mod run;
@@ -61,6 +62,20 @@ enum Cmd {
         /// Run the nodes as `vm` (QEMU, the default) or `container` (systemd-nspawn).
         #[arg(long, value_parser = ["vm", "container"])]
         backend: Option<String>,
+    },
+    /// The NixOS compatibility corpus (tests/nixos): real nixpkgs tests, their scripts unchanged.
+    Corpus {
+        /// Only these tests (directory names under tests/nixos); all by default.
+        names: Vec<String>,
+        /// Only prove that each script.py is its upstream testScript (no VM).
+        #[arg(long)]
+        check: bool,
+        /// Boot every machine cold instead of from node snapshots.
+        #[arg(long)]
+        cold_boot: bool,
+        /// Write the result table into tests/nixos/README.md.
+        #[arg(long)]
+        readme: bool,
     },
     /// Build (or reuse) the guest images the bundled tests need.
     BuildImages {
@@ -171,6 +186,20 @@ fn main() -> ExitCode {
             cold_boot,
             backend,
         }),
+        Cmd::Corpus {
+            names,
+            check,
+            cold_boot,
+            readme,
+        } => corpus::run_corpus(
+            &workspace_root(),
+            &corpus::Options {
+                only: names,
+                check,
+                cold_boot,
+                readme,
+            },
+        ),
         Cmd::BuildImages { rebuild } => {
             let mut args = vec!["build-images"];
             if rebuild {

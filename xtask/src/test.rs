@@ -1,4 +1,4 @@
-//! `cargo xtask test`: system packages, then the whole test suite.
+//! `cargo xtask test`: system packages, then the whole test suite and the NixOS corpus.
 
 use anyhow::Result;
 
@@ -8,8 +8,9 @@ use crate::{deps, timing::phase};
 /// Installs the Debian packages, then runs every test of the workspace: `cargo nextest run
 /// --workspace --profile ci` (plus the doctests, which nextest does not run) when cargo-nextest is
 /// installed, `cargo test --workspace --no-fail-fast` otherwise; then the tests of every optional
-/// cargo feature ([`crate::check_features`]). `extra` goes to the test runner (and, when given,
-/// the optional features are left out: a filtered run is not the whole suite).
+/// cargo feature ([`crate::check_features`]); then the NixOS compatibility corpus
+/// ([`crate::corpus`], `tests/nixos/`, machines booted cold). `extra` goes to the test runner (and, when given, the
+/// optional features and the corpus are left out: a filtered run is not the whole suite).
 pub fn run_suite(extra: &[String]) -> Result<()> {
     let total = std::time::Instant::now();
     phase("deps", deps::ensure)?;
@@ -39,6 +40,24 @@ pub fn run_suite(extra: &[String]) -> Result<()> {
     let r = r.and_then(|()| {
         if extra.is_empty() {
             crate::check_features::run_all()
+        } else {
+            Ok(())
+        }
+    });
+    let r = r.and_then(|()| {
+        if extra.is_empty() {
+            // Cold boots, as the NixOS driver always boots: the corpus measures what scripts
+            // need, and on the suite's empty cache, building ~40 node snapshots would cost more
+            // than the warm starts save (warm start has its own tests).
+            phase("NixOS corpus (cargo xtask corpus --cold-boot)", || {
+                crate::corpus::run_corpus(
+                    &crate::workspace_root(),
+                    &crate::corpus::Options {
+                        cold_boot: true,
+                        ..Default::default()
+                    },
+                )
+            })
         } else {
             Ok(())
         }

@@ -181,7 +181,7 @@ impl<'a> Test<'a> {
         for name in self.nodes.keys() {
             if !valid_node_name(name) {
                 problems.push(format!(
-                    "node name `{name}` is invalid: use 1-32 characters a-z, 0-9 and `-`, starting with a letter"
+                    "node name `{name}` is invalid: use 1-32 characters a-z, 0-9, `-` and `_`, starting with a letter"
                 ));
             }
         }
@@ -257,7 +257,7 @@ fn valid_node_name(n: &str) -> bool {
         && b.len() <= 32
         && b[0].is_ascii_lowercase()
         && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
 /// A test name is one path component of the output directory.

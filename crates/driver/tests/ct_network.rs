@@ -24,8 +24,8 @@ fn ct_two_containers() {
             assert_eq!(a.backend(), BackendKind::Container);
             run_dir = Some(t.run_dir().to_path_buf());
             // The switch ports exist before the start, as a VM's.
-            b.block()?;
-            b.unblock()?;
+            b.block_at_switch()?;
+            b.unblock_at_switch()?;
             let t0 = Instant::now();
             t.start_all()?;
             a.wait_until_succeeds("ping -c1 -W1 beta", 7)?;
@@ -37,6 +37,12 @@ fn ct_two_containers() {
             // The planned interface, MAC and addresses.
             let link = a.succeed("ip -br link show vlan1")?;
             assert!(link.contains("52:54:00:12:01:01"), "{link}");
+            // NixOS' name for the first NIC, as an alternative name.
+            let eth1 = a.succeed("ip link show eth1")?;
+            assert!(
+                eth1.contains("vlan1:") && eth1.contains("altname eth1"),
+                "{eth1}"
+            );
             let addr = b.succeed("ip -br addr show vlan1")?;
             assert!(addr.contains("192.168.1.2/24"), "{addr}");
             // Nothing but the VLAN: no route out.
@@ -45,13 +51,20 @@ fn ct_two_containers() {
                 .lines()
                 .all(|l| !l.starts_with("default")));
 
-            // block(): frames dropped at the switch, silently.
-            b.block()?;
+            // block_at_switch(): frames dropped at the switch, silently.
+            b.block_at_switch()?;
             a.fail("ping -c1 -W1 beta")?;
-            b.unblock()?;
+            b.unblock_at_switch()?;
             a.wait_until_succeeds("ping -c1 -W1 beta", 10)?;
             let c = t.vlan(1).unwrap().switch().port_counters("beta").unwrap();
             assert!(c.drops.total() > 0, "{c:?}");
+
+            // block() (NixOS): eth1, the first NIC, loses its carrier.
+            b.block()?;
+            b.wait_until_succeeds("ip link show eth1 | grep -q NO-CARRIER", 10)?;
+            a.fail("ping -c1 -W1 beta")?;
+            b.unblock()?;
+            a.wait_until_succeeds("ping -c1 -W1 beta", 10)?;
 
             // set_link(false): the container sees its carrier go.
             b.set_link(false)?;

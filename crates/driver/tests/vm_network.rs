@@ -27,6 +27,9 @@ fn vm_two_machines() {
             a.wait_until_succeeds("ping -c1 -W1 beta", 7)?;
             eprintln!("METRIC two machines: first ping by name after {:.2} s", t0.elapsed().as_secs_f64());
             b.succeed("ping -c1 -W1 alpha")?;
+            // NixOS' name for the first NIC, as an alternative name (udev, from the .link file).
+            let eth1 = a.succeed("ip link show eth1")?;
+            assert!(eth1.contains("vlan1:") && eth1.contains("altname eth1"), "{eth1}");
 
             t.subtest("block and unblock", || {
                 b.block()?;

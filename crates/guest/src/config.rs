@@ -70,7 +70,16 @@ pub struct NodeConfig {
     /// Kernel modules loaded at boot (`/etc/modules-load.d/machinist-node.conf`).
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub kernel_modules: BTreeSet<String>,
+    /// Run systemd-logind with its seat and uaccess udev rules, as a NixOS system does (images
+    /// leave them out for speed): logins on virtual consoles, a getty spawned on the console
+    /// switched to, device ACLs for the active session. Needs the packages `dbus` and
+    /// `libpam-systemd`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub logind: bool,
 }
+
+/// The udev rules of logind's seats and device access, which images mask with logind.
+pub const LOGIND_UDEV_RULES: &[&str] = &["70-uaccess.rules", "71-seat.rules", "73-seat-late.rules"];
 
 /// A static route: packets for `destination` leave through the node's NIC on `vlan`, to the
 /// gateway `via` (an address on that VLAN, e.g. another node acting as a router).
@@ -174,6 +183,7 @@ impl Default for NodeConfig {
             routes: Vec::new(),
             default_gateway: None,
             kernel_modules: BTreeSet::new(),
+            logind: false,
         }
     }
 }
@@ -320,6 +330,13 @@ impl NodeConfig {
         self
     }
 
+    /// Run systemd-logind (see [`NodeConfig::logind`]); add the packages `dbus` and
+    /// `libpam-systemd` too.
+    pub fn logind(mut self, on: bool) -> Self {
+        self.logind = on;
+        self
+    }
+
     /// Forward packets between the node's interfaces (see [`NodeConfig::ip_forwarding`]).
     pub fn ip_forwarding(mut self, on: bool) -> Self {
         self.ip_forwarding = on;
@@ -369,9 +386,13 @@ impl NodeConfig {
             .collect()
     }
 
-    /// The effective host name for node `name`.
-    pub fn effective_hostname<'a>(&'a self, name: &'a str) -> &'a str {
-        self.hostname.as_deref().unwrap_or(name)
+    /// The host name: `hostname`, else the node name with any `_` made `-` (a node may be named
+    /// `local_router`, as in NixOS tests, but a host name holds letters, digits and `-` only;
+    /// `/etc/hosts` lists the node name too).
+    pub fn effective_hostname(&self, name: &str) -> String {
+        self.hostname
+            .clone()
+            .unwrap_or_else(|| name.replace('_', "-"))
     }
 }
 
@@ -870,6 +891,17 @@ pub struct FirewallSpec {
     pub reject_packets: bool,
     /// Allow ICMP echo (ping); default true like NixOS `allowPing`.
     pub allow_ping: bool,
+    /// IP protocols accepted whatever their port, by name (`vrrp`, as in `/etc/protocols`) or
+    /// number (`112`): e.g. what NixOS modules open with `openFirewall` for VRRP or GRE.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub allowed_protocols: BTreeSet<String>,
+    /// Accept everything that belongs to a connection the node took part in (connection
+    /// tracking, as NixOS' firewall does): replies to UDP sent from a fixed port, ICMP errors,
+    /// related flows. Off by default: without it the ruleset is stateless, which spares loading
+    /// the conntrack modules at boot (seconds under emulation) and still lets TCP replies, UDP
+    /// replies to ephemeral ports and ICMP replies in.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stateful: bool,
 }
 
 impl Default for FirewallSpec {
@@ -880,6 +912,8 @@ impl Default for FirewallSpec {
             allowed_udp_ports: BTreeSet::new(),
             reject_packets: true,
             allow_ping: true,
+            allowed_protocols: BTreeSet::new(),
+            stateful: false,
         }
     }
 }

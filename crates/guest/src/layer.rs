@@ -107,7 +107,7 @@ impl NodeLayer {
             l.text(
                 format!("{stem}.link"),
                 0o644,
-                units::link_file(&iface.name, &iface.mac),
+                units::link_file(&iface.name, Some(&iface.alt_name), &iface.mac),
             );
             l.text(
                 format!("{stem}.network"),
@@ -115,12 +115,20 @@ impl NodeLayer {
                 units::vlan_network_file(iface) + &route_sections(cfg, iface.vlan),
             );
         }
+        if planned.interfaces.is_empty() {
+            // Nothing for systemd-networkd-wait-online to wait for: it would time out, so
+            // network-online.target is reached at once instead.
+            l.link(
+                "root/etc/systemd/system/systemd-networkd-wait-online.service",
+                "/dev/null",
+            );
+        }
         if let Some(u) = &planned.user_interface {
             let stem = format!("root/etc/systemd/network/10-machinist-{}", u.name);
             l.text(
                 format!("{stem}.link"),
                 0o644,
-                units::link_file(&u.name, &u.mac),
+                units::link_file(&u.name, None, &u.mac),
             );
             l.text(
                 format!("{stem}.network"),
@@ -249,6 +257,20 @@ impl NodeLayer {
         }
         for m in cfg.masked_unit_names() {
             l.link(format!("root/etc/systemd/system/{m}"), "/dev/null");
+        }
+        if cfg.logind {
+            // The image masks them with links to /dev/null; links of the same names to the
+            // packaged files bring them back.
+            l.link(
+                "root/etc/systemd/system/systemd-logind.service",
+                "/lib/systemd/system/systemd-logind.service",
+            );
+            for r in crate::config::LOGIND_UDEV_RULES {
+                l.link(
+                    format!("root/etc/udev/rules.d/{r}"),
+                    format!("/lib/udev/rules.d/{r}"),
+                );
+            }
         }
 
         l.text("owners", 0o644, owners);

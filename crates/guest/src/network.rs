@@ -46,10 +46,13 @@ pub fn on_vlan_subnet(addr: std::net::IpAddr, vlan: u8) -> bool {
 /// One NIC of a node on a VLAN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
-    /// VLAN number (1..=255).
+    /// VLAN number (0..=255, as NixOS allows).
     pub vlan: u8,
     /// Interface name in the guest (`vlan<v>`, set by a systemd .link file).
     pub name: String,
+    /// Its alternative name, NixOS's name for it: `eth<i>` for the node's i-th VLAN (1-based, in
+    /// the order the node lists its VLANs), so scripts written for NixOS find `eth1`.
+    pub alt_name: String,
     /// MAC `52:54:00:12:<vlan hex>:<node hex>`.
     pub mac: String,
     /// `192.168.<vlan>.<node>`.
@@ -70,7 +73,7 @@ impl Interface {
 pub struct UserInterface {
     /// Interface name in the guest (`user0`).
     pub name: String,
-    /// MAC `52:54:00:12:00:<node hex>`.
+    /// MAC `52:54:00:13:00:<node hex>` (outside the VLAN NICs' `52:54:00:12:…`).
     pub mac: String,
     /// Static guest address 10.0.2.15/24 (no default route).
     pub ipv4: Ipv4Addr,
@@ -115,9 +118,11 @@ impl NetworkPlan {
             let interfaces = cfg
                 .vlans
                 .iter()
-                .map(|&v| Interface {
+                .enumerate()
+                .map(|(i, &v)| Interface {
                     vlan: v,
                     name: format!("vlan{v}"),
+                    alt_name: format!("eth{}", i + 1),
                     mac: mac_for(v, n),
                     ipv4: Ipv4Addr::new(192, 168, v, n),
                     ipv6: Ipv6Addr::new(0x2001, 0xdb8, v as u16, 0, 0, 0, 0, n as u16),
@@ -125,14 +130,14 @@ impl NetworkPlan {
                 .collect();
             let user_interface = cfg.user_net.then(|| UserInterface {
                 name: "user0".into(),
-                mac: mac_for(0, n),
+                mac: format!("52:54:00:13:00:{n:02x}"),
                 ipv4: Ipv4Addr::new(10, 0, 2, 15),
             });
             map.insert(
                 name.to_string(),
                 PlannedNode {
                     name: name.to_string(),
-                    hostname: cfg.effective_hostname(name).to_string(),
+                    hostname: cfg.effective_hostname(name),
                     number: n,
                     interfaces,
                     user_interface,

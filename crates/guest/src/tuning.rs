@@ -154,10 +154,6 @@ pub const MASKED_UNITS: &[(&str, &str)] = &[
         "systemd-user-sessions.service",
         "/run/nologin is never created (its tmpfiles entry is masked); getty@tty1 waited for it",
     ),
-    (
-        "systemd-networkd-wait-online.service",
-        "nothing waits for network-online; tests wait for what they need",
-    ),
 ];
 
 /// Generators disabled in tuned images (each costs 0.1-0.25 s of CPU under TCG).
@@ -290,6 +286,13 @@ pub fn steps(profile: Profile, backdoor: &BackdoorInstall, machine_id: &str) -> 
             s.push(link(
                 "/etc/systemd/system/default.target",
                 "/lib/systemd/system/multi-user.target",
+            ));
+            // As on NixOS, multi-user.target pulls in network-online.target (reached when
+            // systemd-networkd-wait-online sees every VLAN NIC configured), so scripts can wait
+            // for it and units ordered after it start once the addresses are there.
+            s.push(link(
+                "/etc/systemd/system/multi-user.target.wants/network-online.target",
+                "/lib/systemd/system/network-online.target",
             ));
             for (unit, _) in MASKED_UNITS {
                 s.push(link(&format!("/etc/systemd/system/{unit}"), "/dev/null"));

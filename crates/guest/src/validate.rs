@@ -384,10 +384,10 @@ pub fn validate(nodes: &[(&str, &NodeConfig)]) -> Result<(), GuestError> {
         if !seen.insert(*name) {
             e.push("name", "duplicate node name: each node needs a unique name");
         }
-        if !is_valid_hostname(name) {
+        if !is_valid_hostname(&name.replace('_', "-")) {
             e.push(
                 "name",
-                "not a valid host name: use 1-63 lowercase letters, digits and '-', not starting or ending with '-'",
+                "not a valid node name: use 1-63 lowercase letters, digits, '-' and '_', not starting or ending with '-' or '_'",
             );
         }
         if let Some(h) = &cfg.hostname {
@@ -407,6 +407,21 @@ pub fn validate(nodes: &[(&str, &NodeConfig)]) -> Result<(), GuestError> {
 
 fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
     rendered_fields(cfg, e);
+    if cfg.logind {
+        let missing: Vec<&str> = ["dbus", "libpam-systemd"]
+            .into_iter()
+            .filter(|p| !cfg.packages.contains(*p))
+            .collect();
+        if !missing.is_empty() {
+            e.push(
+                "logind",
+                format!(
+                    "logind needs the packages dbus and libpam-systemd: add {}",
+                    missing.join(" and ")
+                ),
+            );
+        }
+    }
     for p in &cfg.packages {
         let ok = !p.is_empty()
             && p.bytes().all(|b| {
@@ -430,9 +445,6 @@ fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
     }
     let mut vl = BTreeSet::new();
     for (i, v) in cfg.vlans.iter().enumerate() {
-        if *v == 0 {
-            e.push(format!("vlans[{i}]"), "VLAN 0 is reserved: use 1..=255");
-        }
         if !vl.insert(*v) {
             e.push(format!("vlans[{i}]"), format!("VLAN {v} listed twice"));
         }
@@ -448,6 +460,20 @@ fn validate_node(cfg: &NodeConfig, e: &mut Errors<'_>) {
                     format!("port {p} is out of range 1..=65535"),
                 );
             }
+        }
+    }
+    for p in &cfg.firewall.allowed_protocols {
+        let number = p.parse::<u16>().map(|n| n <= 255);
+        let name_ok = !p.is_empty()
+            && p.len() <= 32
+            && p.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !(name_ok || number == Ok(true)) {
+            e.push(
+                "firewall.allowed_protocols",
+                format!("{p:?} is not an IP protocol: give its name in /etc/protocols (\"vrrp\", \"gre\") or its number (0-255)"),
+            );
         }
     }
     // Accounts.

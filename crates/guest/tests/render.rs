@@ -587,3 +587,86 @@ fn service_suffix_is_one_name() {
         "{msg}"
     );
 }
+
+/// What NixOS tests declare and Debian images need spelled out: a node named with `_`, VLAN 0,
+/// logind, a stateful firewall that also accepts an IP protocol.
+#[test]
+fn nixos_style_node_renders() {
+    let router = NodeConfig::new()
+        .vlans([0, 2])
+        .packages(["dbus", "libpam-systemd"])
+        .logind(true);
+    let mut router = router;
+    router.firewall.stateful = true;
+    router.firewall.allowed_protocols.insert("vrrp".into());
+    let other = NodeConfig::new().vlans([2]);
+    let nodes = [("local_router", &router), ("other", &other)];
+    machinist_guest::validate(&nodes).unwrap();
+    let plan = NetworkPlan::new(&nodes);
+    let planned = plan.node("local_router").unwrap();
+    assert_eq!(planned.hostname, "local-router");
+    assert_eq!(planned.interfaces[0].ipv4.to_string(), "192.168.0.1");
+    assert_eq!(planned.interfaces[0].mac, "52:54:00:12:00:01");
+    let names: Vec<(&str, &str)> = planned
+        .interfaces
+        .iter()
+        .map(|i| (i.name.as_str(), i.alt_name.as_str()))
+        .collect();
+    assert_eq!(names, [("vlan0", "eth1"), ("vlan2", "eth2")]);
+    let hosts = plan.hosts_file("other");
+    assert!(
+        hosts.contains("192.168.2.1 local-router local_router\n"),
+        "{hosts}"
+    );
+    let layer = NodeLayer::render("local_router", &router, &plan)
+        .unwrap()
+        .describe();
+    for want in [
+        "AlternativeName=eth1",
+        "AlternativeName=eth2",
+        "ct state established,related accept",
+        "meta l4proto { vrrp } accept",
+        "etc/systemd/system/systemd-logind.service -> /lib/systemd/system/systemd-logind.service",
+        "etc/udev/rules.d/70-uaccess.rules -> /lib/udev/rules.d/70-uaccess.rules",
+    ] {
+        assert!(layer.contains(want), "{want} missing from:\n{layer}");
+    }
+}
+
+#[test]
+fn logind_needs_its_packages_and_protocols_are_checked() {
+    let mut cfg = NodeConfig::new().logind(true);
+    cfg.firewall.allowed_protocols.insert("no such".into());
+    let fields: Vec<(String, String)> = match machinist_guest::validate(&[("node", &cfg)]) {
+        Err(GuestError::Invalid(list)) => list.into_iter().map(|e| (e.field, e.message)).collect(),
+        other => panic!("expected Invalid, got {other:?}"),
+    };
+    assert!(
+        fields
+            .iter()
+            .any(|(f, m)| f == "logind" && m.contains("add dbus and libpam-systemd")),
+        "{fields:?}"
+    );
+    assert!(
+        fields
+            .iter()
+            .any(|(f, m)| f == "firewall.allowed_protocols" && m.contains("\"no such\"")),
+        "{fields:?}"
+    );
+}
+
+/// A node file at the generated `.network` path replaces it (the documented way to give a NIC
+/// addresses outside the plan).
+#[test]
+fn a_node_file_replaces_the_generated_network_file() {
+    let own = "[Match]\nMACAddress=52:54:00:12:01:01\n\n[Address]\nAddress=10.0.0.1/24\n";
+    let cfg = NodeConfig::new().file(FileSpec::new(
+        "/etc/systemd/network/10-machinist-vlan1.network",
+        own,
+    ));
+    machinist_guest::validate(&[("a", &cfg)]).unwrap();
+    let plan = NetworkPlan::new(&[("a", &cfg)]);
+    let layer = NodeLayer::render("a", &cfg, &plan).unwrap().describe();
+    assert!(layer.contains("Address=10.0.0.1/24"), "{layer}");
+    assert!(!layer.contains("Address=192.168.1.1/24"), "{layer}");
+}

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use crate::error::{Located, TestFileError};
 use crate::raw::{RawFile, RawNode, RawTest};
-use crate::{HostPrograms, ScriptSource, TestFile};
+use crate::{HostPrograms, ScriptPatch, ScriptSource, TestFile};
 
 /// Collects problems while building.
 struct Ctx<'a> {
@@ -94,7 +94,7 @@ pub(crate) fn build(
                 name.span(),
                 Some(format!("nodes.{}", name.get_ref())),
                 format!(
-                    "node name `{}` is invalid: use 1-32 characters a-z, 0-9 and `-`, starting with a letter \
+                    "node name `{}` is invalid: use 1-32 characters a-z, 0-9, `-` and `_`, starting with a letter \
                      (it is the machine's host name and its Python name)",
                     name.get_ref()
                 ),
@@ -128,7 +128,23 @@ pub(crate) fn build(
             }
         }
     }
-    let script = script(&mut cx, raw.script, raw.script_file);
+    let script = match (
+        script(&mut cx, raw.script, raw.script_file),
+        raw.script_patch,
+    ) {
+        (Some(s), Some(patch)) => apply_script_patch(&mut cx, s, patch),
+        (None, Some(patch)) => {
+            if cx.problems.is_empty() {
+                cx.err(
+                    patch.span(),
+                    Some("script_patch".into()),
+                    "a patch needs a script to apply to: add `script_file` (or `script`)",
+                );
+            }
+            None
+        }
+        (s, None) => s,
+    };
     let global_timeout =
         raw.global_timeout
             .and_then(|t| match Duration::try_from_secs_f64(*t.get_ref()) {
@@ -244,6 +260,7 @@ fn node_config(
         cfg.sysctls.insert(k, value);
     }
     cfg.ip_forwarding = raw.ip_forwarding;
+    cfg.logind = raw.logind;
     cfg.routes = take(&mut spans, "routes", raw.routes);
     if let Some(g) = raw.default_gateway {
         for k in ["default_gateway.vlan", "default_gateway.via"] {
@@ -473,6 +490,7 @@ fn script(
                 filename: cx.path.display().to_string(),
                 source: format!("{}{}", "\n".repeat(first_line - 1), s.get_ref()),
                 first_line,
+                patch: None,
             })
         }
         (None, Some(f)) => {
@@ -482,6 +500,7 @@ fn script(
                     filename: abs.display().to_string(),
                     source,
                     first_line: 1,
+                    patch: None,
                 }),
                 Err(e) => {
                     let shown = cx.shown(f.get_ref());
@@ -498,6 +517,64 @@ fn script(
     }
 }
 
+/// Applies `script_patch` (a unified diff, e.g. `diff -u script.py patched.py`) to the script.
+fn apply_script_patch(
+    cx: &mut Ctx<'_>,
+    mut script: ScriptSource,
+    patch: Spanned<String>,
+) -> Option<ScriptSource> {
+    let abs = cx.dir.join(patch.get_ref());
+    let shown = cx.shown(patch.get_ref());
+    let key = Some("script_patch".to_string());
+    let text = match std::fs::read_to_string(&abs) {
+        Ok(t) => t,
+        Err(e) => {
+            cx.err(
+                patch.span(),
+                key,
+                format!("cannot read the patch {shown}: {e} (paths are relative to the test file's directory)"),
+            );
+            return None;
+        }
+    };
+    let parsed = match diffy::Patch::from_str(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            cx.err(
+                patch.span(),
+                key,
+                format!("{shown} is not a unified diff: {e} (make it with `diff -u script.py patched.py`)"),
+            );
+            return None;
+        }
+    };
+    let changed_lines = parsed
+        .hunks()
+        .iter()
+        .flat_map(|h| h.lines())
+        .filter(|l| !matches!(l, diffy::Line::Context(_)))
+        .count();
+    match diffy::apply(&script.source, &parsed) {
+        Ok(source) => {
+            script.source = source;
+            script.filename = format!("{} (patched by {})", script.filename, abs.display());
+            script.patch = Some(ScriptPatch {
+                path: abs,
+                changed_lines,
+            });
+            Some(script)
+        }
+        Err(e) => {
+            cx.err(
+                patch.span(),
+                key,
+                format!("{shown} does not apply to the script: {e} (regenerate it against the current script)"),
+            );
+            None
+        }
+    }
+}
+
 /// The driver's rule for node names (host name and Python identifier friendly).
 fn valid_node_name(n: &str) -> bool {
     let b = n.as_bytes();
@@ -505,7 +582,7 @@ fn valid_node_name(n: &str) -> bool {
         && b.len() <= 32
         && b[0].is_ascii_lowercase()
         && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
 /// A test name is one path component of the output directory.

@@ -60,6 +60,17 @@ pub struct ScriptSource {
     pub source: String,
     /// The line of the test file (or script file) where the script's first line is.
     pub first_line: usize,
+    /// The `script_patch` applied to the script, if any.
+    pub patch: Option<ScriptPatch>,
+}
+
+/// A `script_patch`: a unified diff the loader applied to the script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptPatch {
+    /// The patch file.
+    pub path: PathBuf,
+    /// How many lines of the script it changes: removed plus added lines.
+    pub changed_lines: usize,
 }
 
 /// A loaded, checked test file.

@@ -22,6 +22,9 @@ pub(crate) struct RawTest {
     pub script: Option<Spanned<String>>,
     #[serde(default)]
     pub script_file: Option<Spanned<String>>,
+    /// A unified diff applied to the script (a test kept verbatim, with its edits beside it).
+    #[serde(default)]
+    pub script_patch: Option<Spanned<String>>,
     /// Seconds after which the whole test fails.
     #[serde(default)]
     pub global_timeout: Option<Spanned<f64>>,
@@ -74,6 +77,8 @@ pub(crate) struct RawNode {
     pub default_gateway: Option<Spanned<DefaultGateway>>,
     #[serde(default)]
     pub kernel_modules: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub logind: bool,
 }
 
 /// One `[[nodes.NAME.files]]` entry: exactly one of `contents`, `source`, `template`,

@@ -345,3 +345,50 @@ fn bad_kernel_module_name() {
         &ROUTER.replace("[\"dummy\"]", "[\"dummy\", \"no/such\"]")
     ));
 }
+
+/// A patch for the fixture's `script.py` (`start_all()`), adding one line.
+const GOOD_PATCH: &str =
+    "--- a/script.py\n+++ b/script.py\n@@ -1 +1,2 @@\n start_all()\n+server.succeed(\"true\")\n";
+
+#[test]
+fn a_script_patch_is_applied_and_counted() {
+    let dir = fixture();
+    std::fs::write(dir.path().join("script.patch"), GOOD_PATCH).unwrap();
+    let text = GOOD.replace(
+        "script_file = \"script.py\"",
+        "script_file = \"script.py\"\nscript_patch = \"script.patch\"",
+    );
+    let f = TestFile::parse(&dir.path().join("test.toml"), &text, &NoHostPrograms).unwrap();
+    let script = f.script.unwrap();
+    assert_eq!(script.source, "start_all()\nserver.succeed(\"true\")\n");
+    let patch = script.patch.unwrap();
+    assert_eq!(patch.changed_lines, 1);
+    assert_eq!(patch.path, dir.path().join("script.patch"));
+}
+
+#[test]
+fn a_script_patch_that_does_not_apply() {
+    let dir = fixture();
+    std::fs::write(
+        dir.path().join("script.patch"),
+        GOOD_PATCH.replace(" start_all()", " start_all(1)"),
+    )
+    .unwrap();
+    let text = GOOD.replace(
+        "script_file = \"script.py\"",
+        "script_file = \"script.py\"\nscript_patch = \"script.patch\"",
+    );
+    let err = TestFile::parse(&dir.path().join("test.toml"), &text, &NoHostPrograms)
+        .unwrap_err()
+        .to_string()
+        .replace(&dir.path().display().to_string(), "[DIR]");
+    insta::assert_snapshot!(err);
+}
+
+#[test]
+fn a_script_patch_without_a_script() {
+    insta::assert_snapshot!(error_of(&GOOD.replace(
+        "script_file = \"script.py\"",
+        "script_patch = \"script.patch\""
+    )));
+}

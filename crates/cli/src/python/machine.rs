@@ -611,17 +611,32 @@ impl PyMachine {
         run(py, move || m.forward_port(host_port.0, guest_port.0))
     }
 
-    /// Cut the machine off every VLAN: its frames are dropped at the switch, while the guest's NIC
-    /// keeps its carrier (link up) and sees silence. unblock() reconnects it.
+    /// Unplug the machine's first NIC (eth1, its first VLAN), as NixOS does: the guest sees its
+    /// carrier go; other NICs stay up. unblock() plugs it in again. block_at_switch() cuts the
+    /// machine off every VLAN silently instead.
     fn block(&self, py: Python<'_>) -> PyResult<()> {
         let m = self.m.clone();
         run(py, move || m.block())
     }
 
-    /// Reconnect the machine after block(): frames flow again.
+    /// Plug the first NIC in again after block().
     fn unblock(&self, py: Python<'_>) -> PyResult<()> {
         let m = self.m.clone();
         run(py, move || m.unblock())
+    }
+
+    /// Cut the machine off every VLAN: its frames are dropped at the switch, while the guest's
+    /// NICs keep their carrier (link up) and see silence. Works before start() too.
+    /// unblock_at_switch() reconnects it.
+    fn block_at_switch(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.block_at_switch())
+    }
+
+    /// Reconnect the machine after block_at_switch(): frames flow again.
+    fn unblock_at_switch(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.m.clone();
+        run(py, move || m.unblock_at_switch())
     }
 
     /// A root shell in the guest on this terminal (no prompt; lines are sent on Enter). Leave it

@@ -391,6 +391,7 @@ pub const PRELUDE_SYMBOLS: &[&str] = &[
     "subtest",
     "retry",
     "polling_condition",
+    "t",
     "MachinistError",
     "MachineError",
     "RequestedAssertionFailed",
@@ -443,11 +444,22 @@ impl<'py> Namespace<'py> {
             .import("machinist")?
             .call_method1("pythonize_name", (name,))?
             .extract()?;
-        self.dict.set_item(ident, &object)?;
+        self.dict.set_item(&ident, &object)?;
         self.machines.append(&object)?;
+        // `machine` is also the single machine's alias (as in NixOS); a node *named* `machine`
+        // keeps its name whatever else is declared.
+        let machinist = py.import("machinist")?;
+        let mut named_machine = false;
+        for m in self.machines.iter() {
+            let name: String = m.getattr("name")?.extract()?;
+            let ident: String = machinist
+                .call_method1("pythonize_name", (name,))?
+                .extract()?;
+            named_machine |= ident == "machine";
+        }
         if self.machines.len() == 1 {
             self.dict.set_item("machine", &object)?;
-        } else {
+        } else if !named_machine {
             self.dict.del_item("machine").ok();
         }
         Ok(())

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import os
 import sys
+import unittest
 
 import _machinist
 
@@ -83,6 +84,19 @@ def subtest(name):
         raise
     else:
         _machinist.subtest_end(token, None)
+
+
+class _Assertions(unittest.TestCase):
+    """`t` in scripts (NixOS): unittest's assertions, failing with RequestedAssertionFailed."""
+
+    failureException = RequestedAssertionFailed
+    maxDiff = None
+
+    def runTest(self):
+        pass
+
+
+t = _Assertions()
 
 
 def retry(fn, timeout_seconds=900):

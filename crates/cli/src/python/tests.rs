@@ -127,6 +127,14 @@ except AttributeError as e:
 
 with subtest("the API answers"):
     pass
+# `t`: unittest's assertions, failing as the driver's own checks do.
+t.assertEqual(1 + 1, 2)
+t.assertIn("a", "abc")
+try:
+    t.assertEqual(1, 2)
+    raise SystemExit("t.assertEqual did not fail")
+except RequestedAssertionFailed as e:
+    assert "1 != 2" in str(e), e
 try:
     with subtest("fails"):
         assert 1 == 2, "one is not two"

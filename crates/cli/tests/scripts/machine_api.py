@@ -244,13 +244,22 @@ with subtest("shell_interact: commands from stdin, left with Ctrl-]"):
     assert alpha.succeed("cat /tmp/shell") == "shell-typed\n"
     raises(NotSupportedError, lambda: alpha.shell_interact(address="tcp:127.0.0.1:4444"), "address")
 
-with subtest("network: block, unblock"):
+with subtest("network: block, unblock (NixOS: eth1 unplugged)"):
     alpha.succeed("ping -c1 -W5 beta")
     alpha.block()
     alpha.fail("ping -c1 -W2 beta")
+    # NixOS' block(): the first NIC (eth1, an alternative name of vlan1) loses its carrier.
+    assert alpha.succeed("cat /sys/class/net/vlan1/carrier").strip() == "0", "carrier kept"
+    alpha.succeed("ip link show eth1 | grep -q NO-CARRIER")
+    alpha.unblock()
+    alpha.wait_until_succeeds("ping -c1 -W2 beta", timeout=60)
+
+with subtest("network: block_at_switch, unblock_at_switch"):
+    alpha.block_at_switch()
+    alpha.fail("ping -c1 -W2 beta")
     # The carrier stays up: frames are dropped at the switch.
     assert "0" not in alpha.succeed("cat /sys/class/net/*/carrier").split(), "carrier lost"
-    alpha.unblock()
+    alpha.unblock_at_switch()
     alpha.wait_until_succeeds("ping -c1 -W2 beta", timeout=60)
 
 with subtest("not supported here: wait_for_x, get_window_names, wait_for_window, switch_root"):

@@ -38,7 +38,7 @@ pub(crate) const NSPAWN: &str = "systemd-nspawn";
 
 /// The start script, run by `unshare` in the container's private mount and PID namespaces:
 /// `script <machine dir> <image> <nspawn args...>`, with `MACHINIST_NICS` the NICs as
-/// `<host interface>,<guest name>,<MAC>` words. Mounts the root, applies the node layer (a
+/// `<host interface>,<guest name>,<alternative name>,<MAC>` words. Mounts the root, applies the node layer (a
 /// failure is reported on the console and the node boots anyway, as a VM's initramfs does),
 /// makes the container's network namespace (bound to a file of this mount namespace only) and
 /// moves each NIC's TAP device into it under its guest name, then becomes nspawn.
@@ -56,10 +56,12 @@ fi
 unshare --net="$d/netns" true
 for nic in ${MACHINIST_NICS:-}; do
 	host=${nic%%,*} rest=${nic#*,}
-	guest=${rest%%,*} mac=${rest#*,}
+	guest=${rest%%,*} rest=${rest#*,}
+	alt=${rest%%,*} mac=${rest#*,}
 	ip link set dev "$host" address "$mac"
 	ip link set dev "$host" netns "$d/netns"
 	nsenter --net="$d/netns" ip link set dev "$host" name "$guest"
+	nsenter --net="$d/netns" ip link property add dev "$guest" altname "$alt"
 done
 # The node's kernel variables of its own network namespace (nspawn mounts /proc/sys read-only
 # when it does not create the namespace itself, so systemd-sysctl skips them inside). Only net.*
@@ -137,6 +139,8 @@ pub(crate) struct ContainerNic {
     pub(crate) id: String,
     /// The interface name in the container (`vlan<v>`).
     pub(crate) guest_name: String,
+    /// Its alternative name (NixOS's `eth<i>`).
+    pub(crate) alt_name: String,
     /// The MAC of the network plan.
     pub(crate) mac: String,
 }
@@ -206,7 +210,7 @@ impl ContainerBackend {
                         e,
                     )
                 })?;
-            words.push(format!("{host},{},{}", n.guest_name, n.mac));
+            words.push(format!("{host},{},{},{}", n.guest_name, n.alt_name, n.mac));
             fds.push(Tap {
                 nic_id: n.id.clone(),
                 ctl,
@@ -293,7 +297,8 @@ impl ContainerBackend {
             "--timezone=off",
             "--link-journal=no",
         ])
-        .arg(format!("--machine={}", self.name))
+        // A machine name is a host name: a node's `_` becomes `-` (as its host name does).
+        .arg(format!("--machine={}", self.name.replace('_', "-")))
         .arg(format!("--directory={}", self.dir.join("root").display()))
         .arg(format!(
             "--bind={}:{}",

@@ -1,32 +1,73 @@
-//! A machine's network: `block`/`unblock` at the switch, NIC links (`set_link`), and port
-//! forwarding through the user-mode NIC.
+//! A machine's network: `block`/`unblock` (NixOS: the first NIC unplugged), blocking at the
+//! switch on every VLAN, NIC links (`set_link`), and port forwarding through the user-mode NIC.
 
 use super::Machine;
 use crate::error::{Error, Result};
 
 impl Machine {
-    /// Drops every frame to and from this machine on all its VLANs, at the switch: the guest
-    /// keeps its carrier and sees silence (like pulling the cable *behind* a switch). NixOS'
-    /// `block()` instead unplugs the NIC (carrier loss): that is [`Machine::set_link`]`(false)`.
+    /// Unplugs the machine's first NIC, as NixOS' `block()` does: the interface NixOS calls
+    /// `eth1` (the first VLAN the node lists) loses its carrier (QMP `set_link` for a VM, the
+    /// TAP device's carrier for a container); the machine's other NICs stay up. Only a running
+    /// machine can be unplugged. [`Machine::block_at_switch`] cuts a machine off on every VLAN
+    /// instead, silently, carrier up, also before it starts.
     pub fn block(&self) -> Result<()> {
-        self.log_line("blocking network traffic on all VLANs");
+        let vlan = self.first_nic_vlan("block()")?;
+        self.require_running("block() (unplug its first NIC)")?;
+        self.log_line(&format!(
+            "unplugging eth1 (vlan{vlan}): carrier lost, as NixOS block()"
+        ));
+        self.set_link_vlan(vlan, false)
+    }
+
+    /// Undoes [`Machine::block`]: the first NIC is plugged in again.
+    pub fn unblock(&self) -> Result<()> {
+        let vlan = self.first_nic_vlan("unblock()")?;
+        self.require_running("unblock() (plug its first NIC in)")?;
+        self.log_line(&format!("plugging eth1 (vlan{vlan}) in again"));
+        self.set_link_vlan(vlan, true)
+    }
+
+    /// The VLAN of the machine's first NIC (NixOS' `eth1`).
+    fn first_nic_vlan(&self, what: &str) -> Result<u8> {
+        self.backend
+            .spec()
+            .nics
+            .first()
+            .map(|n| n.vlan.nr())
+            .ok_or_else(|| {
+                Error::bad_argument(
+                    Some(&self.name),
+                    format!(
+                        "{what}: machine `{}` has no VLAN NIC to unplug (give the node a VLAN)",
+                        self.name
+                    ),
+                )
+            })
+    }
+
+    /// Drops every frame to and from this machine on all its VLANs, at the switch: the guest
+    /// keeps its carrier and sees silence (like pulling the cable *behind* a switch). Works
+    /// before the machine starts too. NixOS' `block()` unplugs the first NIC instead:
+    /// [`Machine::block`].
+    pub fn block_at_switch(&self) -> Result<()> {
+        self.log_line("blocking network traffic at the switch on all VLANs");
         for v in &self.vlans {
             v.block(&self.name)?;
         }
         Ok(())
     }
 
-    /// Undoes [`Machine::block`].
-    pub fn unblock(&self) -> Result<()> {
-        self.log_line("unblocking network traffic on all VLANs");
+    /// Undoes [`Machine::block_at_switch`].
+    pub fn unblock_at_switch(&self) -> Result<()> {
+        self.log_line("unblocking network traffic at the switch on all VLANs");
         for v in &self.vlans {
             v.unblock(&self.name)?;
         }
         Ok(())
     }
 
-    /// Plugs (`true`) or unplugs (`false`) the NICs on every VLAN with QMP `set_link`: the guest
-    /// sees carrier loss (NixOS `block()` semantics, but on every VLAN NIC, not just the first).
+    /// Plugs (`true`) or unplugs (`false`) the NICs on every VLAN (QMP `set_link` for a VM): the
+    /// guest sees carrier loss on each ([`Machine::block`] does it to the first NIC only).
     pub fn set_link(&self, up: bool) -> Result<()> {
         for n in self.backend.spec().nics.clone() {
             self.set_link_vlan(n.vlan.nr(), up)?;

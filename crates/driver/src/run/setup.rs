@@ -392,6 +392,7 @@ pub(super) fn build_machine(
             vlan: vlan.clone(),
             id: iface.qemu_id(),
             guest_name: iface.name.clone(),
+            alt_name: iface.alt_name.clone(),
             mac: iface.mac.clone(),
         })
         .collect();

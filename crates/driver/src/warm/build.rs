@@ -66,12 +66,52 @@ pub(crate) fn guest_side() -> String {
     .join("\n")
 }
 
-/// What the builder runs on the main shell once the node has booted, before arming.
+/// How long the builder lets the node's start-up run before it concludes that the boot waits
+/// for something only the test's other machines can give (an NFS mount, a peer's service).
+pub(crate) const SETTLE_LIMIT_SECS: u32 = 45;
+
+/// The mark the settle command prints when the node's start-up has not finished in time,
+/// followed by the units whose jobs still wait.
+const UNSETTLED: &str = "MACHINIST-UNSETTLED";
+
+/// What the builder runs on the main shell once the node has booted, before arming. A node
+/// still starting after [`SETTLE_LIMIT_SECS`], or with jobs still pending then (an NFS mount
+/// pulled in at boot, say: its boot waits on the network, which the builder's isolated NICs
+/// never answer), is reported, not saved: a snapshot would
+/// freeze that wait, and the restored node would not do what a cold boot next to its peers does.
 fn settle_command() -> String {
     format!(
-        "systemctl is-system-running --wait >/dev/null 2>&1; modprobe -a {} 2>/dev/null; {PREWARM}; sync",
+        "timeout {SETTLE_LIMIT_SECS} systemctl is-system-running --wait >/dev/null 2>&1; \
+         n=0; while j=$(systemctl list-jobs --no-legend 2>/dev/null | awk '{{print $2}}' | sort -u); \
+         [ -n \"$j\" ] && [ $n -lt 10 ]; do sleep 1; n=$((n + 1)); done; \
+         if [ -n \"$j\" ] || [ \"$(systemctl is-system-running 2>/dev/null)\" = starting ]; then \
+         echo {UNSETTLED} $j; \
+         else modprobe -a {} 2>/dev/null; {PREWARM}; sync; fi",
         machinist_guest::units::NFTABLES_MODULES.join(" ")
     )
+}
+
+/// Why a snapshot was not built.
+#[derive(Debug)]
+pub(crate) enum BuildError {
+    /// The node's start-up did not finish in isolation: the units still waiting.
+    Unsettled(String),
+    /// Anything else.
+    Failed(String),
+}
+
+impl From<String> for BuildError {
+    fn from(s: String) -> Self {
+        BuildError::Failed(s)
+    }
+}
+
+/// The units an unsettled node still waits for, from the settle command's output.
+fn unsettled_units(output: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(output);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(UNSETTLED))
+        .map(|rest| rest.trim().to_string())
 }
 
 pub(crate) fn build(
@@ -79,11 +119,11 @@ pub(crate) fn build(
     spec: &BootSpec,
     tmp: &Path,
     timeouts: &Timeouts,
-) -> Result<(), String> {
+) -> Result<(), BuildError> {
     // Sockets need a short directory (108-byte limit); the cache path may be long.
     let sock_dir = nix::unistd::mkdtemp(&std::env::temp_dir().join("mn-snap-XXXXXX"))
         .map_err(|e| format!("creating a socket directory in /tmp: {e}"))?;
-    let r = (|| {
+    let r = (|| -> Result<(), BuildError> {
         let disk = sock_dir.join("disk.qcow2");
         machinist_qemu::overlay::create_qcow2_overlay(&spec.disk, &spec.disk_format, &disk)
             .map_err(|e| format!("creating the disk overlay: {e}"))?;
@@ -126,7 +166,7 @@ async fn build_async(
     dir: &Path,
     state: &Path,
     timeouts: &Timeouts,
-) -> Result<(), String> {
+) -> Result<(), BuildError> {
     let boot_t = timeouts.of(Wait::SnapshotBoot);
     let step_t = timeouts.of(Wait::SnapshotStep);
     let bind = |p: PathBuf| {
@@ -173,9 +213,17 @@ async fn build_async(
         let mut main = main.map_err(|e| format!("backdoor: {e}"))?;
         let control = control.map_err(|e| format!("control backdoor: {e}"))?;
         let mut ignore = |_: &[u8]| {};
-        main.execute(&settle_command(), Some(step_t), &mut ignore)
+        let settled = main
+            .execute(
+                &settle_command(),
+                Some(step_t + Duration::from_secs(SETTLE_LIMIT_SECS.into())),
+                &mut ignore,
+            )
             .await
             .map_err(|e| format!("waiting for the guest to settle: {e}"))?;
+        if let Some(units) = unsettled_units(&settled.stdout) {
+            return Err(BuildError::Unsettled(units));
+        }
         arm(
             control.into_stream(),
             machinist_backdoor::guest::CONTROL_DEVICE,
@@ -206,15 +254,18 @@ async fn build_async(
             .map_err(|e| format!("migration to {}: {e}", state.display()))?;
         let _ = qmp.quit().await;
         drop(main_stream);
-        Ok::<(), String>(())
+        Ok::<(), BuildError>(())
     };
     let r = match p2.while_running(work).await {
         Ok(r) => r,
-        Err(e) => Err(format!(
+        Err(e) => Err(BuildError::Failed(format!(
             "QEMU exited: {e}; stderr: {}",
             process.stderr_tail()
-        )),
+        ))),
     };
+    if matches!(r, Err(BuildError::Unsettled(_))) {
+        process.start_kill();
+    }
     if tokio::time::timeout(timeouts.of(Wait::SnapshotQuit), process.wait())
         .await
         .is_err()
@@ -260,5 +311,39 @@ async fn arm(
             t.as_secs(),
             String::from_utf8_lossy(&seen)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsettled_node_names_what_it_waits_for() {
+        assert_eq!(
+            unsettled_units(b"MACHINIST-UNSETTLED data.mount remote-fs.target\n").as_deref(),
+            Some("data.mount remote-fs.target")
+        );
+        assert_eq!(unsettled_units(b"").as_deref(), None);
+        // The command checks the state only after a bounded wait, and saves nothing unsettled.
+        let cmd = settle_command();
+        assert!(cmd.starts_with(&format!(
+            "timeout {SETTLE_LIMIT_SECS} systemctl is-system-running --wait"
+        )));
+        assert!(cmd.find(UNSETTLED) < cmd.find("sync"));
+    }
+
+    /// The settle command is valid shell (it runs under the guest's bash).
+    #[test]
+    fn settle_command_parses() {
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &settle_command()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -138,6 +138,19 @@ pub(crate) fn ensure(
         machinist_qemu::cache_entries::touch_last_use(&snap.dir);
         return Ok(snap);
     }
+    let unsettled_mark = root.join(format!("{key}.unsettled"));
+    let unsettled = |units: &str| {
+        err(format!(
+            "the node's start-up did not finish within {} s without its peers (still waiting: {}): \
+             its boot needs the test's network, so it boots cold, next to its peers (remembered in {})",
+            super::build::SETTLE_LIMIT_SECS,
+            if units.is_empty() { "?" } else { units },
+            unsettled_mark.display()
+        ))
+    };
+    if let Ok(units) = std::fs::read_to_string(&unsettled_mark) {
+        return Err(unsettled(units.trim()));
+    }
     std::fs::create_dir_all(&root).map_err(|e| err(format!("creating {}: {e}", root.display())))?;
     let _lock = CacheLock::acquire(
         lock_path(&root, key),
@@ -154,7 +167,15 @@ pub(crate) fn ensure(
         "warm start: building node snapshot {key} (first run: one cold boot of the node, then saved)"
     ));
     let staging = Staging::new(&root, key).map_err(|e| err(e.to_string()))?;
-    super::build::build(handle, spec, staging.path(), timeouts).map_err(err)?;
+    match super::build::build(handle, spec, staging.path(), timeouts) {
+        Ok(()) => {}
+        Err(super::build::BuildError::Unsettled(units)) => {
+            // Remembered, so later runs boot the node cold at once instead of waiting again.
+            let _ = std::fs::write(&unsettled_mark, format!("{units}\n"));
+            return Err(unsettled(&units));
+        }
+        Err(super::build::BuildError::Failed(m)) => return Err(err(m)),
+    }
     let manifest = serde_json::json!({
         "format": FORMAT,
         "key": key,

@@ -25,6 +25,19 @@ if [ -d /machinist-layer ]; then
 		echo "machinist-initrd: ERROR: apply-layer failed (status $?); booting anyway"
 	fi
 fi
+# The device nodes whose first open loads their module (/dev/net/tun, /dev/fuse, ...), as
+# systemd's kmod-static-nodes and tmpfiles-setup-dev make them (both masked: under TCG they cost
+# processes and delay udev). modules.devname lines: "<module> <node> <c|b><major>:<minor>".
+devname=/sysroot/lib/modules/$(uname -r)/modules.devname
+if [ -f "$devname" ]; then
+	while read -r mod node dev; do
+		case $mod in '' | '#'*) continue ;; esac
+		[ -e "/dev/$node" ] && continue
+		t=${dev%%[0-9]*} n=${dev#?}
+		case $node in */*) mkdir -p "/dev/${node%/*}" ;; esac
+		mknod -m 0600 "/dev/$node" "$t" "${n%:*}" "${n#*:}" || echo "machinist-initrd: mknod /dev/$node failed"
+	done < "$devname"
+fi
 read -r up _ < /proc/uptime
 echo "machinist-initrd: switch_root at $up s"
 umount /proc
