@@ -222,6 +222,7 @@ else:
 /// for a wait's timeout means the NixOS default (900 s; 600 s for QMP events).
 const NIXOS_SIGNATURES: &[&str] = &[
     "block()",
+    "block_at_switch()",
     "console_interact()",
     "copy_from_host(source, target)",
     "copy_from_host_via_shell(source, target)",
@@ -259,6 +260,7 @@ const NIXOS_SIGNATURES: &[&str] = &[
     "switch_root()",
     "systemctl(q, user=None)",
     "unblock()",
+    "unblock_at_switch()",
     "wait_for_closed_port(port, addr='localhost', timeout=None)",
     "wait_for_console_text(regex, timeout=None)",
     "wait_for_file(filename, timeout=None)",
